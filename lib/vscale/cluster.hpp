@@ -1,0 +1,58 @@
+// The cluster: the Session that starts workers, and Julia's process queries.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace vscale {
+
+/// How a Session starts. Usually filled from the command line by Session(argc, argv).
+struct SessionOptions {
+  int procs = 0;  ///< workers to start; -1 = one per usable CPU ("auto")
+};
+
+/// The runtime of one process. Construct it first thing in `main`:
+///
+///     int main(int argc, char** argv) { vscale::Session s(argc, argv); ... }
+///
+/// On the master it reads `-p N`, `--procs N`, `-p auto` (or VSCALE_PROCS), starts the
+/// workers and returns; it removes those flags from argv. In a worker (the same program,
+/// re-executed with a hidden flag) it serves remote calls and never returns into `main`.
+/// Destroying it on the master stops every worker.
+class Session {
+ public:
+  Session(int& argc, char** argv);
+  explicit Session(SessionOptions options, const char* argv0 = nullptr);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+};
+
+/// Parse -p/--procs from argv (removing them) and VSCALE_PROCS; exposed for testing.
+SessionOptions parse_options(int& argc, char** argv);
+
+/// This process's id: 1 on the master, 2, 3, ... on workers (never reused).
+int myid();
+/// Number of processes, master included.
+int nprocs();
+/// Number of workers (0 when only the master runs).
+int nworkers();
+/// Ids of all processes, master first, ascending.
+std::vector<int> procs();
+/// Ids of the workers, ascending; `{1}` when there are none (as in Julia).
+std::vector<int> workers();
+
+/// Start `n` more workers (master only) and return their ids once they have joined.
+std::vector<int> addprocs(int n);
+/// Stop the given workers (master only): a polite request first, then SIGTERM, then
+/// SIGKILL once `timeout` has passed; returns when all are gone.
+void rmprocs(const std::vector<int>& ids, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+inline void rmprocs(int id, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  rmprocs(std::vector<int>{id}, timeout);
+}
+
+/// Number of CPUs this process may use (affinity mask and cgroup CPU quota).
+int usable_cpus();
+
+}  // namespace vscale

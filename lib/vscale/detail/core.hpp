@@ -1,0 +1,141 @@
+// What the public templates (future.hpp, remotecall.hpp) need from the runtime (runtime.cpp).
+// Not for users: names and layouts here change freely.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "vscale/errors.hpp"
+#include "vscale/serialize.hpp"
+
+namespace vscale::detail {
+
+/// Names a remote value: `owner` keeps it, `creator` made the id, `seq` is unique per creator.
+struct RefId {
+  std::int32_t owner = 0;
+  std::int32_t creator = 0;
+  std::uint64_t seq = 0;
+  friend bool operator==(const RefId&, const RefId&) = default;
+};
+struct RefIdHash {
+  std::size_t operator()(const RefId& r) const noexcept {
+    return std::hash<std::uint64_t>()(r.seq * 0x9E3779B97F4A7C15ull ^
+                                      (std::uint64_t(std::uint32_t(r.owner)) << 32 | std::uint32_t(r.creator)));
+  }
+};
+
+/// A failure as it travels: a user exception on some process, or a process that is gone.
+struct ErrorInfo {
+  enum Kind : std::uint32_t { None = 0, Remote = 1, Exited = 2, Usage = 3 };
+  Kind kind = None;
+  std::int32_t pid = 0;
+  std::string type;     // Remote: demangled exception type
+  std::string message;  // Remote: what(); Exited: the reason; Usage: the message
+  [[noreturn]] void raise() const;
+  void write(Writer& w) const;
+  static ErrorInfo read(Reader& r);
+  /// Describe the exception being handled (call inside a catch block).
+  static ErrorInfo from_current_exception(int pid);
+};
+
+/// Shared state behind every copy of a Future in one process.
+///
+/// Reference counting across processes is weighted: the creator of a remote value holds a
+/// large weight, shipping a handle gives half of the local weight away with it, and a process
+/// returns its weight to the owner when its last local handle is gone. The owner frees the
+/// value when all weight has come back. No message is needed to copy a handle, and a handle
+/// can never be freed while one is in flight.
+struct FutureCore {
+  enum State : int { Pending = 0, Ready = 1, Failed = 2 };
+  RefId id;
+  std::atomic<int> state{Pending};
+  std::atomic<bool> known_ready{false};  // a wait() or isready() saw the owner's value ready
+
+  std::mutex m;
+  std::vector<char> bytes;  // serialized value, when it came from elsewhere or was serialized for shipping
+  bool have_bytes = false;
+  std::shared_ptr<void> typed;                           // the value as an object, once known here
+  void (*serialize_typed)(const void*, Writer&) = nullptr;  // set where the value is produced locally
+  ErrorInfo error;
+  std::vector<std::function<void()>> on_done;  // owner: answers to fetches that came early
+
+  std::mutex fetch_m;            // one remote fetch at a time per core
+  std::uint64_t weight = 0;      // non-owner: weight this process holds (returned at destruction)
+
+  ~FutureCore();
+  /// Owner side: publish the result and run the waiting continuations.
+  void complete_bytes(std::vector<char>&& b);
+  void complete_typed(std::shared_ptr<void> obj, void (*ser)(const void*, Writer&));
+  void complete_error(ErrorInfo e);
+  /// Make sure `bytes` holds the serialized value (owner side, ready state).
+  const std::vector<char>& ensure_bytes();
+
+ private:
+  void finish(int st);
+};
+
+/// A position-independent pointer to `invoke_call<F, A...>`.
+using Invoker = void (*)(Reader& in, Writer& out);
+
+/// Handle on the wire: the id and the weight that travels with it.
+struct WireRef {
+  RefId id;
+  std::uint64_t weight;
+};
+
+// Entry points implemented by the runtime.
+int self_id();
+bool is_master();
+/// Throws UsageError when no Session exists in this process.
+void require_session(const char* what);
+/// Remote call whose result is stored at `pid` (Julia's remotecall).
+std::shared_ptr<FutureCore> call_ref(int pid, CodeRef invoker, Writer& args);
+/// Remote call whose result comes straight back; fills `result` or throws.
+void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& result);
+/// Remote call without any answer.
+void call_do(int pid, CodeRef invoker, Writer& args);
+/// A Future whose value is produced by this process.
+std::shared_ptr<FutureCore> new_local_core();
+/// Run `fn` on this process's executor, as an incoming call would.
+void submit_local(std::function<void()> fn);
+/// Block until `core` is no longer pending here, fetching from its owner when needed
+/// (`want_value`: bring the bytes; otherwise only wait for readiness).
+void await_core(FutureCore& core, bool want_value);
+bool poll_ready(FutureCore& core);
+WireRef export_ref(const std::shared_ptr<FutureCore>& core);
+std::shared_ptr<FutureCore> import_ref(const WireRef& w);
+/// Pick the next worker for spawnat(any, ...): round robin over workers(), like Julia.
+int next_any_worker();
+std::vector<int> all_procs();
+
+/// Counters for tests and benchmarks (this process only).
+struct Stats {
+  std::uint64_t messages_sent = 0;  // ring messages written by this process
+  std::uint64_t stored_values = 0;  // remote values this process keeps for others
+};
+Stats stats();
+
+/// addprocs with test overrides. `exe`: start another program instead of this one (it must
+/// be refused: not the same binary); `cookie`: give the workers a wrong cookie.
+struct LaunchResult {
+  std::vector<int> joined;
+  std::vector<std::pair<int, std::string>> failed;  // id, reason
+};
+LaunchResult launch(int n, const std::string& exe = {}, const std::string& cookie = {});
+
+/// The code address of an invoker, computed once per instantiation.
+template <auto Fn>
+CodeRef code_of() {
+  static const CodeRef ref = encode_code(reinterpret_cast<const void*>(Fn));
+  return ref;
+}
+
+}  // namespace vscale::detail

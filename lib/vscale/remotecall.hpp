@@ -1,0 +1,189 @@
+// Remote calls: remotecall, remotecall_fetch, remotecall_wait, remote_do, spawnat, everywhere.
+//
+// `f` may be a function, a lambda (its captures must be trivially copyable: capture by
+// value; use vscale::closure for heavier captures) or a function object. The call ships a
+// code address of `invoke_call<F, Args...>`, then f's bytes, then the arguments; the
+// receiving process (the same binary) jumps to that invoker. A call to one's own id runs
+// here, with no serialization.
+#pragma once
+
+#include <exception>
+#include <functional>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "vscale/cluster.hpp"
+#include "vscale/future.hpp"
+
+namespace vscale {
+
+/// Tag for spawnat(any, f): pick a worker round robin, like Julia's `@spawnat :any`.
+struct AnyWorker {};
+inline constexpr AnyWorker any{};
+
+namespace detail {
+
+template <class F, class... A>
+using call_result_t = std::decay_t<std::invoke_result_t<F&, A&&...>>;
+
+template <class F, class... A>
+constexpr void check_call() {
+  static_assert(std::is_invocable_v<F&, A&&...>,
+                "vscale: the function cannot be called with these arguments (after decay: each argument "
+                "arrives as a value of its decayed type)");
+  static_assert(shippable_v<F>,
+                "vscale: this callable cannot be shipped to another process. A lambda must capture only "
+                "trivially copyable values (capture by value; no std::string/std::vector captures): "
+                "pass big or non-trivial data as arguments, or use vscale::closure(lambda, captures...). "
+                "A function object needs a cereal serialize member.");
+  static_assert((shippable_v<A> && ...),
+                "vscale: an argument type cannot be shipped to another process: make it trivially "
+                "copyable or give it a cereal `serialize` member (std strings, containers and Eigen "
+                "matrices work as they are)");
+  using R = call_result_t<F, A...>;
+  static_assert(std::is_void_v<R> || shippable_v<R>,
+                "vscale: the function's return type cannot be shipped back: make it trivially copyable or "
+                "give it a cereal `serialize` member");
+}
+
+/// The code a remote process jumps to: read f and the arguments, call, write the result.
+template <class F, class... A>
+void invoke_call(Reader& in, Writer& out) {
+  F f = read<F>(in);
+  std::tuple<A...> args{read<A>(in)...};  // braced: read left to right
+  if constexpr (std::is_void_v<call_result_t<F, A...>>) {
+    std::apply(f, std::move(args));
+  } else {
+    write(out, std::apply(f, std::move(args)));
+  }
+}
+
+template <class F, class... A>
+void pack_call(Writer& w, const F& f, const A&... a) {
+  write(w, f);
+  (write(w, a), ...);
+}
+
+template <class R, class F, class Tuple>
+void run_local(FutureCore& core, F& f, Tuple& args) {
+  try {
+    if constexpr (std::is_void_v<R>) {
+      std::apply(f, std::move(args));
+      core.complete_bytes({});
+    } else {
+      core.complete_typed(std::make_shared<R>(std::apply(f, std::move(args))), &serialize_typed<R>);
+    }
+  } catch (...) {
+    core.complete_error(ErrorInfo::from_current_exception(self_id()));
+  }
+}
+
+}  // namespace detail
+
+/// Call `f(args...)` on process `pid`; returns at once with a Future for the result, which
+/// stays on `pid` until fetched. Example: auto r = remotecall(2, [](int n) { return n * n; }, 7);
+template <class F, class... Args>
+auto remotecall(int pid, F&& f, Args&&... args) -> Future<detail::call_result_t<std::decay_t<F>, std::decay_t<Args>...>> {
+  using Fd = std::decay_t<F>;
+  using R = detail::call_result_t<Fd, std::decay_t<Args>...>;
+  detail::check_call<Fd, std::decay_t<Args>...>();
+  detail::require_session("remotecall");
+  if (pid == detail::self_id()) {
+    auto core = detail::new_local_core();
+    detail::submit_local([core, fn = Fd(std::forward<F>(f)),
+                          tup = std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)]() mutable {
+      detail::run_local<R>(*core, fn, tup);
+    });
+    return detail::make_future<R>(std::move(core));
+  }
+  detail::Writer w;
+  detail::pack_call<Fd, std::decay_t<Args>...>(w, f, args...);
+  auto code = detail::code_of<&detail::invoke_call<Fd, std::decay_t<Args>...>>();
+  return detail::make_future<R>(detail::call_ref(pid, code, w));
+}
+
+/// Call `f(args...)` on `pid` and return its result (one round trip; nothing is stored there).
+/// Example: int v = remotecall_fetch(2, [](int a, int b) { return a + b; }, 1, 2);
+template <class F, class... Args>
+auto remotecall_fetch(int pid, F&& f, Args&&... args) -> detail::call_result_t<std::decay_t<F>, std::decay_t<Args>...> {
+  using Fd = std::decay_t<F>;
+  using R = detail::call_result_t<Fd, std::decay_t<Args>...>;
+  detail::check_call<Fd, std::decay_t<Args>...>();
+  detail::require_session("remotecall_fetch");
+  if (pid == detail::self_id()) {
+    try {
+      return std::invoke(f, std::forward<Args>(args)...);
+    } catch (...) {
+      detail::ErrorInfo::from_current_exception(pid).raise();
+    }
+  }
+  detail::Writer w;
+  detail::pack_call<Fd, std::decay_t<Args>...>(w, f, args...);
+  std::vector<char> result;
+  detail::call_fetch(pid, detail::code_of<&detail::invoke_call<Fd, std::decay_t<Args>...>>(), w, result);
+  if constexpr (!std::is_void_v<R>) {
+    detail::Reader r(result.data(), result.size());
+    return detail::read<R>(r);
+  }
+}
+
+/// Like remotecall, but returns only once the call has finished on `pid`.
+template <class F, class... Args>
+auto remotecall_wait(int pid, F&& f, Args&&... args) {
+  auto fut = remotecall(pid, std::forward<F>(f), std::forward<Args>(args)...);
+  fut.wait();
+  return fut;
+}
+
+/// Run `f(args...)` on `pid` without any answer. An exception there is printed there.
+template <class F, class... Args>
+void remote_do(int pid, F&& f, Args&&... args) {
+  using Fd = std::decay_t<F>;
+  detail::check_call<Fd, std::decay_t<Args>...>();
+  detail::require_session("remote_do");
+  if (pid == detail::self_id()) {
+    detail::submit_local([fn = Fd(std::forward<F>(f)),
+                          tup = std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)]() mutable {
+      std::apply(fn, std::move(tup));
+    });
+    return;
+  }
+  detail::Writer w;
+  detail::pack_call<Fd, std::decay_t<Args>...>(w, f, args...);
+  detail::call_do(pid, detail::code_of<&detail::invoke_call<Fd, std::decay_t<Args>...>>(), w);
+}
+
+/// Run `f()` on process `pid` (Julia's `@spawnat pid expr`).
+template <class F>
+auto spawnat(int pid, F&& f) {
+  return remotecall(pid, std::forward<F>(f));
+}
+
+/// Run `f()` on the next worker, round robin (Julia's `@spawnat :any expr`).
+template <class F>
+auto spawnat(AnyWorker, F&& f) {
+  detail::require_session("spawnat");
+  return remotecall(detail::next_any_worker(), std::forward<F>(f));
+}
+
+/// Run `f()` on every process, master included, and wait for all (Julia's `@everywhere`).
+/// Throws the first failure after all have finished.
+template <class F>
+void everywhere(F&& f) {
+  detail::require_session("everywhere");
+  std::vector<Future<detail::call_result_t<std::decay_t<F>>>> futs;
+  for (int p : detail::all_procs()) futs.push_back(remotecall(p, f));
+  std::exception_ptr first;
+  for (auto& fu : futs) {
+    try {
+      fu.wait();
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
+}
+
+}  // namespace vscale

@@ -1,0 +1,8 @@
+// vscale: the only include you need.
+#pragma once
+
+#include "vscale/errors.hpp"
+#include "vscale/serialize.hpp"
+#include "vscale/cluster.hpp"
+#include "vscale/future.hpp"
+#include "vscale/remotecall.hpp"
