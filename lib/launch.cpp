@@ -1,0 +1,852 @@
+// Starting, watching and stopping processes: Session, addprocs, rmprocs, the join handshake,
+// output forwarding ("From worker N:"), and how a worker lives and dies.
+//
+// A worker is this very program re-executed (posix_spawn of /proc/self/exe) with a hidden
+// `--vscale-worker=ID:SOCK:SEG:MASTERPID` flag. It inherits a socketpair end (handshake and
+// liveness: EOF means the master is gone) and the control segment's memfd; the cookie comes
+// in the environment. Spawning happens on the master's monitor thread, because
+// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits.
+#include <elf.h>
+#include <fcntl.h>
+#include <link.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "vscale/cluster.hpp"
+#include "vscale/detail/runtime.hpp"
+
+extern char** environ;
+
+namespace vscale {
+namespace detail {
+
+namespace {
+
+constexpr char kWorkerFlag[] = "--vscale-worker=";
+constexpr char kHelloMagic[8] = {'v', 's', 'c', 'h', 'e', 'l', 'o', '1'};
+
+struct Hello {
+  char magic[8];
+  std::int32_t id;
+  std::int32_t os_pid;
+  char cookie[64];
+  char build_id[64];
+};
+struct Verdict {
+  std::int32_t ok;
+  char reason[124];
+};
+
+std::string hex(const unsigned char* p, std::size_t n) {
+  static const char* d = "0123456789abcdef";
+  std::string s;
+  for (std::size_t i = 0; i < n; ++i) {
+    s += d[p[i] >> 4];
+    s += d[p[i] & 15];
+  }
+  return s;
+}
+
+/// The ELF build id of the main program (or a hash of the file when it has none).
+std::string build_id() {
+  static const std::string id = [] {
+    std::string out;
+    dl_iterate_phdr(
+        [](dl_phdr_info* info, size_t, void* data) -> int {
+          auto& s = *static_cast<std::string*>(data);
+          for (int i = 0; i < info->dlpi_phnum; ++i) {
+            const auto& ph = info->dlpi_phdr[i];
+            if (ph.p_type != PT_NOTE) continue;
+            const char* p = reinterpret_cast<const char*>(info->dlpi_addr + ph.p_vaddr);
+            const char* end = p + ph.p_memsz;
+            while (p + sizeof(ElfW(Nhdr)) <= end) {
+              auto* nh = reinterpret_cast<const ElfW(Nhdr)*>(p);
+              const char* name = p + sizeof(ElfW(Nhdr));
+              const char* desc = name + ((nh->n_namesz + 3) & ~3u);
+              if (nh->n_type == NT_GNU_BUILD_ID && nh->n_namesz == 4 && std::memcmp(name, "GNU", 4) == 0) {
+                s = hex(reinterpret_cast<const unsigned char*>(desc), nh->n_descsz);
+                return 1;
+              }
+              p = desc + ((nh->n_descsz + 3) & ~3u);
+            }
+          }
+          return 1;  // only the first object: the program itself
+        },
+        &out);
+    if (!out.empty()) return out;
+    std::ifstream f("/proc/self/exe", std::ios::binary);
+    std::uint64_t h = 1469598103934665603ull;
+    char buf[65536];
+    while (f.read(buf, sizeof buf) || f.gcount() > 0) {
+      for (std::streamsize i = 0; i < f.gcount(); ++i) h = (h ^ static_cast<unsigned char>(buf[i])) * 1099511628211ull;
+    }
+    return "fnv-" + std::to_string(h);
+  }();
+  return id;
+}
+
+std::string random_cookie() {
+  unsigned char b[24];
+  if (getrandom(b, sizeof b, 0) != static_cast<ssize_t>(sizeof b)) {
+    std::random_device rd;
+    for (auto& c : b) c = static_cast<unsigned char>(rd());
+  }
+  return hex(b, sizeof b);
+}
+
+void copy_str(char* dst, std::size_t cap, const std::string& s) {
+  std::size_t n = std::min(cap - 1, s.size());
+  std::memcpy(dst, s.data(), n);
+  dst[n] = 0;
+}
+
+bool write_all(int fd, const void* p, std::size_t n) {
+  const char* c = static_cast<const char*>(p);
+  while (n) {
+    ssize_t k = ::write(fd, c, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return false;
+    c += k;
+    n -= static_cast<std::size_t>(k);
+  }
+  return true;
+}
+
+bool read_all(int fd, void* p, std::size_t n) {
+  char* c = static_cast<char*>(p);
+  while (n) {
+    ssize_t k = ::read(fd, c, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return false;
+    c += k;
+    n -= static_cast<std::size_t>(k);
+  }
+  return true;
+}
+
+std::string signal_name(int sig) {
+  const char* abbrev = sigabbrev_np(sig);
+  return abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
+}
+
+/// The cgroup v2 memory.events oom_kill counter of this process's cgroup (-1 if unknown).
+long oom_kills() {
+  std::ifstream cg("/proc/self/cgroup");
+  std::string line, path;
+  while (std::getline(cg, line))
+    if (line.rfind("0::", 0) == 0) path = line.substr(3);
+  std::ifstream ev("/sys/fs/cgroup" + path + "/memory.events");
+  std::string key;
+  long v;
+  while (ev >> key >> v)
+    if (key == "oom_kill") return v;
+  return -1;
+}
+
+int pidfd_open(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+
+}  // namespace
+
+// ================================================================= master: the Launcher
+
+class Launcher {
+ public:
+  explicit Launcher(Runtime& rt) : rt_(rt), cookie_(random_cookie()), oom_base_(oom_kills()) {
+    wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~Launcher() { shutdown(); }
+
+  LaunchResult launch(int n, const std::string& exe, const std::string& cookie, std::chrono::milliseconds timeout);
+  void remove(const std::vector<int>& ids, std::chrono::milliseconds timeout);
+  void shutdown();
+
+ private:
+  struct Worker {
+    int id = 0;
+    pid_t pid = -1;
+    int sock = -1, out = -1, err = -1, pidfd = -1;
+    std::string out_buf, err_buf;
+    bool joined = false, refused = false, exited = false, removing = false;
+    std::string failure;  // why it never joined
+    int status = 0;
+  };
+  struct Batch {
+    int n;
+    std::string exe, cookie;
+    std::vector<int> ids;
+    bool spawned = false;
+  };
+
+  void loop();
+  void spawn(Batch& b);
+  void on_hello(Worker& w);
+  void on_output(Worker& w, bool err_stream);
+  void flush_line(Worker& w, bool err_stream, const std::string& line);
+  void reap(Worker& w);
+  void kick() {
+    std::uint64_t one = 1;
+    (void)!::write(wake_fd_, &one, sizeof one);
+  }
+
+  Runtime& rt_;
+  std::string cookie_;
+  long oom_base_;
+  int wake_fd_ = -1;
+  std::thread thread_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::map<int, Worker> workers_;  // guarded by m_
+  std::vector<Batch*> pending_;    // guarded by m_
+  int next_id_ = 2;                // guarded by m_
+  bool quit_ = false;
+};
+
+LaunchResult Launcher::launch(int n, const std::string& exe, const std::string& cookie,
+                              std::chrono::milliseconds timeout) {
+  LaunchResult res;
+  if (n <= 0) return res;
+  Batch b{n, exe, cookie, {}, false};
+  std::unique_lock lk(m_);
+  pending_.push_back(&b);
+  kick();
+  cv_.wait(lk, [&] { return b.spawned; });
+  auto settled = [&] {
+    for (int id : b.ids) {
+      auto& w = workers_[id];
+      if (!w.joined && !w.exited && !w.refused && w.failure.empty()) return false;
+    }
+    return true;
+  };
+  if (!cv_.wait_for(lk, timeout, settled)) {
+    for (int id : b.ids) {
+      auto& w = workers_[id];
+      if (!w.joined && !w.exited && w.failure.empty()) {
+        w.failure = "did not join within " + std::to_string(timeout.count()) + " ms; killed";
+        if (w.pid > 0) kill(w.pid, SIGKILL);
+      }
+    }
+  }
+  for (int id : b.ids) {
+    auto& w = workers_[id];
+    if (w.joined && !w.exited)
+      res.joined.push_back(id);
+    else
+      res.failed.emplace_back(id, w.failure.empty() ? "exited before joining" : w.failure);
+  }
+  lk.unlock();
+  for (auto& [id, why] : res.failed) {
+    auto& slot = rt_.segment().slot(id);
+    if (slot.state.load() != std::uint32_t(SlotState::Dead)) {
+      copy_str(slot.reason, sizeof slot.reason, why);
+      slot.state.store(std::uint32_t(SlotState::Dead));
+    }
+    std::fprintf(stderr, "vscale: worker %d failed to start: %s\n", id, why.c_str());
+  }
+  if (!res.failed.empty()) {
+    rt_.segment().header().epoch.fetch_add(1);
+  }
+  return res;
+}
+
+void Launcher::spawn(Batch& b) {
+  // Runs on the monitor thread (see the file comment about PR_SET_PDEATHSIG).
+  std::string exe = b.exe.empty() ? std::string("/proc/self/exe") : b.exe;
+  std::string cookie_env = "VSCALE_COOKIE=" + (b.cookie.empty() ? cookie_ : b.cookie);
+  std::vector<std::string> env_store;
+  for (char** e = environ; *e; ++e)
+    if (std::strncmp(*e, "VSCALE_COOKIE=", 14) != 0) env_store.emplace_back(*e);
+  env_store.push_back(cookie_env);
+  std::vector<char*> envp;
+  for (auto& s : env_store) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  const int max_procs = static_cast<int>(rt_.segment().max_procs());
+  for (int i = 0; i < b.n; ++i) {
+    int id;
+    {
+      std::lock_guard lk(m_);
+      id = next_id_++;
+    }
+    Worker w;
+    w.id = id;
+    b.ids.push_back(id);
+    if (id > max_procs) {
+      w.failure = "this session has used all " + std::to_string(max_procs) +
+                  " process ids (ids are never reused); start with a larger VSCALE_MAX_PROCS";
+      std::lock_guard lk(m_);
+      workers_[id] = std::move(w);
+      continue;
+    }
+    auto& slot = rt_.segment().slot(id);
+    slot.state.store(std::uint32_t(SlotState::Starting));
+    int sv[2], po[2], pe[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0 || pipe2(po, O_CLOEXEC) != 0 ||
+        pipe2(pe, O_CLOEXEC) != 0) {
+      w.failure = std::string("cannot create pipes: ") + std::strerror(errno);
+      std::lock_guard lk(m_);
+      workers_[id] = std::move(w);
+      continue;
+    }
+    // In the child: socket on fd 3, segment on fd 4, stdout/stderr to our pipes, stdin empty.
+    // Sources are first moved above 10 so that no dup2 below overwrites a later source.
+    auto high = [](int& fd) {
+      int h = fcntl(fd, F_DUPFD_CLOEXEC, 10);
+      close(fd);
+      fd = h;
+    };
+    high(sv[1]);
+    high(po[1]);
+    high(pe[1]);
+    int seg_copy = fcntl(rt_.segment().fd(), F_DUPFD_CLOEXEC, 10);
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, po[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, pe[1], 2);
+    posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
+    posix_spawn_file_actions_adddup2(&fa, seg_copy, 4);
+    posix_spawn_file_actions_addclosefrom_np(&fa, 5);
+    std::string flag = std::string(kWorkerFlag) + std::to_string(id) + ":3:4:" + std::to_string(getpid());
+    std::string argv0 = program_invocation_name;
+    char* argv[] = {argv0.data(), flag.data(), nullptr};
+    pid_t pid = -1;
+    int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv, envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    close(seg_copy);
+    close(sv[1]);
+    close(po[1]);
+    close(pe[1]);
+    if (rc != 0) {
+      close(sv[0]);
+      close(po[0]);
+      close(pe[0]);
+      w.failure = "cannot start " + exe + ": " + std::strerror(rc);
+      std::lock_guard lk(m_);
+      workers_[id] = std::move(w);
+      continue;
+    }
+    w.pid = pid;
+    w.sock = sv[0];
+    w.out = po[0];
+    w.err = pe[0];
+    w.pidfd = pidfd_open(pid);
+    slot.os_pid.store(pid);
+    std::lock_guard lk(m_);
+    workers_[id] = std::move(w);
+  }
+}
+
+void Launcher::on_hello(Worker& w) {
+  Hello h;
+  Verdict v{};
+  if (!read_all(w.sock, &h, sizeof h) || std::memcmp(h.magic, kHelloMagic, sizeof h.magic) != 0) {
+    w.failure = "refused: did not speak the vscale join protocol";
+    w.refused = true;
+  } else if (h.id != w.id) {
+    w.failure = "refused: claimed to be worker " + std::to_string(h.id);
+    w.refused = true;
+  } else if (std::string(h.cookie, strnlen(h.cookie, sizeof h.cookie)) != cookie_) {
+    w.failure = "refused: wrong cookie (it was not started by this master)";
+    w.refused = true;
+  } else if (std::string(h.build_id, strnlen(h.build_id, sizeof h.build_id)) != build_id()) {
+    w.failure = "refused: runs a different binary (build id " +
+                std::string(h.build_id, strnlen(h.build_id, sizeof h.build_id)) + ", master has " + build_id() + ")";
+    w.refused = true;
+  }
+  v.ok = w.refused ? 0 : 1;
+  copy_str(v.reason, sizeof v.reason, w.failure);
+  if (!w.refused) rt_.segment().slot(w.id).state.store(std::uint32_t(SlotState::Alive));
+  (void)write_all(w.sock, &v, sizeof v);
+  if (w.refused) {
+    std::fprintf(stderr, "vscale: worker %d (pid %d) %s\n", w.id, static_cast<int>(w.pid), w.failure.c_str());
+  } else {
+    w.joined = true;
+    rt_.segment().header().epoch.fetch_add(1);
+  }
+}
+
+void Launcher::flush_line(Worker& w, bool err_stream, const std::string& line) {
+  std::string s = "      From worker " + std::to_string(w.id) + ":\t" + line + "\n";
+  (void)write_all(err_stream ? 2 : 1, s.data(), s.size());
+}
+
+void Launcher::on_output(Worker& w, bool err_stream) {
+  int& fd = err_stream ? w.err : w.out;
+  std::string& buf = err_stream ? w.err_buf : w.out_buf;
+  char tmp[65536];
+  ssize_t k = ::read(fd, tmp, sizeof tmp);
+  if (k <= 0) {
+    if (k < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    if (!buf.empty()) flush_line(w, err_stream, buf);
+    buf.clear();
+    close(fd);
+    fd = -1;
+    return;
+  }
+  buf.append(tmp, static_cast<std::size_t>(k));
+  std::size_t start = 0, nl;
+  while ((nl = buf.find('\n', start)) != std::string::npos) {
+    flush_line(w, err_stream, buf.substr(start, nl - start));
+    start = nl + 1;
+  }
+  buf.erase(0, start);
+}
+
+void Launcher::reap(Worker& w) {
+  int status = 0;
+  if (waitpid(w.pid, &status, 0) != w.pid) status = 0;
+  // Drain what it printed last, so its final words come before the news of its death.
+  for (int* fd : {&w.out, &w.err}) {
+    while (*fd >= 0) on_output(w, fd == &w.err);
+  }
+  w.exited = true;
+  w.status = status;
+  std::string why;
+  if (WIFEXITED(status)) {
+    why = "exited with code " + std::to_string(WEXITSTATUS(status));
+  } else if (WIFSIGNALED(status)) {
+    why = "killed by " + signal_name(WTERMSIG(status));
+    long oom = oom_kills();
+    if (WTERMSIG(status) == SIGKILL && oom >= 0 && oom > oom_base_) {
+      why += " (out of memory)";
+      oom_base_ = oom;
+    }
+  } else {
+    why = "ended";
+  }
+  if (w.removing) why = "was removed by rmprocs";
+  if (!w.joined && w.failure.empty()) w.failure = why;
+  auto& slot = rt_.segment().slot(w.id);
+  copy_str(slot.reason, sizeof slot.reason, why);
+  slot.state.store(std::uint32_t(SlotState::Dead));
+  rt_.segment().header().epoch.fetch_add(1);
+  // Wake every process so that each fails what it was waiting for from this one.
+  const int n = static_cast<int>(rt_.segment().max_procs());
+  for (int id = 1; id <= n; ++id) {
+    auto& s = rt_.segment().slot(id);
+    if (s.state.load() == std::uint32_t(SlotState::Unused)) break;
+    s.doorbell.fetch_add(1);
+    futex_wake(s.doorbell, INT_MAX);
+  }
+  if (w.joined && !w.removing)
+    std::fprintf(stderr, "vscale: worker %d (pid %d) died: %s\n", w.id, static_cast<int>(w.pid), why.c_str());
+  for (int* fd : {&w.sock, &w.pidfd}) {
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+  }
+}
+
+void Launcher::loop() {
+  std::vector<pollfd> fds;
+  struct Src {
+    int id;
+    int what;  // 0 sock, 1 out, 2 err, 3 pidfd
+  };
+  std::vector<Src> src;
+  while (true) {
+    fds.clear();
+    src.clear();
+    fds.push_back({wake_fd_, POLLIN, 0});
+    src.push_back({0, -1});
+    {
+      std::unique_lock lk(m_);
+      if (quit_) break;
+      std::vector<Batch*> todo;
+      todo.swap(pending_);
+      if (!todo.empty()) {
+        lk.unlock();
+        for (Batch* b : todo) spawn(*b);
+        lk.lock();
+        for (Batch* b : todo) b->spawned = true;
+        cv_.notify_all();
+      }
+      for (auto& [id, w] : workers_) {
+        if (w.exited) continue;
+        if (w.sock >= 0) fds.push_back({w.sock, POLLIN, 0}), src.push_back({id, 0});
+        if (w.out >= 0) fds.push_back({w.out, POLLIN, 0}), src.push_back({id, 1});
+        if (w.err >= 0) fds.push_back({w.err, POLLIN, 0}), src.push_back({id, 2});
+        if (w.pidfd >= 0) fds.push_back({w.pidfd, POLLIN, 0}), src.push_back({id, 3});
+      }
+    }
+    int k = ::poll(fds.data(), fds.size(), 200);
+    if (k < 0 && errno != EINTR) break;
+    if (fds[0].revents) {
+      std::uint64_t v;
+      (void)!::read(wake_fd_, &v, sizeof v);
+    }
+    std::lock_guard lk(m_);
+    bool changed = false;
+    for (std::size_t i = 1; i < fds.size(); ++i) {
+      if (!fds[i].revents) continue;
+      auto it = workers_.find(src[i].id);
+      if (it == workers_.end() || it->second.exited) continue;
+      Worker& w = it->second;
+      switch (src[i].what) {
+        case 0:
+          if (!w.joined && !w.refused && (fds[i].revents & POLLIN)) {
+            on_hello(w);
+            changed = true;
+          } else if (fds[i].revents & (POLLHUP | POLLERR)) {
+            close(w.sock);
+            w.sock = -1;  // the process is ending; its pidfd (or waitpid below) says how
+            if (w.pidfd < 0) {
+              reap(w);
+              changed = true;
+            }
+          } else if (fds[i].revents & POLLIN) {
+            char c;
+            if (::read(w.sock, &c, 1) <= 0) {
+              close(w.sock);
+              w.sock = -1;
+              if (w.pidfd < 0) {
+                reap(w);
+                changed = true;
+              }
+            }
+          }
+          break;
+        case 1:
+        case 2:
+          on_output(w, src[i].what == 2);
+          break;
+        case 3:
+          reap(w);
+          changed = true;
+          break;
+      }
+    }
+    if (changed) cv_.notify_all();
+  }
+}
+
+void Launcher::remove(const std::vector<int>& ids, std::chrono::milliseconds timeout) {
+  std::vector<int> targets;
+  {
+    std::lock_guard lk(m_);
+    for (int id : ids) {
+      auto it = workers_.find(id);
+      if (it == workers_.end() || it->second.exited || !it->second.joined) continue;
+      it->second.removing = true;
+      targets.push_back(id);
+    }
+  }
+  for (int id : targets) {
+    try {
+      rt_.send(id, kExit, nullptr, 0, nullptr, 0, false);
+    } catch (const Error&) {
+    }
+  }
+  auto gone = [&] {
+    for (int id : targets)
+      if (!workers_[id].exited) return false;
+    return true;
+  };
+  std::unique_lock lk(m_);
+  if (!cv_.wait_for(lk, timeout / 2, gone)) {
+    for (int id : targets)
+      if (!workers_[id].exited) kill(workers_[id].pid, SIGTERM);
+    if (!cv_.wait_for(lk, timeout / 2, gone)) {
+      for (int id : targets)
+        if (!workers_[id].exited) kill(workers_[id].pid, SIGKILL);
+      cv_.wait(lk, gone);
+    }
+  }
+  for (int id : targets) workers_.erase(id);
+}
+
+void Launcher::shutdown() {
+  if (!thread_.joinable()) return;
+  std::vector<int> ids;
+  {
+    std::lock_guard lk(m_);
+    for (auto& [id, w] : workers_)
+      if (w.joined && !w.exited) ids.push_back(id);
+  }
+  remove(ids, std::chrono::seconds(4));
+  {
+    std::lock_guard lk(m_);
+    for (auto& [id, w] : workers_)
+      if (!w.exited && w.pid > 0) {
+        kill(w.pid, SIGKILL);
+        waitpid(w.pid, nullptr, 0);
+      }
+    quit_ = true;
+  }
+  kick();
+  thread_.join();
+  for (auto& [id, w] : workers_)
+    for (int fd : {w.sock, w.out, w.err, w.pidfd})
+      if (fd >= 0) close(fd);
+  workers_.clear();
+  close(wake_fd_);
+}
+
+// ================================================================= the session
+
+namespace {
+
+struct Config {
+  std::uint32_t max_procs;
+  std::uint64_t ring_bytes;
+  std::uint64_t bulk_bytes;
+  int executors;
+};
+
+long env_long(const char* name, long dflt) {
+  const char* e = std::getenv(name);
+  if (!e || !*e) return dflt;
+  char* end;
+  long v = std::strtol(e, &end, 10);
+  if (*end || v <= 0) throw UsageError(std::string("vscale: ") + name + "=" + e + " is not a positive number");
+  return v;
+}
+
+Config config_from_env() {
+  Config c;
+  c.max_procs = static_cast<std::uint32_t>(env_long("VSCALE_MAX_PROCS", std::max(128, 4 * usable_cpus())));
+  c.ring_bytes = std::uint64_t(env_long("VSCALE_RING_KB", 64)) << 10;
+  c.bulk_bytes = std::uint64_t(env_long("VSCALE_BULK_MB", 1024)) << 20;
+  c.executors = 1;
+  return c;
+}
+
+std::unique_ptr<Runtime> g_runtime;
+std::unique_ptr<Launcher> g_launcher;
+std::mutex g_session_m;
+
+[[noreturn]] void worker_main(const char* spec) {
+  int id = 0, sock = -1, seg = -1, mpid = 0;
+  if (std::sscanf(spec, "%d:%d:%d:%d", &id, &sock, &seg, &mpid) != 4) {
+    std::fprintf(stderr, "vscale worker: malformed %s%s\n", kWorkerFlag, spec);
+    _exit(2);
+  }
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != mpid) _exit(1);  // the master died before we got here
+  setvbuf(stdout, nullptr, _IOLBF, 0);
+  // Keep the cookie out of anything this worker starts.
+  std::string cookie = std::getenv("VSCALE_COOKIE") ? std::getenv("VSCALE_COOKIE") : "";
+  unsetenv("VSCALE_COOKIE");
+  fcntl(sock, F_SETFD, FD_CLOEXEC);
+  fcntl(seg, F_SETFD, FD_CLOEXEC);
+
+  Hello h{};
+  std::memcpy(h.magic, kHelloMagic, sizeof h.magic);
+  h.id = id;
+  h.os_pid = getpid();
+  copy_str(h.cookie, sizeof h.cookie, cookie);
+  copy_str(h.build_id, sizeof h.build_id, build_id());
+  Verdict v{};
+  if (!write_all(sock, &h, sizeof h) || !read_all(sock, &v, sizeof v)) _exit(1);
+  if (!v.ok) {
+    std::fprintf(stderr, "vscale worker %d: %s\n", id, v.reason);
+    _exit(3);
+  }
+  try {
+    auto rt = std::make_unique<Runtime>(id, false);
+    rt->master_os_pid = mpid;
+    rt->segment().attach(seg);
+    rt->start(config_from_env().executors);
+    g_runtime = std::move(rt);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vscale worker %d: cannot start: %s\n", id, e.what());
+    _exit(4);
+  }
+  // The master holds the other end of `sock`; EOF means it is gone, and so must we be.
+  std::thread([sock] {
+    char c;
+    while (true) {
+      ssize_t k = ::read(sock, &c, 1);
+      if (k < 0 && errno == EINTR) continue;
+      if (k <= 0) {
+        std::fflush(nullptr);
+        _exit(0);
+      }
+    }
+  }).detach();
+  Runtime& rt = *g_runtime;
+  rt.wait_until([&] { return rt.exit_requested().load(); });
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+  _exit(0);
+}
+
+void start_master(int procs, const char* argv0) {
+  std::lock_guard lk(g_session_m);
+  if (g_runtime) throw UsageError("vscale: only one vscale::Session may exist in a process");
+  (void)argv0;
+  Config c = config_from_env();
+  auto rt = std::make_unique<Runtime>(1, true);
+  rt->segment().create(c.max_procs, c.ring_bytes, c.bulk_bytes);
+  rt->segment().slot(1).os_pid.store(getpid());
+  rt->segment().slot(1).state.store(std::uint32_t(SlotState::Alive));
+  rt->start(c.executors);
+  g_launcher = std::make_unique<Launcher>(*rt);
+  rt->launcher = g_launcher.get();
+  g_runtime = std::move(rt);
+  if (procs > 0) {
+    auto res = g_launcher->launch(procs, {}, {}, std::chrono::seconds(60));
+    (void)res;  // failures were reported on stderr; the session goes on with those that joined
+  }
+}
+
+void stop_master() {
+  std::lock_guard lk(g_session_m);
+  if (g_launcher) g_launcher->shutdown();
+  if (g_runtime) g_runtime->stop();
+  g_launcher.reset();
+  g_runtime.reset();
+}
+
+Launcher& launcher_for(const char* what) {
+  Runtime& rt = Runtime::get(what);
+  if (!rt.master() || !rt.launcher)
+    throw UsageError(std::string("vscale: ") + what + " can only be called on the master (process 1); it was called on process " +
+                     std::to_string(rt.self()));
+  return *rt.launcher;
+}
+
+}  // namespace
+
+LaunchResult launch(int n, const std::string& exe, const std::string& cookie) {
+  return launcher_for("addprocs").launch(n, exe, cookie, std::chrono::seconds(60));
+}
+
+}  // namespace detail
+
+// ================================================================= public API
+
+int usable_cpus() {
+  cpu_set_t set;
+  int n = 0;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
+  // cgroup v2 CPU quota: "max 100000" or "200000 100000".
+  std::ifstream cg("/proc/self/cgroup");
+  std::string line, path;
+  while (std::getline(cg, line))
+    if (line.rfind("0::", 0) == 0) path = line.substr(3);
+  std::ifstream f("/sys/fs/cgroup" + path + "/cpu.max");
+  std::string quota;
+  long period = 0;
+  if (f >> quota >> period && quota != "max" && period > 0) {
+    long q = std::atol(quota.c_str());
+    if (q > 0) n = std::min(n, static_cast<int>(std::ceil(double(q) / double(period))));
+  }
+  return std::max(1, n);
+}
+
+SessionOptions parse_options(int& argc, char** argv) {
+  SessionOptions o;
+  bool given = false;
+  auto parse_count = [&](const std::string& v, const char* flag) {
+    if (v == "auto") return -1;
+    char* end;
+    long n = std::strtol(v.c_str(), &end, 10);
+    if (v.empty() || *end || n < 0)
+      throw UsageError(std::string("vscale: ") + flag + " expects a number of workers or `auto`, got `" + v + "`");
+    return static_cast<int>(n);
+  };
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    std::string val;
+    const char* flag = nullptr;
+    int consumed = 0;
+    if ((a == "-p" || a == "--procs") && i + 1 < argc) {
+      flag = argv[i];
+      val = argv[i + 1];
+      consumed = 2;
+    } else if (a.rfind("--procs=", 0) == 0) {
+      flag = "--procs";
+      val = a.substr(8);
+      consumed = 1;
+    } else if (a.size() > 2 && a.rfind("-p", 0) == 0 && std::isdigit(static_cast<unsigned char>(a[2]))) {
+      flag = "-p";
+      val = a.substr(2);
+      consumed = 1;
+    }
+    if (consumed) {
+      o.procs = parse_count(val, flag);
+      given = true;
+      i += consumed - 1;
+      continue;
+    }
+    argv[out++] = argv[i];
+  }
+  if (argc > 0) {
+    argv[out] = nullptr;
+    argc = out;
+  }
+  if (!given) {
+    if (const char* e = std::getenv("VSCALE_PROCS"); e && *e) o.procs = parse_count(e, "VSCALE_PROCS");
+  }
+  return o;
+}
+
+Session::Session(int& argc, char** argv) {
+  if (argc >= 2 && std::strncmp(argv[1], detail::kWorkerFlag, sizeof detail::kWorkerFlag - 1) == 0)
+    detail::worker_main(argv[1] + sizeof detail::kWorkerFlag - 1);
+  SessionOptions o = parse_options(argc, argv);
+  int procs = o.procs < 0 ? usable_cpus() : o.procs;
+  detail::start_master(procs, argc > 0 ? argv[0] : nullptr);
+}
+
+Session::Session(SessionOptions options, const char* argv0) {
+  int procs = options.procs < 0 ? usable_cpus() : options.procs;
+  detail::start_master(procs, argv0);
+}
+
+Session::~Session() { detail::stop_master(); }
+
+int myid() { return detail::Runtime::get("myid").self(); }
+int nprocs() { return static_cast<int>(detail::Runtime::get("nprocs").alive_ids().size()); }
+int nworkers() { return nprocs() - 1; }
+std::vector<int> procs() { return detail::Runtime::get("procs").alive_ids(); }
+std::vector<int> workers() {
+  auto ids = procs();
+  if (ids.size() <= 1) return {1};
+  ids.erase(ids.begin());
+  return ids;
+}
+
+std::vector<int> addprocs(int n) {
+  if (n < 0) throw UsageError("vscale: addprocs(" + std::to_string(n) + "): the count must not be negative");
+  return detail::launch(n).joined;
+}
+
+void rmprocs(const std::vector<int>& ids, std::chrono::milliseconds timeout) {
+  auto& l = detail::launcher_for("rmprocs");
+  for (int id : ids)
+    if (id == 1) throw UsageError("vscale: rmprocs cannot remove the master (process 1)");
+  l.remove(ids, timeout);
+}
+
+}  // namespace vscale

@@ -1,0 +1,1034 @@
+// The per-process runtime: polling the rings, dispatching messages, the executor, the
+// reference store, and the entry points that the public templates call (detail/core.hpp).
+#include "vscale/detail/runtime.hpp"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+namespace vscale::detail {
+
+thread_local bool tl_executor = false;
+std::atomic<Runtime*> Runtime::current_{nullptr};
+
+namespace {
+
+constexpr std::size_t kInlineMax = 8 * 1024;  // bodies above this go through the bulk area
+constexpr std::uint64_t round16(std::uint64_t v) { return (v + 15) & ~std::uint64_t(15); }
+constexpr std::uint64_t round64(std::uint64_t v) { return (v + 63) & ~std::uint64_t(63); }
+
+struct ResultHeader {
+  std::uint64_t req;
+  std::uint32_t ok;
+  std::uint32_t pad;
+};
+struct QueryBody {
+  std::uint64_t req;
+  RefId ref;
+};
+struct RefWeight {
+  RefId ref;
+  std::uint64_t weight;
+};
+struct AddRefBody {
+  std::uint64_t req;
+  RefId ref;
+  std::uint64_t weight;
+};
+
+std::chrono::nanoseconds spin_from_env() {
+  const char* e = std::getenv("VSCALE_SPIN_US");
+  long us = e ? std::strtol(e, nullptr, 10) : 50;
+  if (us < 0) us = 0;
+  return std::chrono::microseconds(us);
+}
+
+template <class T>
+T read_pod(Reader& r) {
+  T v;
+  r.read_raw(&v, sizeof v);
+  return v;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- Inbound
+
+Inbound& Inbound::operator=(Inbound&& o) noexcept {
+  if (this != &o) {
+    release();
+    src = o.src;
+    kind = o.kind;
+    len = o.len;
+    consumed = o.consumed;
+    o.consumed = nullptr;
+    if (o.body == o.heap.data() && !o.heap.empty()) {
+      heap = std::move(o.heap);
+      body = heap.data();
+    } else {
+      heap = std::move(o.heap);
+      body = o.body;
+    }
+    o.body = nullptr;
+    o.len = 0;
+  }
+  return *this;
+}
+
+void Inbound::release() noexcept {
+  if (consumed) {
+    consumed->store(1, std::memory_order_release);
+    consumed = nullptr;
+  }
+}
+
+// ---------------------------------------------------------------- BulkArea
+
+void BulkArea::init(char* base, std::uint64_t size, int fd, std::uint64_t file_offset) {
+  base_ = base;
+  size_ = size;
+  fd_ = fd;
+  file_offset_ = file_offset;
+  free_.clear();
+  free_[0] = size;
+}
+
+void BulkArea::release(std::uint64_t off, std::uint64_t len) {
+  // Give big blocks' memory back to the system; small ones stay warm for reuse.
+  if (len >= (std::uint64_t(64) << 20) && fd_ >= 0) {
+    std::uint64_t lo = (off + 4095) & ~std::uint64_t(4095), hi = (off + len) & ~std::uint64_t(4095);
+    if (hi > lo)
+      (void)fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(file_offset_ + lo),
+                      static_cast<off_t>(hi - lo));
+  }
+  auto it = free_.emplace(off, len).first;
+  if (it != free_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->first + prev->second == it->first) {
+      prev->second += it->second;
+      free_.erase(it);
+      it = prev;
+    }
+  }
+  auto next = std::next(it);
+  if (next != free_.end() && it->first + it->second == next->first) {
+    it->second += next->second;
+    free_.erase(next);
+  }
+}
+
+void BulkArea::sweep(const std::vector<std::atomic<std::uint8_t>>& dead) {
+  for (std::size_t i = 0; i < out_.size();) {
+    auto* blk = reinterpret_cast<BulkBlock*>(base_ + out_[i].off);
+    if (blk->consumed.load(std::memory_order_acquire) || dead[out_[i].dest - 1].load()) {
+      release(out_[i].off, out_[i].len);
+      out_[i] = out_.back();
+      out_.pop_back();
+    } else {
+      ++i;
+    }
+  }
+}
+
+std::int64_t BulkArea::alloc(std::uint64_t len, int dest, const std::vector<std::atomic<std::uint8_t>>& dead) {
+  const std::uint64_t need = round64(sizeof(BulkBlock) + len);
+  std::lock_guard lk(m_);
+  sweep(dead);
+  for (auto it = free_.begin(); it != free_.end(); ++it) {
+    if (it->second < need) continue;
+    std::uint64_t off = it->first, rest = it->second - need;
+    free_.erase(it);
+    if (rest) free_[off + need] = rest;
+    out_.push_back({off, need, dest});
+    auto* blk = new (base_ + off) BulkBlock;
+    blk->consumed.store(0, std::memory_order_relaxed);
+    blk->len = len;
+    return static_cast<std::int64_t>(off);
+  }
+  return -1;
+}
+
+void BulkArea::cancel(std::int64_t off) {
+  std::lock_guard lk(m_);
+  for (std::size_t i = 0; i < out_.size(); ++i)
+    if (out_[i].off == std::uint64_t(off)) {
+      release(out_[i].off, out_[i].len);
+      out_[i] = out_.back();
+      out_.pop_back();
+      return;
+    }
+}
+
+// ---------------------------------------------------------------- Runtime: life cycle
+
+Runtime::Runtime(int self, bool master) : self_(self), master_(master), spin_(spin_from_env()) {}
+
+Runtime::~Runtime() {
+  stop();
+  Runtime* me = this;
+  current_.compare_exchange_strong(me, nullptr);
+}
+
+Runtime& Runtime::get(const char* what) {
+  Runtime* rt = current();
+  if (!rt)
+    throw UsageError(std::string("vscale: ") + what +
+                     " needs a running vscale::Session: construct `vscale::Session s(argc, argv);` at the start "
+                     "of main");
+  return *rt;
+}
+
+void Runtime::start(int executors) {
+  const std::uint32_t n = seg_.max_procs();
+  out_.clear();
+  for (std::uint32_t i = 0; i < n; ++i) out_.push_back(std::make_unique<Out>());
+  dead_ = std::vector<std::atomic<std::uint8_t>>(n);
+  auto& h = seg_.header();
+  bulk_.init(seg_.bulk(self_), h.bulk_bytes, seg_.fd(), h.bulk_off + std::uint64_t(self_ - 1) * h.bulk_bytes);
+  current_.store(this, std::memory_order_release);
+  progress_ = std::thread([this] { progress_loop(); });
+  for (int i = 0; i < executors; ++i) executors_.emplace_back([this] { executor_loop(); });
+}
+
+void Runtime::stop() {
+  if (stopping_.exchange(true) || !progress_.joinable()) return;  // never started
+  auto& slot = seg_.slot(self_);
+  slot.doorbell.fetch_add(1);
+  futex_wake(slot.doorbell, INT_MAX);
+  notify_local();
+  {
+    std::lock_guard lk(q_m_);
+  }
+  q_cv_.notify_all();
+  if (progress_.joinable()) progress_.join();
+  for (auto& t : executors_)
+    if (t.joinable()) t.join();
+  executors_.clear();
+}
+
+// ---------------------------------------------------------------- membership
+
+bool Runtime::alive(int id) const {
+  return seg_.valid_id(id) && seg_.slot(id).state.load(std::memory_order_acquire) == std::uint32_t(SlotState::Alive);
+}
+
+std::vector<int> Runtime::alive_ids() const {
+  std::vector<int> ids;
+  const int n = static_cast<int>(seg_.max_procs());
+  for (int id = 1; id <= n; ++id) {
+    auto st = seg_.slot(id).state.load(std::memory_order_acquire);
+    if (st == std::uint32_t(SlotState::Alive)) ids.push_back(id);
+    else if (st == std::uint32_t(SlotState::Unused)) break;  // ids are handed out in order
+  }
+  return ids;
+}
+
+std::string Runtime::dead_reason(int id) const {
+  if (!seg_.valid_id(id)) return "does not exist (no such process id)";
+  auto st = seg_.slot(id).state.load(std::memory_order_acquire);
+  if (st == std::uint32_t(SlotState::Dead)) {
+    const char* r = seg_.slot(id).reason;
+    return std::string("is gone: ") + (r[0] ? std::string(r, strnlen(r, sizeof seg_.slot(id).reason)) : "exited");
+  }
+  if (st == std::uint32_t(SlotState::Starting)) return "has not finished starting";
+  return "does not exist (no such process id)";
+}
+
+void Runtime::check_dest(int id) const {
+  if (!alive(id)) throw ProcessExitedException(id, dead_reason(id));
+}
+
+void Runtime::handle_membership() {
+  // Called with poll_m_ held.
+  seen_epoch_ = seg_.header().epoch.load(std::memory_order_acquire);
+  peers_.clear();
+  const int n = static_cast<int>(seg_.max_procs());
+  std::vector<int> newly_dead;
+  for (int id = 1; id <= n; ++id) {
+    auto st = seg_.slot(id).state.load(std::memory_order_acquire);
+    if (st == std::uint32_t(SlotState::Unused)) break;
+    if (st == std::uint32_t(SlotState::Dead)) {
+      if (!dead_[id - 1].exchange(1)) newly_dead.push_back(id);
+      continue;
+    }
+    if (id != self_) peers_.push_back(id);
+  }
+  if (newly_dead.empty()) return;
+  std::vector<std::shared_ptr<Request>> failed;
+  {
+    std::lock_guard lk(req_m_);
+    for (auto it = reqs_.begin(); it != reqs_.end();) {
+      bool gone = false;
+      for (int d : newly_dead) gone |= it->second->dest == d;
+      if (gone) {
+        failed.push_back(it->second);
+        it = reqs_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& r : failed) {
+    r->ok = false;
+    r->error = ErrorInfo{ErrorInfo::Exited, r->dest, {}, dead_reason(r->dest)};
+    r->done.store(1, std::memory_order_release);
+  }
+  for (int d : newly_dead) {
+    std::lock_guard lk(out_[d - 1]->m);
+    out_[d - 1]->overflow.clear();
+  }
+  notify_local();
+}
+
+// ---------------------------------------------------------------- sending
+
+bool Runtime::try_emit(int dest, const MsgHeader& h0, const void* a, std::size_t na, const void* b, std::size_t nb) {
+  RingHeader& ring = seg_.ring(dest, self_);
+  MsgHeader h = h0;
+  const std::size_t body = na + nb;
+  if (body <= kInlineMax) {
+    h.len = static_cast<std::uint32_t>(body);
+    return ring_try_write(seg_, ring, h, a, na, b, nb);
+  }
+  if (body + sizeof(BulkBlock) > bulk_.size())
+    throw Error("vscale: a message of " + std::to_string(body >> 20) + " MiB is larger than the bulk area (" +
+                std::to_string(bulk_.size() >> 20) + " MiB); raise VSCALE_BULK_MB");
+  std::int64_t off = bulk_.alloc(body, dest, dead_);
+  if (off < 0) return false;
+  char* p = bulk_.at(off) + sizeof(BulkBlock);
+  if (na) std::memcpy(p, a, na);
+  if (nb) std::memcpy(p + na, b, nb);
+  std::uint64_t desc[2] = {std::uint64_t(off), body};
+  h.flags |= kFlagBulk;
+  h.len = sizeof desc;
+  if (ring_try_write(seg_, ring, h, desc, sizeof desc, nullptr, 0)) return true;
+  bulk_.cancel(off);
+  return false;
+}
+
+bool Runtime::flush_overflow(int dest, Out& o) {
+  bool wrote = false;
+  while (!o.overflow.empty()) {
+    auto& rec = o.overflow.front();
+    MsgHeader h;
+    std::memcpy(&h, rec.data(), sizeof h);
+    if (!try_emit(dest, h, rec.data() + sizeof h, rec.size() - sizeof h, nullptr, 0)) break;
+    o.overflow.pop_front();
+    overflow_pending_.fetch_sub(1);
+    wrote = true;
+  }
+  if (wrote) wake_peer(dest);
+  return o.overflow.empty();
+}
+
+void Runtime::wake_peer(int dest) {
+  messages_sent_.fetch_add(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  auto& slot = seg_.slot(dest);
+  if (slot.awake.load(std::memory_order_seq_cst) == 0) {
+    slot.doorbell.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake(slot.doorbell, INT_MAX);
+  }
+}
+
+void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, const void* b, std::size_t nb,
+                   bool may_block) {
+  if (dest == self_) throw Error("vscale: internal error: message to self");
+  check_dest(dest);
+  MsgHeader h{};
+  h.kind = kind;
+  h.src = self_;
+  Out& o = *out_[dest - 1];
+  RingHeader& ring = seg_.ring(dest, self_);
+  for (;;) {
+    {
+      std::lock_guard lk(o.m);
+      if (flush_overflow(dest, o) && try_emit(dest, h, a, na, b, nb)) break;
+      if (!may_block) {
+        std::vector<char> rec(sizeof h + na + nb);
+        std::memcpy(rec.data(), &h, sizeof h);
+        if (na) std::memcpy(rec.data() + sizeof h, a, na);
+        if (nb) std::memcpy(rec.data() + sizeof h + na, b, nb);
+        o.overflow.push_back(std::move(rec));
+        overflow_pending_.fetch_add(1);
+        return;
+      }
+    }
+    // Full: wait for the receiver to drain, without holding the lock (its poller may need to
+    // send to us meanwhile) and while keeping our own inbox moving.
+    check_dest(dest);
+    AwakeScope awake(*this);
+    std::uint32_t seq = ring.space_seq.load(std::memory_order_acquire);
+    ring.writer_waiting.fetch_add(1, std::memory_order_seq_cst);
+    poll_once();
+    timespec ts{0, 200000};
+    futex_wait(ring.space_seq, seq, &ts);
+    ring.writer_waiting.fetch_sub(1);
+  }
+  wake_peer(dest);
+}
+
+std::shared_ptr<Request> Runtime::new_request(int dest, std::uint64_t& id) {
+  auto r = std::make_shared<Request>();
+  r->dest = dest;
+  id = next_req_.fetch_add(1, std::memory_order_relaxed) + 1;
+  std::lock_guard lk(req_m_);
+  reqs_.emplace(id, r);
+  return r;
+}
+
+void Runtime::drop_request(std::uint64_t id) {
+  std::lock_guard lk(req_m_);
+  reqs_.erase(id);
+}
+
+void Runtime::await_request(Request& r) {
+  wait_until([&] { return r.done.load(std::memory_order_acquire) != 0; });
+}
+
+void Runtime::reply_result(int dest, std::uint64_t req, bool ok, const void* data, std::size_t len, bool may_block) {
+  ResultHeader rh{req, ok ? 1u : 0u, 0};
+  if (!alive(dest)) return;  // nobody left to answer
+  try {
+    send(dest, kResult, &rh, sizeof rh, data, len, may_block);
+  } catch (const ProcessExitedException&) {
+    // The asker died meanwhile: nothing to do.
+  }
+}
+
+void Runtime::reply_error(int dest, std::uint64_t req, const ErrorInfo& e, bool may_block) {
+  Writer w;
+  e.write(w);
+  reply_result(dest, req, false, w.bytes().data(), w.bytes().size(), may_block);
+}
+
+// ---------------------------------------------------------------- polling and waking
+
+AwakeScope::AwakeScope(Runtime& r) : rt(r) { rt.seg_.slot(rt.self_).awake.fetch_add(1, std::memory_order_seq_cst); }
+
+AwakeScope::~AwakeScope() {
+  if (rt.seg_.slot(rt.self_).awake.fetch_sub(1, std::memory_order_seq_cst) == 1) rt.kick_self_if_pending();
+}
+
+void Runtime::kick_self_if_pending() {
+  // We were the last thread polling. A sender that saw us awake did not wake anyone, so if
+  // anything is waiting, wake the progress thread to take over.
+  bool pending = overflow_pending_.load() > 0;
+  if (!pending) {
+    std::unique_lock lk(poll_m_, std::try_to_lock);
+    if (!lk) {
+      pending = true;  // someone is polling right now; let the progress thread re-check
+    } else {
+      for (int p : peers_) {
+        RingHeader& r = seg_.ring(self_, p);
+        if (r.head.load(std::memory_order_acquire) != r.tail.load(std::memory_order_relaxed)) {
+          pending = true;
+          break;
+        }
+      }
+      if (seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_) pending = true;
+    }
+  }
+  if (pending) {
+    auto& slot = seg_.slot(self_);
+    slot.doorbell.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake(slot.doorbell, INT_MAX);
+  }
+}
+
+bool Runtime::poll_once() {
+  std::unique_lock lk(poll_m_, std::try_to_lock);
+  if (!lk) return false;
+  bool did = false;
+  if (seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_) {
+    handle_membership();
+    did = true;
+  }
+  const std::uint64_t cap = seg_.header().ring_bytes;
+  for (int peer : peers_) {
+    RingHeader& r = seg_.ring(self_, peer);
+    const std::uint64_t head = r.head.load(std::memory_order_acquire);
+    std::uint64_t pos = r.tail.load(std::memory_order_relaxed);
+    if (pos == head) continue;
+    did = true;
+    char* data = seg_.ring_data(r);
+    while (pos != head) {
+      MsgHeader h;
+      std::memcpy(&h, data + pos % cap, sizeof h);
+      if (h.kind == kWrap) {
+        pos += cap - pos % cap;
+        continue;
+      }
+      Inbound m;
+      m.src = peer;
+      m.kind = h.kind;
+      const char* body = data + pos % cap + sizeof h;
+      if (h.flags & kFlagBulk) {
+        std::uint64_t desc[2];
+        std::memcpy(desc, body, sizeof desc);
+        char* blk = seg_.bulk(peer) + desc[0];
+        m.consumed = &reinterpret_cast<BulkBlock*>(blk)->consumed;
+        m.body = blk + sizeof(BulkBlock);
+        m.len = desc[1];
+      } else {
+        m.heap.assign(body, body + h.len);
+        m.body = m.heap.data();
+        m.len = h.len;
+      }
+      pos += round16(sizeof h + h.len);
+      try {
+        dispatch(std::move(m));
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "vscale: process %d dropped a message from %d: %s\n", self_, peer, e.what());
+      }
+    }
+    r.tail.store(pos, std::memory_order_release);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (r.writer_waiting.load(std::memory_order_relaxed)) {
+      r.space_seq.fetch_add(1);
+      futex_wake(r.space_seq, INT_MAX);
+    }
+  }
+  if (overflow_pending_.load() > 0) {
+    for (int p : peers_) {
+      Out& o = *out_[p - 1];
+      std::unique_lock olk(o.m, std::try_to_lock);
+      if (olk && !o.overflow.empty()) flush_overflow(p, o);
+    }
+  }
+  return did;
+}
+
+void Runtime::notify_local() {
+  {
+    std::lock_guard lk(ev_m_);
+    ++ev_gen_;
+  }
+  ev_cv_.notify_all();
+}
+
+void Runtime::progress_loop() {
+  auto& slot = seg_.slot(self_);
+  auto last_check = std::chrono::steady_clock::now();
+  while (!stopping_.load()) {
+    if (poll_once()) continue;
+    std::uint32_t seq = slot.doorbell.load(std::memory_order_seq_cst);
+    if (poll_once()) continue;
+    timespec ts{0, overflow_pending_.load() > 0 ? 1000000L : 100000000L};
+    futex_wait(slot.doorbell, seq, &ts);
+    auto now = std::chrono::steady_clock::now();
+    if (!master_ && now - last_check > std::chrono::milliseconds(100)) {
+      last_check = now;
+      // Liveness: if the master is gone, so are we (PR_SET_PDEATHSIG covers most cases).
+      if (getppid() != master_os_pid) _exit(1);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- dispatch
+
+void Runtime::dispatch(Inbound&& m) {
+  switch (m.kind) {
+    case kCallRef: {
+      RefId id;
+      std::memcpy(&id, m.body, sizeof id);
+      store_new(id, kInitialWeight);
+      push_task(Task{std::move(m), {}});
+      return;
+    }
+    case kCallFetch:
+    case kCallDo:
+      push_task(Task{std::move(m), {}});
+      return;
+    case kResult: {
+      ResultHeader rh;
+      std::memcpy(&rh, m.body, sizeof rh);
+      std::shared_ptr<Request> r;
+      {
+        std::lock_guard lk(req_m_);
+        auto it = reqs_.find(rh.req);
+        if (it == reqs_.end()) return;  // abandoned
+        r = std::move(it->second);
+        reqs_.erase(it);
+      }
+      r->ok = rh.ok != 0;
+      r->payload = m.body + sizeof rh;
+      r->payload_len = m.len - sizeof rh;
+      if (!r->ok) {
+        Reader rd(r->payload, r->payload_len);
+        r->error = ErrorInfo::read(rd);
+      }
+      r->reply = std::move(m);
+      r->done.store(1, std::memory_order_release);
+      notify_local();
+      return;
+    }
+    case kFetch:
+    case kWait:
+    case kIsReady:
+      handle_ref_query(m);
+      return;
+    case kAddRef: {
+      AddRefBody b;
+      std::memcpy(&b, m.body, sizeof b);
+      {
+        std::lock_guard lk(store_m_);
+        auto it = store_.find(b.ref);
+        if (it != store_.end()) it->second.weight += b.weight;
+      }
+      reply_result(m.src, b.req, true, nullptr, 0, false);
+      return;
+    }
+    case kDelRef: {
+      RefWeight b;
+      std::memcpy(&b, m.body, sizeof b);
+      release_weight(b.ref, b.weight);
+      return;
+    }
+    case kExit:
+      exit_requested_.store(true);
+      notify_local();
+      return;
+    default:
+      std::fprintf(stderr, "vscale: process %d got an unknown message kind %u from %d\n", self_, m.kind, m.src);
+  }
+}
+
+void Runtime::handle_ref_query(Inbound& m) {
+  QueryBody q;
+  std::memcpy(&q, m.body, sizeof q);
+  const int asker = m.src;
+  std::shared_ptr<FutureCore> core;
+  {
+    std::lock_guard lk(store_m_);
+    auto it = store_.find(q.ref);
+    if (it != store_.end()) core = it->second.core;
+  }
+  if (!core) {
+    ErrorInfo e{ErrorInfo::Usage, self_, {},
+                "vscale: process " + std::to_string(self_) +
+                    " no longer holds this Future's value (all handles were released)"};
+    reply_error(asker, q.req, e, false);
+    return;
+  }
+  const std::uint16_t kind = m.kind;
+  if (kind == kIsReady) {
+    std::uint8_t ready = core->state.load() != FutureCore::Pending;
+    reply_result(asker, q.req, true, &ready, 1, false);
+    return;
+  }
+  // Answer now if ready, otherwise when the value arrives. The answer may be large, so it is
+  // sent by the thread that completes the value or, here, without blocking.
+  auto answer = [this, asker, kind, req = q.req, core](bool may_block) {
+    if (core->state.load() == FutureCore::Failed) {
+      reply_error(asker, req, core->error, may_block);
+    } else if (kind == kFetch) {
+      const auto& b = core->ensure_bytes();
+      reply_result(asker, req, true, b.data(), b.size(), may_block);
+    } else {
+      reply_result(asker, req, true, nullptr, 0, may_block);
+    }
+  };
+  {
+    std::lock_guard lk(core->m);
+    if (core->state.load() == FutureCore::Pending) {
+      core->on_done.push_back([answer] { answer(true); });
+      return;
+    }
+  }
+  answer(false);
+}
+
+// ---------------------------------------------------------------- executor
+
+void Runtime::push_task(Task&& t) {
+  {
+    std::lock_guard lk(q_m_);
+    q_.push_back(std::move(t));
+    q_size_.fetch_add(1, std::memory_order_release);
+  }
+  q_cv_.notify_one();
+  notify_local();  // an executor waiting inside a call may help
+}
+
+bool Runtime::run_one_task() {
+  if (q_size_.load(std::memory_order_acquire) == 0) return false;
+  Task t;
+  {
+    std::lock_guard lk(q_m_);
+    if (q_.empty()) return false;
+    t = std::move(q_.front());
+    q_.pop_front();
+    q_size_.fetch_sub(1, std::memory_order_release);
+  }
+  run_task(t);
+  return true;
+}
+
+void Runtime::run_task(Task& t) {
+  if (t.fn) {
+    try {
+      t.fn();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "vscale: a local task on process %d failed: %s\n", self_, e.what());
+    }
+    return;
+  }
+  Inbound& m = t.msg;
+  const int src = m.src;
+  const std::uint16_t kind = m.kind;
+  Reader in(m.body, m.len);
+  std::uint64_t req = 0;
+  RefId ref;
+  if (kind == kCallFetch) req = read_pod<std::uint64_t>(in);
+  if (kind == kCallRef) ref = read_pod<RefId>(in);
+  Writer out;
+  bool ok = true;
+  ErrorInfo err;
+  try {
+    auto code = read_pod<CodeRef>(in);
+    auto inv = reinterpret_cast<Invoker>(const_cast<void*>(decode_code(code)));
+    inv(in, out);
+  } catch (...) {
+    ok = false;
+    err = ErrorInfo::from_current_exception(self_);
+  }
+  m.release();  // arguments are no longer needed: let the sender reuse its bulk block
+  if (kind == kCallFetch) {
+    if (ok)
+      reply_result(src, req, true, out.bytes().data(), out.bytes().size(), true);
+    else
+      reply_error(src, req, err, true);
+  } else if (kind == kCallRef) {
+    std::shared_ptr<FutureCore> core;
+    {
+      std::lock_guard lk(store_m_);
+      auto it = store_.find(ref);
+      if (it != store_.end()) core = it->second.core;
+    }
+    if (core) {
+      if (ok)
+        core->complete_bytes(std::move(out.bytes()));
+      else
+        core->complete_error(std::move(err));
+    }
+  } else if (!ok) {
+    std::fprintf(stderr, "vscale: remote_do from process %d failed on process %d: %s: %s\n", src, self_,
+                 err.type.c_str(), err.message.c_str());
+  }
+}
+
+void Runtime::executor_loop() {
+  tl_executor = true;
+  while (!stopping_.load()) {
+    if (run_one_task()) continue;
+    {
+      AwakeScope awake(*this);
+      const auto until = std::chrono::steady_clock::now() + spin_;
+      unsigned n = 0;
+      bool got = false;
+      while (!stopping_.load()) {
+        if (q_size_.load(std::memory_order_acquire) > 0) {
+          got = true;
+          break;
+        }
+        if (poll_once()) continue;
+        cpu_relax();
+        if ((++n & 63) == 0 && std::chrono::steady_clock::now() > until) break;
+      }
+      if (got) continue;
+    }
+    std::unique_lock lk(q_m_);
+    q_cv_.wait_for(lk, std::chrono::milliseconds(100), [&] { return !q_.empty() || stopping_.load(); });
+  }
+}
+
+// ---------------------------------------------------------------- reference store
+
+std::shared_ptr<FutureCore> Runtime::store_new(const RefId& id, std::uint64_t weight) {
+  auto core = std::make_shared<FutureCore>();
+  core->id = id;
+  std::lock_guard lk(store_m_);
+  store_[id] = Entry{core, weight};
+  return core;
+}
+
+void Runtime::release_weight(const RefId& id, std::uint64_t weight) {
+  std::shared_ptr<FutureCore> dropped;  // destroyed outside the lock
+  std::lock_guard lk(store_m_);
+  auto it = store_.find(id);
+  if (it == store_.end()) return;
+  if (it->second.weight <= weight) {
+    dropped = std::move(it->second.core);
+    store_.erase(it);
+  } else {
+    it->second.weight -= weight;
+  }
+}
+
+WireRef Runtime::export_ref(const std::shared_ptr<FutureCore>& core) {
+  if (core->id.owner == self_) {
+    // We own it: mint fresh weight for the copy that leaves.
+    std::lock_guard lk(store_m_);
+    auto [it, fresh] = store_.try_emplace(core->id, Entry{core, 0});
+    it->second.weight += kInitialWeight;
+    return {core->id, kInitialWeight};
+  }
+  std::unique_lock lk(core->m);
+  if (core->weight < 2) {
+    // Out of weight to split (rare: 40 halvings): ask the owner for more, and wait for the
+    // answer so that our own weight cannot reach it first.
+    lk.unlock();
+    std::uint64_t req;
+    auto r = new_request(core->id.owner, req);
+    AddRefBody b{req, core->id, kInitialWeight};
+    try {
+      send(core->id.owner, kAddRef, &b, sizeof b);
+    } catch (...) {
+      drop_request(req);
+      throw;
+    }
+    await_request(*r);
+    if (!r->ok) r->error.raise();
+    lk.lock();
+    core->weight += kInitialWeight;
+  }
+  std::uint64_t give = core->weight / 2;
+  core->weight -= give;
+  return {core->id, give};
+}
+
+std::shared_ptr<FutureCore> Runtime::import_ref(const WireRef& w) {
+  if (w.id.owner == self_) {
+    std::shared_ptr<FutureCore> core, dropped;
+    {
+      std::lock_guard lk(store_m_);
+      auto it = store_.find(w.id);
+      if (it == store_.end())
+        throw Error("vscale: process " + std::to_string(self_) + " received a Future whose value it no longer holds");
+      core = it->second.core;
+      // Our own handles hold the core directly; the weight that came with this one goes back.
+      if (it->second.weight <= w.weight) {
+        dropped = std::move(it->second.core);
+        store_.erase(it);
+      } else {
+        it->second.weight -= w.weight;
+      }
+    }
+    return core;
+  }
+  std::lock_guard lk(reg_m_);
+  auto& slot = registry_[w.id];
+  if (auto core = slot.lock()) {
+    std::lock_guard ck(core->m);
+    core->weight += w.weight;
+    return core;
+  }
+  auto core = std::make_shared<FutureCore>();
+  core->id = w.id;
+  core->weight = w.weight;
+  slot = core;
+  return core;
+}
+
+Stats Runtime::stats() const {
+  Stats s;
+  s.messages_sent = messages_sent_.load();
+  std::lock_guard lk(store_m_);
+  s.stored_values = store_.size();
+  return s;
+}
+
+// ---------------------------------------------------------------- FutureCore
+
+FutureCore::~FutureCore() {
+  Runtime* rt = Runtime::current();
+  if (!rt || id.owner == 0 || id.owner == rt->self()) return;
+  {
+    std::lock_guard lk(rt->reg_m_);
+    auto it = rt->registry_.find(id);
+    if (it != rt->registry_.end() && it->second.expired()) rt->registry_.erase(it);
+  }
+  if (weight == 0 || !rt->alive(id.owner)) return;
+  RefWeight b{id, weight};
+  try {
+    rt->send(id.owner, kDelRef, &b, sizeof b, nullptr, 0, false);
+  } catch (...) {
+    // Owner gone: nothing to release.
+  }
+}
+
+void FutureCore::finish(int st) {
+  std::vector<std::function<void()>> todo;
+  {
+    std::lock_guard lk(m);
+    state.store(st, std::memory_order_release);
+    todo.swap(on_done);
+  }
+  for (auto& f : todo) f();
+  if (Runtime* rt = Runtime::current()) rt->notify_local();
+}
+
+void FutureCore::complete_bytes(std::vector<char>&& b) {
+  {
+    std::lock_guard lk(m);
+    bytes = std::move(b);
+    have_bytes = true;
+  }
+  finish(Ready);
+}
+
+void FutureCore::complete_typed(std::shared_ptr<void> obj, void (*ser)(const void*, Writer&)) {
+  {
+    std::lock_guard lk(m);
+    typed = std::move(obj);
+    serialize_typed = ser;
+  }
+  finish(Ready);
+}
+
+void FutureCore::complete_error(ErrorInfo e) {
+  {
+    std::lock_guard lk(m);
+    error = std::move(e);
+  }
+  finish(Failed);
+}
+
+const std::vector<char>& FutureCore::ensure_bytes() {
+  std::lock_guard lk(m);
+  if (!have_bytes && typed && serialize_typed) {
+    Writer w;
+    serialize_typed(typed.get(), w);
+    bytes = std::move(w.bytes());
+    have_bytes = true;
+  }
+  return bytes;
+}
+
+// ---------------------------------------------------------------- entry points (core.hpp)
+
+int self_id() { return Runtime::get("myid").self(); }
+bool is_master() { return Runtime::get("is_master").master(); }
+void require_session(const char* what) { Runtime::get(what); }
+
+std::shared_ptr<FutureCore> call_ref(int pid, CodeRef invoker, Writer& args) {
+  Runtime& rt = Runtime::get("remotecall");
+  RefId id{pid, rt.self(), rt.next_seq()};
+  char head[sizeof(RefId) + sizeof(CodeRef)];
+  std::memcpy(head, &id, sizeof id);
+  std::memcpy(head + sizeof id, &invoker, sizeof invoker);
+  rt.send(pid, kCallRef, head, sizeof head, args.bytes().data(), args.bytes().size());
+  auto core = std::make_shared<FutureCore>();
+  core->id = id;
+  core->weight = kInitialWeight;
+  return core;
+}
+
+void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& result) {
+  Runtime& rt = Runtime::get("remotecall_fetch");
+  std::uint64_t req;
+  auto r = rt.new_request(pid, req);
+  char head[sizeof(std::uint64_t) + sizeof(CodeRef)];
+  std::memcpy(head, &req, sizeof req);
+  std::memcpy(head + sizeof req, &invoker, sizeof invoker);
+  try {
+    rt.send(pid, kCallFetch, head, sizeof head, args.bytes().data(), args.bytes().size());
+  } catch (...) {
+    rt.drop_request(req);
+    throw;
+  }
+  rt.await_request(*r);
+  if (!r->ok) r->error.raise();
+  result.assign(r->payload, r->payload + r->payload_len);
+}
+
+void call_do(int pid, CodeRef invoker, Writer& args) {
+  Runtime& rt = Runtime::get("remote_do");
+  rt.send(pid, kCallDo, &invoker, sizeof invoker, args.bytes().data(), args.bytes().size());
+}
+
+std::shared_ptr<FutureCore> new_local_core() {
+  Runtime& rt = Runtime::get("remotecall");
+  auto core = std::make_shared<FutureCore>();
+  core->id = RefId{rt.self(), rt.self(), rt.next_seq()};
+  return core;
+}
+
+void submit_local(std::function<void()> fn) { Runtime::get("remotecall").push_task(Task{{}, std::move(fn)}); }
+
+void await_core(FutureCore& core, bool want_value) {
+  if (core.state.load(std::memory_order_acquire) != FutureCore::Pending) return;
+  Runtime& rt = Runtime::get("fetch");
+  if (core.id.owner == rt.self()) {
+    rt.wait_until([&] { return core.state.load(std::memory_order_acquire) != FutureCore::Pending; });
+    return;
+  }
+  if (!want_value && core.known_ready.load()) return;
+  std::lock_guard fl(core.fetch_m);
+  if (core.state.load() != FutureCore::Pending || (!want_value && core.known_ready.load())) return;
+  std::uint64_t req;
+  auto r = rt.new_request(core.id.owner, req);
+  QueryBody q{req, core.id};
+  try {
+    rt.send(core.id.owner, want_value ? kFetch : kWait, &q, sizeof q);
+  } catch (const ProcessExitedException& e) {
+    rt.drop_request(req);
+    core.complete_error(ErrorInfo{ErrorInfo::Exited, e.pid(), {}, e.reason()});
+    return;
+  }
+  rt.await_request(*r);
+  if (!r->ok) {
+    core.complete_error(r->error);
+  } else if (want_value) {
+    core.complete_bytes(std::vector<char>(r->payload, r->payload + r->payload_len));
+  } else {
+    core.known_ready.store(true);
+  }
+}
+
+bool poll_ready(FutureCore& core) {
+  if (core.state.load() != FutureCore::Pending || core.known_ready.load()) return true;
+  Runtime& rt = Runtime::get("isready");
+  if (core.id.owner == rt.self()) return false;
+  std::uint64_t req;
+  auto r = rt.new_request(core.id.owner, req);
+  QueryBody q{req, core.id};
+  try {
+    rt.send(core.id.owner, kIsReady, &q, sizeof q);
+  } catch (const ProcessExitedException& e) {
+    rt.drop_request(req);
+    core.complete_error(ErrorInfo{ErrorInfo::Exited, e.pid(), {}, e.reason()});
+    return true;
+  }
+  rt.await_request(*r);
+  if (!r->ok) {
+    core.complete_error(r->error);
+    return true;
+  }
+  bool ready = r->payload_len > 0 && r->payload[0] != 0;
+  if (ready) core.known_ready.store(true);
+  return ready;
+}
+
+WireRef export_ref(const std::shared_ptr<FutureCore>& core) { return Runtime::get("sending a Future").export_ref(core); }
+std::shared_ptr<FutureCore> import_ref(const WireRef& w) { return Runtime::get("receiving a Future").import_ref(w); }
+
+int next_any_worker() {
+  Runtime& rt = Runtime::get("spawnat");
+  auto ids = rt.alive_ids();
+  if (ids.size() <= 1) return 1;  // no workers: the master does the work, as in Julia
+  int k = rt.any_cursor.fetch_add(1, std::memory_order_relaxed);
+  return ids[1 + static_cast<std::size_t>(k) % (ids.size() - 1)];
+}
+
+std::vector<int> all_procs() { return Runtime::get("procs").alive_ids(); }
+
+Stats stats() { return Runtime::get("stats").stats(); }
+
+}  // namespace vscale::detail

@@ -1,0 +1,242 @@
+// The per-process runtime (internal): who polls the rings, how requests wait for their
+// answers, the executor that runs incoming calls, and the store of values kept for others.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "vscale/detail/core.hpp"
+#include "vscale/detail/transport.hpp"
+
+namespace vscale::detail {
+
+inline constexpr std::uint64_t kInitialWeight = std::uint64_t(1) << 40;
+
+/// A received message. Small bodies are copied out of the ring; a bulk body stays in the
+/// sender's bulk area until this object is destroyed, which tells the sender it may reuse it.
+struct Inbound {
+  int src = 0;
+  std::uint16_t kind = 0;
+  const char* body = nullptr;
+  std::size_t len = 0;
+  std::vector<char> heap;
+  std::atomic<std::uint32_t>* consumed = nullptr;
+
+  Inbound() = default;
+  Inbound(Inbound&& o) noexcept { *this = std::move(o); }
+  Inbound& operator=(Inbound&& o) noexcept;
+  ~Inbound() { release(); }
+  void release() noexcept;
+};
+
+/// An outstanding question to another process (call_fetch, fetch, wait, isready, addref).
+struct Request {
+  std::atomic<int> done{0};
+  int dest = 0;
+  bool ok = false;
+  Inbound reply;
+  const char* payload = nullptr;  // within reply, after the result header
+  std::size_t payload_len = 0;
+  ErrorInfo error;
+};
+
+/// Work for the executor: an incoming call, or a local function.
+struct Task {
+  Inbound msg;
+  std::function<void()> fn;
+};
+
+/// One sender's bulk area: first-fit blocks, reclaimed once the receiver marks them consumed.
+class BulkArea {
+ public:
+  void init(char* base, std::uint64_t size, int fd, std::uint64_t file_offset);
+  /// Returns the offset of a block with room for `len` bytes, or -1 when there is none now.
+  std::int64_t alloc(std::uint64_t len, int dest, const std::vector<std::atomic<std::uint8_t>>& dead);
+  void cancel(std::int64_t off);
+  char* at(std::int64_t off) const { return base_ + off; }
+  std::uint64_t size() const { return size_; }
+
+ private:
+  struct Out {
+    std::uint64_t off, len;
+    int dest;
+  };
+  void sweep(const std::vector<std::atomic<std::uint8_t>>& dead);
+  void release(std::uint64_t off, std::uint64_t len);
+  std::mutex m_;
+  char* base_ = nullptr;
+  std::uint64_t size_ = 0;
+  int fd_ = -1;
+  std::uint64_t file_offset_ = 0;
+  std::map<std::uint64_t, std::uint64_t> free_;  // offset -> length
+  std::vector<Out> out_;
+};
+
+class Launcher;  // master only (launch.cpp)
+
+/// True on the executor threads: they run queued calls while they wait (so a call that waits
+/// on a call back into its own process cannot deadlock).
+extern thread_local bool tl_executor;
+
+class Runtime {
+ public:
+  Runtime(int self, bool master);
+  ~Runtime();
+
+  static Runtime* current() noexcept { return current_.load(std::memory_order_acquire); }
+  static Runtime& get(const char* what);
+
+  void start(int executors);
+  void stop();
+
+  // --- identity and membership
+  int self() const noexcept { return self_; }
+  bool master() const noexcept { return master_; }
+  bool alive(int id) const;
+  std::vector<int> alive_ids() const;
+  std::string dead_reason(int id) const;
+  void check_dest(int id) const;  // throws ProcessExitedException
+
+  // --- messages
+  /// Send one message. A thread that may block waits for ring space; the poller never
+  /// blocks (what does not fit waits in an overflow queue, sent in order later).
+  void send(int dest, std::uint16_t kind, const void* a, std::size_t na, const void* b = nullptr,
+            std::size_t nb = 0, bool may_block = true);
+  std::shared_ptr<Request> new_request(int dest, std::uint64_t& id);
+  void drop_request(std::uint64_t id);
+  void await_request(Request& r);
+  void reply_result(int dest, std::uint64_t req, bool ok, const void* data, std::size_t len, bool may_block);
+  void reply_error(int dest, std::uint64_t req, const ErrorInfo& e, bool may_block);
+
+  // --- waiting
+  template <class Pred>
+  void wait_until(Pred pred);
+  bool poll_once();
+  void notify_local();
+
+  // --- executor
+  void push_task(Task&& t);
+  bool run_one_task();
+
+  // --- reference store (values this process keeps for others)
+  std::shared_ptr<FutureCore> store_new(const RefId& id, std::uint64_t weight);
+  WireRef export_ref(const std::shared_ptr<FutureCore>& core);
+  std::shared_ptr<FutureCore> import_ref(const WireRef& w);
+  void release_weight(const RefId& id, std::uint64_t weight);
+  std::uint64_t next_seq() { return seq_.fetch_add(1, std::memory_order_relaxed) + 1; }
+
+  Stats stats() const;
+  Segment& segment() noexcept { return seg_; }
+  std::atomic<bool>& exit_requested() noexcept { return exit_requested_; }
+  Launcher* launcher = nullptr;  // master only
+  int master_os_pid = 0;         // worker only
+  std::atomic<int> any_cursor{0};
+
+ private:
+  friend class Session;
+  friend struct AwakeScope;
+  struct Out {
+    std::mutex m;
+    std::deque<std::vector<char>> overflow;  // MsgHeader + body, not yet bulked
+  };
+  bool try_emit(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb);
+  bool flush_overflow(int dest, Out& o);  // with o.m held; true when empty afterwards
+  void wake_peer(int dest);
+  void kick_self_if_pending();
+  void dispatch(Inbound&& m);
+  void handle_membership();
+  void handle_ref_query(Inbound& m);
+  void run_task(Task& t);
+  void progress_loop();
+  void executor_loop();
+
+  static std::atomic<Runtime*> current_;
+  int self_;
+  bool master_;
+  Segment seg_;
+  std::vector<std::unique_ptr<Out>> out_;
+  std::atomic<int> overflow_pending_{0};
+  BulkArea bulk_;
+  std::vector<std::atomic<std::uint8_t>> dead_;
+
+  std::mutex poll_m_;
+  std::vector<int> peers_;  // guarded by poll_m_
+  std::uint32_t seen_epoch_ = ~0u;
+
+  std::mutex req_m_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Request>> reqs_;
+  std::atomic<std::uint64_t> next_req_{0};
+  std::atomic<std::uint64_t> seq_{0};
+
+  std::mutex ev_m_;
+  std::condition_variable ev_cv_;
+  std::uint64_t ev_gen_ = 0;
+
+  std::mutex q_m_;
+  std::condition_variable q_cv_;  // idle executors sleep here (only new tasks wake them)
+  std::deque<Task> q_;
+  std::atomic<std::size_t> q_size_{0};
+
+  mutable std::mutex store_m_;
+  struct Entry {
+    std::shared_ptr<FutureCore> core;
+    std::uint64_t weight;
+  };
+  std::unordered_map<RefId, Entry, RefIdHash> store_;
+  std::mutex reg_m_;
+  std::unordered_map<RefId, std::weak_ptr<FutureCore>, RefIdHash> registry_;  // non-owned cores here
+
+  std::atomic<bool> stopping_{false};
+  std::atomic<bool> exit_requested_{false};
+  std::thread progress_;
+  std::vector<std::thread> executors_;
+  std::atomic<std::uint64_t> messages_sent_{0};
+  std::chrono::nanoseconds spin_;
+
+ public:
+  friend struct FutureCore;
+};
+
+/// Counts the calling thread as polling for this process while it lives, so that senders
+/// need not wake anyone; the last one out makes sure nothing was left unpolled.
+struct AwakeScope {
+  explicit AwakeScope(Runtime& rt);
+  ~AwakeScope();
+  Runtime& rt;
+};
+
+template <class Pred>
+void Runtime::wait_until(Pred pred) {
+  if (pred()) return;
+  {
+    AwakeScope awake(*this);
+    const auto until = std::chrono::steady_clock::now() + spin_;
+    unsigned n = 0;
+    while (!pred()) {
+      if (poll_once()) continue;
+      if (tl_executor && run_one_task()) continue;
+      cpu_relax();
+      if ((++n & 63) == 0 && std::chrono::steady_clock::now() > until) break;
+    }
+  }
+  while (!pred()) {
+    if (tl_executor && run_one_task()) continue;
+    std::unique_lock lk(ev_m_);
+    std::uint64_t g = ev_gen_;
+    if (pred() || (tl_executor && q_size_.load() > 0)) continue;
+    ev_cv_.wait_for(lk, std::chrono::milliseconds(50), [&] { return ev_gen_ != g; });
+  }
+}
+
+}  // namespace vscale::detail
