@@ -208,7 +208,7 @@ class Launcher {
   void loop();
   void spawn(Batch& b);
   void on_hello(Worker& w);
-  void on_output(Worker& w, bool err_stream);
+  bool on_output(Worker& w, bool err_stream);  // false when nothing was there
   void flush_line(Worker& w, bool err_stream, const std::string& line);
   void reap(Worker& w);
   void kick() {
@@ -352,6 +352,8 @@ void Launcher::spawn(Batch& b) {
       workers_[id] = std::move(w);
       continue;
     }
+    fcntl(po[0], F_SETFL, O_NONBLOCK);
+    fcntl(pe[0], F_SETFL, O_NONBLOCK);
     w.pid = pid;
     w.sock = sv[0];
     w.out = po[0];
@@ -397,18 +399,18 @@ void Launcher::flush_line(Worker& w, bool err_stream, const std::string& line) {
   (void)write_all(err_stream ? 2 : 1, s.data(), s.size());
 }
 
-void Launcher::on_output(Worker& w, bool err_stream) {
+bool Launcher::on_output(Worker& w, bool err_stream) {
   int& fd = err_stream ? w.err : w.out;
   std::string& buf = err_stream ? w.err_buf : w.out_buf;
   char tmp[65536];
-  ssize_t k = ::read(fd, tmp, sizeof tmp);
+  ssize_t k = ::read(fd, tmp, sizeof tmp);  // non-blocking
   if (k <= 0) {
-    if (k < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    if (k < 0 && (errno == EINTR || errno == EAGAIN)) return false;
     if (!buf.empty()) flush_line(w, err_stream, buf);
     buf.clear();
     close(fd);
     fd = -1;
-    return;
+    return false;
   }
   buf.append(tmp, static_cast<std::size_t>(k));
   std::size_t start = 0, nl;
@@ -417,14 +419,17 @@ void Launcher::on_output(Worker& w, bool err_stream) {
     start = nl + 1;
   }
   buf.erase(0, start);
+  return true;
 }
 
 void Launcher::reap(Worker& w) {
   int status = 0;
   if (waitpid(w.pid, &status, 0) != w.pid) status = 0;
   // Drain what it printed last, so its final words come before the news of its death.
+  // (Non-blocking: a grandchild may still hold the pipe open.)
   for (int* fd : {&w.out, &w.err}) {
-    while (*fd >= 0) on_output(w, fd == &w.err);
+    while (*fd >= 0 && on_output(w, fd == &w.err)) {
+    }
   }
   w.exited = true;
   w.status = status;

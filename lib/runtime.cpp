@@ -169,9 +169,10 @@ void BulkArea::cancel(std::int64_t off) {
 Runtime::Runtime(int self, bool master) : self_(self), master_(master), spin_(spin_from_env()) {}
 
 Runtime::~Runtime() {
-  stop();
+  // Handles destroyed from here on do not message anyone: the job is ending.
   Runtime* me = this;
   current_.compare_exchange_strong(me, nullptr);
+  stop();
 }
 
 Runtime& Runtime::get(const char* what) {
@@ -191,8 +192,13 @@ void Runtime::start(int executors) {
   auto& h = seg_.header();
   bulk_.init(seg_.bulk(self_), h.bulk_bytes, seg_.fd(), h.bulk_off + std::uint64_t(self_ - 1) * h.bulk_bytes);
   current_.store(this, std::memory_order_release);
+  if (const char* e = std::getenv("VSCALE_MAX_EXECUTORS")) max_exec_ = std::max(1, std::atoi(e));
   progress_ = std::thread([this] { progress_loop(); });
-  for (int i = 0; i < executors; ++i) executors_.emplace_back([this] { executor_loop(); });
+  std::lock_guard lk(exec_m_);
+  for (int i = 0; i < executors; ++i) {
+    nexec_.fetch_add(1);
+    executors_.emplace_back([this] { executor_loop(); });
+  }
 }
 
 void Runtime::stop() {
@@ -206,6 +212,7 @@ void Runtime::stop() {
   }
   q_cv_.notify_all();
   if (progress_.joinable()) progress_.join();
+  std::lock_guard lk(exec_m_);
   for (auto& t : executors_)
     if (t.joinable()) t.join();
   executors_.clear();
@@ -259,6 +266,9 @@ void Runtime::handle_membership() {
     if (id != self_) peers_.push_back(id);
   }
   if (newly_dead.empty()) return;
+  // What a dead process wrote completely before dying is still valid (a kCallRef whose
+  // Future it already handed on, say): read it once.
+  for (int d : newly_dead) drain_ring(d);
   std::vector<std::shared_ptr<Request>> failed;
   {
     std::lock_guard lk(req_m_);
@@ -449,50 +459,11 @@ bool Runtime::poll_once() {
     handle_membership();
     did = true;
   }
-  const std::uint64_t cap = seg_.header().ring_bytes;
   for (int peer : peers_) {
     RingHeader& r = seg_.ring(self_, peer);
-    const std::uint64_t head = r.head.load(std::memory_order_acquire);
-    std::uint64_t pos = r.tail.load(std::memory_order_relaxed);
-    if (pos == head) continue;
+    if (r.head.load(std::memory_order_acquire) == r.tail.load(std::memory_order_relaxed)) continue;
+    drain_ring(peer);
     did = true;
-    char* data = seg_.ring_data(r);
-    while (pos != head) {
-      MsgHeader h;
-      std::memcpy(&h, data + pos % cap, sizeof h);
-      if (h.kind == kWrap) {
-        pos += cap - pos % cap;
-        continue;
-      }
-      Inbound m;
-      m.src = peer;
-      m.kind = h.kind;
-      const char* body = data + pos % cap + sizeof h;
-      if (h.flags & kFlagBulk) {
-        std::uint64_t desc[2];
-        std::memcpy(desc, body, sizeof desc);
-        char* blk = seg_.bulk(peer) + desc[0];
-        m.consumed = &reinterpret_cast<BulkBlock*>(blk)->consumed;
-        m.body = blk + sizeof(BulkBlock);
-        m.len = desc[1];
-      } else {
-        m.heap.assign(body, body + h.len);
-        m.body = m.heap.data();
-        m.len = h.len;
-      }
-      pos += round16(sizeof h + h.len);
-      try {
-        dispatch(std::move(m));
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "vscale: process %d dropped a message from %d: %s\n", self_, peer, e.what());
-      }
-    }
-    r.tail.store(pos, std::memory_order_release);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (r.writer_waiting.load(std::memory_order_relaxed)) {
-      r.space_seq.fetch_add(1);
-      futex_wake(r.space_seq, INT_MAX);
-    }
   }
   if (overflow_pending_.load() > 0) {
     for (int p : peers_) {
@@ -502,6 +473,50 @@ bool Runtime::poll_once() {
     }
   }
   return did;
+}
+
+void Runtime::drain_ring(int peer) {
+  RingHeader& r = seg_.ring(self_, peer);
+  const std::uint64_t cap = seg_.header().ring_bytes;
+  const std::uint64_t head = r.head.load(std::memory_order_acquire);
+  std::uint64_t pos = r.tail.load(std::memory_order_relaxed);
+  char* data = seg_.ring_data(r);
+  while (pos != head) {
+    MsgHeader h;
+    std::memcpy(&h, data + pos % cap, sizeof h);
+    if (h.kind == kWrap) {
+      pos += cap - pos % cap;
+      continue;
+    }
+    Inbound m;
+    m.src = peer;
+    m.kind = h.kind;
+    const char* body = data + pos % cap + sizeof h;
+    if (h.flags & kFlagBulk) {
+      std::uint64_t desc[2];
+      std::memcpy(desc, body, sizeof desc);
+      char* blk = seg_.bulk(peer) + desc[0];
+      m.consumed = &reinterpret_cast<BulkBlock*>(blk)->consumed;
+      m.body = blk + sizeof(BulkBlock);
+      m.len = desc[1];
+    } else {
+      m.heap.assign(body, body + h.len);
+      m.body = m.heap.data();
+      m.len = h.len;
+    }
+    pos += round16(sizeof h + h.len);
+    try {
+      dispatch(std::move(m));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "vscale: process %d dropped a message from %d: %s\n", self_, peer, e.what());
+    }
+  }
+  r.tail.store(pos, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (r.writer_waiting.load(std::memory_order_relaxed)) {
+    r.space_seq.fetch_add(1);
+    futex_wake(r.space_seq, INT_MAX);
+  }
 }
 
 void Runtime::notify_local() {
@@ -519,8 +534,10 @@ void Runtime::progress_loop() {
     if (poll_once()) continue;
     std::uint32_t seq = slot.doorbell.load(std::memory_order_seq_cst);
     if (poll_once()) continue;
-    timespec ts{0, overflow_pending_.load() > 0 ? 1000000L : 100000000L};
+    const bool starving = q_size_.load() > 0 && busy_.load() >= nexec_.load();
+    timespec ts{0, (overflow_pending_.load() > 0 || starving) ? 2000000L : 100000000L};
     futex_wait(slot.doorbell, seq, &ts);
+    maybe_grow_executors();
     auto now = std::chrono::steady_clock::now();
     if (!master_ && now - last_check > std::chrono::milliseconds(100)) {
       last_check = now;
@@ -576,11 +593,7 @@ void Runtime::dispatch(Inbound&& m) {
     case kAddRef: {
       AddRefBody b;
       std::memcpy(&b, m.body, sizeof b);
-      {
-        std::lock_guard lk(store_m_);
-        auto it = store_.find(b.ref);
-        if (it != store_.end()) it->second.weight += b.weight;
-      }
+      store_new(b.ref, b.weight);
       reply_result(m.src, b.req, true, nullptr, 0, false);
       return;
     }
@@ -605,16 +618,10 @@ void Runtime::handle_ref_query(Inbound& m) {
   const int asker = m.src;
   std::shared_ptr<FutureCore> core;
   {
+    // The asker holds weight, so the value cannot have been freed; if it is unknown, the call
+    // that makes it is still on its way (another ring), and the placeholder waits for it.
     std::lock_guard lk(store_m_);
-    auto it = store_.find(q.ref);
-    if (it != store_.end()) core = it->second.core;
-  }
-  if (!core) {
-    ErrorInfo e{ErrorInfo::Usage, self_, {},
-                "vscale: process " + std::to_string(self_) +
-                    " no longer holds this Future's value (all handles were released)"};
-    reply_error(asker, q.req, e, false);
-    return;
+    core = store_entry(q.ref).core;
   }
   const std::uint16_t kind = m.kind;
   if (kind == kIsReady) {
@@ -656,6 +663,26 @@ void Runtime::push_task(Task&& t) {
   notify_local();  // an executor waiting inside a call may help
 }
 
+void Runtime::maybe_grow_executors() {
+  using namespace std::chrono;
+  const std::int64_t now = duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
+  if (q_size_.load() == 0 || busy_.load() < nexec_.load()) {
+    queued_since_.store(0);
+    return;
+  }
+  std::int64_t since = queued_since_.load();
+  if (since == 0) {
+    queued_since_.store(now);
+    return;
+  }
+  if (now - since < 5'000'000 || nexec_.load() >= max_exec_ || stopping_.load()) return;
+  std::lock_guard lk(exec_m_);
+  if (stopping_.load()) return;
+  nexec_.fetch_add(1);
+  executors_.emplace_back([this] { executor_loop(); });
+  queued_since_.store(0);
+}
+
 bool Runtime::run_one_task() {
   if (q_size_.load(std::memory_order_acquire) == 0) return false;
   Task t;
@@ -666,7 +693,9 @@ bool Runtime::run_one_task() {
     q_.pop_front();
     q_size_.fetch_sub(1, std::memory_order_release);
   }
+  busy_.fetch_add(1);
   run_task(t);
+  busy_.fetch_sub(1);
   return true;
 }
 
@@ -750,25 +779,38 @@ void Runtime::executor_loop() {
 
 // ---------------------------------------------------------------- reference store
 
+Runtime::Entry& Runtime::store_entry(const RefId& id) {
+  auto [it, fresh] = store_.try_emplace(id);
+  if (fresh) {
+    it->second.core = std::make_shared<FutureCore>();
+    it->second.core->id = id;
+  }
+  return it->second;
+}
+
+void Runtime::store_settle(std::unordered_map<RefId, Entry, RefIdHash>::iterator it,
+                           std::shared_ptr<FutureCore>& dropped) {
+  if (it->second.weight == 0) {
+    dropped = std::move(it->second.core);  // destroyed by the caller, outside the lock
+    store_.erase(it);
+  }
+}
+
 std::shared_ptr<FutureCore> Runtime::store_new(const RefId& id, std::uint64_t weight) {
-  auto core = std::make_shared<FutureCore>();
-  core->id = id;
+  std::shared_ptr<FutureCore> core, dropped;
   std::lock_guard lk(store_m_);
-  store_[id] = Entry{core, weight};
+  Entry& e = store_entry(id);
+  e.weight += static_cast<std::int64_t>(weight);
+  core = e.core;
+  store_settle(store_.find(id), dropped);
   return core;
 }
 
 void Runtime::release_weight(const RefId& id, std::uint64_t weight) {
-  std::shared_ptr<FutureCore> dropped;  // destroyed outside the lock
+  std::shared_ptr<FutureCore> dropped;
   std::lock_guard lk(store_m_);
-  auto it = store_.find(id);
-  if (it == store_.end()) return;
-  if (it->second.weight <= weight) {
-    dropped = std::move(it->second.core);
-    store_.erase(it);
-  } else {
-    it->second.weight -= weight;
-  }
+  store_entry(id).weight -= static_cast<std::int64_t>(weight);
+  store_settle(store_.find(id), dropped);
 }
 
 WireRef Runtime::export_ref(const std::shared_ptr<FutureCore>& core) {
@@ -776,7 +818,7 @@ WireRef Runtime::export_ref(const std::shared_ptr<FutureCore>& core) {
     // We own it: mint fresh weight for the copy that leaves.
     std::lock_guard lk(store_m_);
     auto [it, fresh] = store_.try_emplace(core->id, Entry{core, 0});
-    it->second.weight += kInitialWeight;
+    it->second.weight += static_cast<std::int64_t>(kInitialWeight);
     return {core->id, kInitialWeight};
   }
   std::unique_lock lk(core->m);
@@ -805,21 +847,13 @@ WireRef Runtime::export_ref(const std::shared_ptr<FutureCore>& core) {
 
 std::shared_ptr<FutureCore> Runtime::import_ref(const WireRef& w) {
   if (w.id.owner == self_) {
+    // Our own handles hold the core directly; the weight that came with this one goes back.
     std::shared_ptr<FutureCore> core, dropped;
-    {
-      std::lock_guard lk(store_m_);
-      auto it = store_.find(w.id);
-      if (it == store_.end())
-        throw Error("vscale: process " + std::to_string(self_) + " received a Future whose value it no longer holds");
-      core = it->second.core;
-      // Our own handles hold the core directly; the weight that came with this one goes back.
-      if (it->second.weight <= w.weight) {
-        dropped = std::move(it->second.core);
-        store_.erase(it);
-      } else {
-        it->second.weight -= w.weight;
-      }
-    }
+    std::lock_guard lk(store_m_);
+    Entry& e = store_entry(w.id);
+    core = e.core;
+    e.weight -= static_cast<std::int64_t>(w.weight);
+    store_settle(store_.find(w.id), dropped);
     return core;
   }
   std::lock_guard lk(reg_m_);

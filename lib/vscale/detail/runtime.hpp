@@ -155,6 +155,7 @@ class Runtime {
   void wake_peer(int dest);
   void kick_self_if_pending();
   void dispatch(Inbound&& m);
+  void drain_ring(int peer);  // with poll_m_ held
   void handle_membership();
   void handle_ref_query(Inbound& m);
   void run_task(Task& t);
@@ -189,13 +190,28 @@ class Runtime {
   std::atomic<std::size_t> q_size_{0};
 
   mutable std::mutex store_m_;
+  // Weight is signed: messages about a value can reach its owner before the call that makes
+  // it (they travel on different rings), so an entry may start as a pending placeholder that
+  // owes weight, and the kCallRef settles it.
   struct Entry {
     std::shared_ptr<FutureCore> core;
-    std::uint64_t weight;
+    std::int64_t weight = 0;
   };
+  Entry& store_entry(const RefId& id);  // with store_m_ held: find, or create a placeholder
+  void store_settle(std::unordered_map<RefId, Entry, RefIdHash>::iterator it, std::shared_ptr<FutureCore>& dropped);
   std::unordered_map<RefId, Entry, RefIdHash> store_;
   std::mutex reg_m_;
   std::unordered_map<RefId, std::weak_ptr<FutureCore>, RefIdHash> registry_;  // non-owned cores here
+
+  // Executors: `base` threads always; one more whenever queued work has waited a few ms with
+  // every executor busy (a call blocked in sleep or on a lock must not starve the call that
+  // would unblock it; Julia's tasks give the same guarantee). Capped by VSCALE_MAX_EXECUTORS.
+  void maybe_grow_executors();
+  std::mutex exec_m_;
+  std::atomic<int> nexec_{0};
+  std::atomic<int> busy_{0};
+  std::atomic<std::int64_t> queued_since_{0};  // steady_clock ns when the queue became non-empty while all were busy
+  int max_exec_ = 256;
 
   std::atomic<bool> stopping_{false};
   std::atomic<bool> exit_requested_{false};
@@ -235,7 +251,12 @@ void Runtime::wait_until(Pred pred) {
     std::unique_lock lk(ev_m_);
     std::uint64_t g = ev_gen_;
     if (pred() || (tl_executor && q_size_.load() > 0)) continue;
-    ev_cv_.wait_for(lk, std::chrono::milliseconds(50), [&] { return ev_gen_ != g; });
+    if (!ev_cv_.wait_for(lk, std::chrono::milliseconds(50), [&] { return ev_gen_ != g; })) {
+      // Nothing happened for a while: poll once ourselves, in case nobody else is (shutdown).
+      lk.unlock();
+      AwakeScope awake(*this);
+      poll_once();
+    }
   }
 }
 
