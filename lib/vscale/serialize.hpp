@@ -159,8 +159,11 @@ class Writer {
 
   std::vector<char>& bytes() noexcept { return buf_; }
   void write_raw(const void* p, std::size_t n) {
-    const char* c = static_cast<const char*>(p);
-    buf_.insert(buf_.end(), c, c + n);
+    // resize + memcpy rather than insert: GCC 12 warns falsely (-Wstringop-overflow) on
+    // inlined small inserts.
+    const std::size_t old = buf_.size();
+    buf_.resize(old + n);
+    if (n) std::memcpy(buf_.data() + old, p, n);
   }
   cereal::BinaryOutputArchive& archive() {
     if (!cereal_) cereal_ = std::make_unique<Cereal>(buf_);
