@@ -635,7 +635,9 @@ long env_long(const char* name, long dflt) {
 
 Config config_from_env() {
   Config c;
-  c.max_procs = static_cast<std::uint32_t>(env_long("VSCALE_MAX_PROCS", std::max(128, 4 * usable_cpus())));
+  // Ids are never reused, and each id has its slot, rings and bulk area in the (sparse)
+  // control segment: this is how many processes a session can ever start.
+  c.max_procs = static_cast<std::uint32_t>(env_long("VSCALE_MAX_PROCS", std::max(256, 8 * usable_cpus())));
   c.ring_bytes = std::uint64_t(env_long("VSCALE_RING_KB", 64)) << 10;
   c.bulk_bytes = std::uint64_t(env_long("VSCALE_BULK_MB", 1024)) << 20;
   c.executors = 1;
@@ -653,6 +655,8 @@ std::mutex g_session_m;
     _exit(2);
   }
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  std::string name = "vscale-w" + std::to_string(id);  // what ps and top show
+  prctl(PR_SET_NAME, name.c_str());
   if (getppid() != mpid) _exit(1);  // the master died before we got here
   setvbuf(stdout, nullptr, _IOLBF, 0);
   // Keep the cookie out of anything this worker starts.

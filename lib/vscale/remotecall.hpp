@@ -5,6 +5,12 @@
 // code address of `invoke_call<F, Args...>`, then f's bytes, then the arguments; the
 // receiving process (the same binary) jumps to that invoker. A call to one's own id runs
 // here, with no serialization.
+//
+// Order: calls from one process to another are received in the order they were made, and a
+// worker runs them on its executor threads. A worker has one executor, plus one more each
+// time queued calls wait behind calls that block (sleep, a lock, a channel); from then on,
+// calls to it may run concurrently and finish out of order, as Julia's tasks do. Wait on a
+// Future (or use remotecall_fetch) when one call must see another's effects.
 #pragma once
 
 #include <exception>

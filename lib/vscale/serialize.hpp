@@ -250,7 +250,7 @@ void write(Writer& w, const T& v) {
     write(w, v.f);
     std::apply([&](const auto&... c) { (write(w, c), ...); }, v.captured);
   } else if constexpr (MemcpyShippable<T>) {
-    w.write_raw(&v, sizeof(T));
+    if constexpr (!std::is_empty_v<T>) w.write_raw(&v, sizeof(T));  // captureless lambdas: nothing to send
   } else if constexpr (CerealShippable<T>) {
     w.archive()(v);
   } else if constexpr (std::is_pointer_v<T>) {
@@ -281,8 +281,8 @@ T read(Reader& r) {
       return Closure<F, C...>{std::move(f), std::move(caps)};
     }(r, std::type_identity<T>{});
   } else if constexpr (MemcpyShippable<T>) {
-    alignas(T) unsigned char storage[sizeof(T)];
-    r.read_raw(storage, sizeof(T));
+    alignas(T) unsigned char storage[sizeof(T)] = {};
+    if constexpr (!std::is_empty_v<T>) r.read_raw(storage, sizeof(T));
     return *std::launder(reinterpret_cast<T*>(storage));
   } else {
     static_assert(std::is_default_constructible_v<T>,

@@ -1,0 +1,298 @@
+// bench_remotecall: the cost of one remote call, of fire-and-forget calls, and of starting
+// workers, each beside its reference measured in the same run (a 1-byte ping-pong over a
+// Unix socketpair between two processes: the cheapest round trip the kernel offers).
+//
+//   ./bench_remotecall [-p N] [--json] [--reps R] [--calls C] [--cores K]
+//
+// Variants (seconds = median over R reps of the time per unit):
+//   socketpair_rtt             1-byte write/read ping-pong with a forked child, per round trip
+//   remotecall_fetch_rtt       remotecall_fetch(w, int -> int), per call
+//   remotecall_fetch_rtt_1mb   remotecall_fetch(w, f, 1 MiB std::vector<char>) -> its size, per call
+//                              (n = max(10, C / 50) calls per rep: each moves a MiB)
+//   remote_do_rate             remote_do(w, increment a counter), per call (+ per_s); each rep
+//                              ends with remotecall_fetch of the counter, so it counts completed calls
+//   startup                    vscale::addprocs(n) until it returns, for n = 1 and n = K
+//                              (the workers are removed again outside the timed region)
+// Targets (DESIGN.md): round trip <= 2 us (socketpair 5.2 us on the bench host), 16 workers
+// started in <= 30 ms.
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <vscale/vscale.hpp>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+struct Result {
+  std::string variant;
+  int procs = 0;
+  long n = 0;
+  double seconds = 0;                // median per unit
+  std::optional<double> per_s;       // units per second, where it applies
+  std::optional<double> ratio;       // seconds / socketpair_rtt seconds
+};
+
+void print_json(const Result& r) {
+  std::printf("{\"bench\":\"remotecall\",\"variant\":\"%s\",\"procs\":%d,\"threads\":1,\"n\":%ld,\"seconds\":%.9g",
+              r.variant.c_str(), r.procs, r.n, r.seconds);
+  if (r.per_s) std::printf(",\"per_s\":%.6g", *r.per_s);
+  if (r.ratio) std::printf(",\"ratio_to_socketpair\":%.4g", *r.ratio);
+  std::printf("}\n");
+  std::fflush(stdout);
+}
+
+std::string human_time(double s) {
+  char buf[64];
+  if (s < 1e-6)
+    std::snprintf(buf, sizeof buf, "%.1f ns", s * 1e9);
+  else if (s < 1e-3)
+    std::snprintf(buf, sizeof buf, "%.2f us", s * 1e6);
+  else if (s < 1)
+    std::snprintf(buf, sizeof buf, "%.2f ms", s * 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.3f s", s);
+  return buf;
+}
+
+[[noreturn]] void die(const std::string& what) {
+  std::cerr << "bench_remotecall: " << what << '\n';
+  std::exit(1);
+}
+
+// --- the reference: 1-byte ping-pong over a Unix socketpair -------------------------------
+
+// The child is forked from a process that has threads (the runtime's), so it only does
+// async-signal-safe things: read, write, _exit.
+Result socketpair_rtt(int reps, long calls) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) die(std::string("socketpair: ") + std::strerror(errno));
+  pid_t child = fork();
+  if (child < 0) die(std::string("fork: ") + std::strerror(errno));
+  if (child == 0) {
+    close(sv[0]);
+    char c;
+    while (read(sv[1], &c, 1) == 1)
+      if (write(sv[1], &c, 1) != 1) break;
+    _exit(0);
+  }
+  close(sv[1]);
+  int fd = sv[0];
+  auto ping = [fd](long k) {
+    char c = 'x';
+    for (long i = 0; i < k; ++i) {
+      if (write(fd, &c, 1) != 1 || read(fd, &c, 1) != 1) die("socketpair ping-pong failed");
+    }
+  };
+  ping(std::max(1000L, calls / 10));  // warm up
+  std::vector<double> per;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    ping(calls);
+    per.push_back(seconds_since(t0) / static_cast<double>(calls));
+  }
+  close(fd);  // the child's read returns 0 and it exits
+  // The runtime may reap children of its own; a failed waitpid here is harmless.
+  while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  Result res{"socketpair_rtt", 2, calls, median(per), {}, 1.0};
+  res.per_s = 1.0 / res.seconds;
+  return res;
+}
+
+// --- vscale -------------------------------------------------------------------------------
+
+int add_one(int x) { return x + 1; }
+
+std::size_t size_of(const std::vector<char>& v) { return v.size(); }
+
+// Counts the remote_do calls that arrived in this process (atomic: incoming calls may run
+// on several threads of the process's pool).
+std::atomic<long> remote_do_counter{0};
+void bump() { remote_do_counter.fetch_add(1, std::memory_order_relaxed); }
+long read_counter() { return remote_do_counter.load(); }
+int whoami() { return vscale::myid(); }
+
+Result rtt_small(int w, int reps, long calls, double ref) {
+  long sink = 0;
+  for (long i = 0; i < std::max(1000L, calls / 10); ++i) sink += vscale::remotecall_fetch(w, add_one, static_cast<int>(i));
+  std::vector<double> per;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    for (long i = 0; i < calls; ++i) sink += vscale::remotecall_fetch(w, add_one, static_cast<int>(i));
+    per.push_back(seconds_since(t0) / static_cast<double>(calls));
+  }
+  // Every call returned i + 1: check the sum, so the work cannot be skipped unnoticed.
+  long k = std::max(1000L, calls / 10);
+  long expect = k * (k + 1) / 2 + static_cast<long>(reps) * (calls * (calls + 1) / 2);
+  if (sink != expect) die("remotecall_fetch_rtt: wrong results (sum " + std::to_string(sink) + ", expected " + std::to_string(expect) + ")");
+  Result res{"remotecall_fetch_rtt", vscale::nprocs(), calls, median(per), {}, {}};
+  res.per_s = 1.0 / res.seconds;
+  res.ratio = res.seconds / ref;
+  return res;
+}
+
+Result rtt_1mb(int w, int reps, long calls, double ref) {
+  const std::vector<char> payload(std::size_t{1} << 20, 'v');
+  for (int i = 0; i < 10; ++i)
+    if (vscale::remotecall_fetch(w, size_of, payload) != payload.size()) die("remotecall_fetch_rtt_1mb: wrong size");
+  std::vector<double> per;
+  for (int r = 0; r < reps; ++r) {
+    std::size_t total = 0;
+    auto t0 = Clock::now();
+    for (long i = 0; i < calls; ++i) total += vscale::remotecall_fetch(w, size_of, payload);
+    per.push_back(seconds_since(t0) / static_cast<double>(calls));
+    if (total != payload.size() * static_cast<std::size_t>(calls)) die("remotecall_fetch_rtt_1mb: wrong sizes");
+  }
+  Result res{"remotecall_fetch_rtt_1mb", vscale::nprocs(), calls, median(per), {}, {}};
+  res.per_s = 1.0 / res.seconds;
+  res.ratio = res.seconds / ref;
+  return res;
+}
+
+Result remote_do_rate(int w, int reps, long calls) {
+  long before = vscale::remotecall_fetch(w, read_counter);
+  for (long i = 0; i < std::max(1000L, calls / 10); ++i) vscale::remote_do(w, bump);  // warm up
+  long expect = before + std::max(1000L, calls / 10);
+  int extra_polls = 0;
+  // Reads the counter until all `target` calls are counted. Calls from one process to another
+  // start in order, so one read normally suffices; but once the worker runs calls on more
+  // than one executor thread a later call may finish first (Julia does not promise the order
+  // either), and then the counter is read again.
+  auto drain = [&](long target) {
+    const auto deadline = Clock::now() + std::chrono::seconds(30);
+    for (;;) {
+      long got = vscale::remotecall_fetch(w, read_counter);
+      if (got == target) return;
+      if (got > target) die("remote_do_rate: counter overshot (" + std::to_string(got) + " > " + std::to_string(target) + ")");
+      if (Clock::now() > deadline) die("remote_do_rate: lost calls (" + std::to_string(got) + " of " + std::to_string(target) + " after 30 s)");
+      ++extra_polls;
+    }
+  };
+  drain(expect);
+  std::vector<double> per;
+  for (int r = 0; r < reps; ++r) {
+    expect += calls;
+    auto t0 = Clock::now();
+    for (long i = 0; i < calls; ++i) vscale::remote_do(w, bump);
+    drain(expect);
+    per.push_back(seconds_since(t0) / static_cast<double>(calls));
+  }
+  if (extra_polls)
+    std::cerr << "bench_remotecall: note: remote_do calls were still running after a later remotecall_fetch returned ("
+              << extra_polls << " extra counter reads; the worker runs calls on several threads)\n";
+  Result res{"remote_do_rate", vscale::nprocs(), calls, median(per), {}, {}};
+  res.per_s = 1.0 / res.seconds;
+  return res;
+}
+
+Result startup(int n, int reps) {
+  std::vector<double> per;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    std::vector<int> ids = vscale::addprocs(n);
+    double t = seconds_since(t0);
+    if (static_cast<int>(ids.size()) != n) {
+      // Process ids are never reused and a session has a fixed number of them
+      // (VSCALE_MAX_PROCS): many reps of a large n can use them all up.
+      if (!ids.empty()) vscale::rmprocs(ids);
+      if (per.empty()) die("startup: addprocs(" + std::to_string(n) + ") started " + std::to_string(ids.size()) + " workers");
+      std::cerr << "bench_remotecall: note: startup n=" << n << " stopped after " << per.size()
+                << " reps: addprocs started only " << ids.size()
+                << " workers (process ids used up? raise VSCALE_MAX_PROCS)\n";
+      break;
+    }
+    // Prove they serve calls (outside the timed region), then remove them.
+    for (int id : ids)
+      if (vscale::remotecall_fetch(id, whoami) != id) die("startup: a new worker has the wrong id");
+    vscale::rmprocs(ids);
+    per.push_back(t);
+  }
+  Result res{"startup", n, n, median(per), {}, {}};
+  return res;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  vscale::Session session(argc, argv);
+
+  bool json = false;
+  int reps = 5;
+  long calls = 20000;
+  int cores = vscale::usable_cpus();
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> long {
+      if (i + 1 >= argc) die(a + " needs a value");
+      char* end = nullptr;
+      long v = std::strtol(argv[++i], &end, 10);
+      if (*end != '\0' || v <= 0) die(a + " needs a positive integer, got '" + argv[i] + "'");
+      return v;
+    };
+    if (a == "--json")
+      json = true;
+    else if (a == "--reps")
+      reps = static_cast<int>(value());
+    else if (a == "--calls")
+      calls = value();
+    else if (a == "--cores")
+      cores = static_cast<int>(value());
+    else
+      die("unknown option '" + a + "'\nusage: bench_remotecall [-p N] [--json] [--reps R] [--calls C] [--cores K]");
+  }
+
+  if (vscale::nworkers() == 0) vscale::addprocs(1);
+  const int w = vscale::workers().front();
+  const long calls_1mb = std::max(10L, calls / 50);  // 1 MiB each: keep a rep near a second
+
+  std::vector<Result> results;
+  auto emit = [&](Result r) {
+    if (json) print_json(r);
+    results.push_back(std::move(r));
+  };
+
+  Result ref = socketpair_rtt(reps, calls);
+  emit(ref);
+  emit(rtt_small(w, reps, calls, ref.seconds));
+  emit(rtt_1mb(w, reps, calls_1mb, ref.seconds));
+  emit(remote_do_rate(w, reps, calls));
+  emit(startup(1, reps));
+  if (cores != 1) emit(startup(cores, reps));
+
+  if (!json) {
+    std::printf("bench_remotecall: %d process(es), calls to worker %d, median of %d reps\n\n", vscale::nprocs(), w, reps);
+    std::printf("%-26s %6s %9s %14s %14s %10s\n", "variant", "procs", "n", "time/unit", "per second", "vs socket");
+    for (const Result& r : results) {
+      std::printf("%-26s %6d %9ld %14s %14s %10s\n", r.variant.c_str(), r.procs, r.n, human_time(r.seconds).c_str(),
+                  r.per_s ? std::to_string(static_cast<long long>(*r.per_s)).c_str() : "-",
+                  r.ratio ? (std::to_string(*r.ratio).substr(0, 6) + "x").c_str() : "-");
+    }
+    const Result& rtt = results[1];
+    std::printf("\nremotecall_fetch round trip / socketpair round trip = %.2f  (%s vs %s; target: <= 2 us)\n",
+                rtt.seconds / ref.seconds, human_time(rtt.seconds).c_str(), human_time(ref.seconds).c_str());
+  }
+  return 0;
+}
