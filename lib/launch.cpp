@@ -40,6 +40,7 @@
 #include <vector>
 
 #include "vscale/cluster.hpp"
+#include "vscale/detail/fd_passing.hpp"
 #include "vscale/detail/runtime.hpp"
 
 extern char** environ;
@@ -185,6 +186,7 @@ class Launcher {
   ~Launcher() { shutdown(); }
 
   LaunchResult launch(int n, const std::string& exe, const std::string& cookie, std::chrono::milliseconds timeout);
+  void push_fd(int id, FdKey key, int fd);
   void remove(const std::vector<int>& ids, std::chrono::milliseconds timeout);
   void shutdown();
 
@@ -551,6 +553,31 @@ void Launcher::loop() {
   }
 }
 
+void Launcher::push_fd(int id, FdKey key, int fd) {
+  std::lock_guard lk(m_);  // also keeps the socket open while we write
+  auto it = workers_.find(id);
+  if (it == workers_.end() || !it->second.joined || it->second.exited || it->second.sock < 0)
+    throw ProcessExitedException(id, rt_.dead_reason(id));
+  char ctrl[CMSG_SPACE(sizeof(int))] = {};
+  iovec iov{&key, sizeof key};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctrl;
+  msg.msg_controllen = sizeof ctrl;
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  ssize_t k;
+  do {
+    k = sendmsg(it->second.sock, &msg, MSG_NOSIGNAL);
+  } while (k < 0 && errno == EINTR);
+  if (k != static_cast<ssize_t>(sizeof key))
+    throw Error("vscale: could not pass a file descriptor to worker " + std::to_string(id) + ": " + std::strerror(errno));
+}
+
 void Launcher::remove(const std::vector<int>& ids, std::chrono::milliseconds timeout) {
   std::vector<int> targets;
   {
@@ -644,6 +671,10 @@ Config config_from_env() {
   return c;
 }
 
+std::mutex g_fd_m;  // fds the master pushed to this worker, not yet taken
+std::condition_variable g_fd_cv;
+std::vector<std::pair<FdKey, int>> g_fds;
+
 std::unique_ptr<Runtime> g_runtime;
 std::unique_ptr<Launcher> g_launcher;
 std::mutex g_session_m;
@@ -687,15 +718,31 @@ std::mutex g_session_m;
     std::fprintf(stderr, "vscale worker %d: cannot start: %s\n", id, e.what());
     _exit(4);
   }
-  // The master holds the other end of `sock`; EOF means it is gone, and so must we be.
+  // The master holds the other end of `sock`: it sends fds on it (push_fd), and EOF means it
+  // is gone, and so must we be.
   std::thread([sock] {
-    char c;
     while (true) {
-      ssize_t k = ::read(sock, &c, 1);
+      FdKey key;
+      char ctrl[CMSG_SPACE(sizeof(int))] = {};
+      iovec iov{&key, sizeof key};
+      msghdr msg{};
+      msg.msg_iov = &iov;
+      msg.msg_iovlen = 1;
+      msg.msg_control = ctrl;
+      msg.msg_controllen = sizeof ctrl;
+      ssize_t k = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
       if (k < 0 && errno == EINTR) continue;
       if (k <= 0) {
         std::fflush(nullptr);
         _exit(0);
+      }
+      cmsghdr* c = CMSG_FIRSTHDR(&msg);
+      if (k == static_cast<ssize_t>(sizeof key) && c && c->cmsg_type == SCM_RIGHTS) {
+        int fd;
+        std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+        std::lock_guard lk(g_fd_m);
+        g_fds.emplace_back(key, fd);
+        g_fd_cv.notify_all();
       }
     }
   }).detach();
@@ -743,6 +790,23 @@ Launcher& launcher_for(const char* what) {
 }
 
 }  // namespace
+
+void push_fd(int id, FdKey key, int fd) { launcher_for("passing a file descriptor").push_fd(id, key, fd); }
+
+int take_pushed_fd(FdKey key, std::chrono::milliseconds timeout) {
+  std::unique_lock lk(g_fd_m);
+  int fd = -1;
+  g_fd_cv.wait_for(lk, timeout, [&] {
+    for (auto it = g_fds.begin(); it != g_fds.end(); ++it)
+      if (it->first == key) {
+        fd = it->second;
+        g_fds.erase(it);
+        return true;
+      }
+    return false;
+  });
+  return fd;
+}
 
 LaunchResult launch(int n, const std::string& exe, const std::string& cookie) {
   return launcher_for("addprocs").launch(n, exe, cookie, std::chrono::seconds(60));

@@ -982,9 +982,9 @@ void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& resul
   result.assign(r->payload, r->payload + r->payload_len);
 }
 
-void call_do(int pid, CodeRef invoker, Writer& args) {
+void call_do(int pid, CodeRef invoker, Writer& args, bool may_block) {
   Runtime& rt = Runtime::get("remote_do");
-  rt.send(pid, kCallDo, &invoker, sizeof invoker, args.bytes().data(), args.bytes().size());
+  rt.send(pid, kCallDo, &invoker, sizeof invoker, args.bytes().data(), args.bytes().size(), may_block);
 }
 
 std::shared_ptr<FutureCore> new_local_core() {

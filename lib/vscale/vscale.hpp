@@ -6,3 +6,5 @@
 #include "vscale/cluster.hpp"
 #include "vscale/future.hpp"
 #include "vscale/remotecall.hpp"
+#include "vscale/distributed_for.hpp"
+#include "vscale/shared_array.hpp"

@@ -100,8 +100,9 @@ void require_session(const char* what);
 std::shared_ptr<FutureCore> call_ref(int pid, CodeRef invoker, Writer& args);
 /// Remote call whose result comes straight back; fills `result` or throws.
 void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& result);
-/// Remote call without any answer.
-void call_do(int pid, CodeRef invoker, Writer& args);
+/// Remote call without any answer (`may_block` false: never waits for ring space, for use in
+/// destructors that may run on the polling thread).
+void call_do(int pid, CodeRef invoker, Writer& args, bool may_block = true);
 /// A Future whose value is produced by this process.
 std::shared_ptr<FutureCore> new_local_core();
 /// Run `fn` on this process's executor, as an incoming call would.

@@ -1,0 +1,104 @@
+// distributed_for: Julia's `@distributed for` (waitable) and `@distributed (op) for`.
+#pragma once
+
+#include <exception>
+#include <type_traits>
+#include <vector>
+
+#include "vscale/cluster.hpp"
+#include "vscale/future.hpp"
+#include "vscale/remotecall.hpp"
+
+namespace vscale {
+
+/// A half-open range of loop indices [first, last).
+struct Range {
+  long first = 0, last = 0;
+};
+
+/// What distributed_for without a reducer returns: wait() blocks until every chunk is done
+/// (rethrowing the first failure, after all have finished).
+class Waitable {
+ public:
+  Waitable() = default;
+  explicit Waitable(std::vector<Future<void>> parts) : parts_(std::move(parts)) {}
+  void wait() const {
+    std::exception_ptr first;
+    for (const auto& f : parts_) {
+      try {
+        f.wait();
+      } catch (...) {
+        if (!first) first = std::current_exception();
+      }
+    }
+    if (first) std::rethrow_exception(first);
+  }
+  bool isready() const {
+    for (const auto& f : parts_)
+      if (!f.isready()) return false;
+    return true;
+  }
+
+ private:
+  std::vector<Future<void>> parts_;
+};
+
+namespace detail {
+/// Julia's splitrange: `np` contiguous chunks, the first `rem` one longer; fewer chunks than
+/// `np` when the range is shorter.
+inline std::vector<Range> splitrange(long first, long last, long np) {
+  std::vector<Range> out;
+  const long len = last > first ? last - first : 0;
+  if (np <= 0) return out;
+  long each = len / np, extras = len % np;
+  const long nchunks = each > 0 ? np : extras;
+  long lo = first;
+  for (long k = 0; k < nchunks; ++k) {
+    long hi = lo + each + (extras > 0 ? 1 : 0);
+    if (extras > 0) --extras;
+    out.push_back({lo, hi});
+    lo = hi;
+  }
+  return out;
+}
+}  // namespace detail
+
+/// Run body(i) for every i in `r`, one contiguous chunk per worker (the master alone when
+/// there are none). Returns at once; wait() on the result. `body` must be shippable: a lambda
+/// with trivially copyable captures, or vscale::closure(f, shared_arrays...) to use arrays.
+/// Example: distributed_for({0, n}, closure([](const SharedArray<double, 1>& a, long i) { a[i] = i; }, a)).wait();
+template <class Body>
+Waitable distributed_for(Range r, Body body) {
+  static_assert(std::is_invocable_v<const Body&, long>, "vscale: distributed_for's body must be callable as body(long i)");
+  const auto ws = workers();
+  std::vector<Future<void>> parts;
+  for (const Range& c : detail::splitrange(r.first, r.last, static_cast<long>(ws.size())))
+    parts.push_back(remotecall(ws[parts.size()], [](const Body& b, long lo, long hi) {
+      for (long i = lo; i < hi; ++i) b(i);
+    }, body, c.first, c.last));
+  return Waitable(std::move(parts));
+}
+
+/// Reduce body(i) over every i in `r` with `reducer` (e.g. std::plus<>{}): each worker reduces
+/// its chunk, then the caller reduces the workers' results in chunk order (Julia's
+/// `@distributed (+) for`). An empty range gives a value-initialized result.
+template <class Body, class Reducer>
+auto distributed_for(Range r, Body body, Reducer reducer) {
+  static_assert(std::is_invocable_v<const Body&, long>, "vscale: distributed_for's body must be callable as body(long i)");
+  using R = std::decay_t<std::invoke_result_t<const Body&, long>>;
+  static_assert(!std::is_void_v<R>, "vscale: a distributed_for with a reducer needs a body that returns a value");
+  const auto ws = workers();
+  std::vector<Future<R>> parts;
+  for (const Range& c : detail::splitrange(r.first, r.last, static_cast<long>(ws.size())))
+    parts.push_back(remotecall(ws[parts.size()], [](const Body& b, const Reducer& red, long lo, long hi) {
+      R acc = b(lo);
+      for (long i = lo + 1; i < hi; ++i) acc = red(std::move(acc), b(i));
+      return acc;
+    }, body, reducer, c.first, c.last));
+  if (parts.empty()) return R{};
+  R acc = parts[0].fetch();
+  for (std::size_t k = 1; k < parts.size(); ++k) acc = reducer(std::move(acc), parts[k].fetch());
+  return acc;
+}
+
+}  // namespace vscale

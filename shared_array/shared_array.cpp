@@ -1,0 +1,347 @@
+// SharedArray's memory: memfd creation and reservation, file-backed mappings, and the
+// handle protocol (how a process that receives a SharedArray gets and maps its memory, and
+// when the memory is freed).
+//
+// Memory-backed arrays are created on the master, which keeps each one's memfd in a table
+// while any other process holds a handle. A worker that receives a handle asks the master
+// for the fd (push_fd, over the control socket), maps it, and keeps the mapping while it has
+// local handles. Handles carry weights exactly like Futures (detail/core.hpp): the master's
+// table entry is freed when all weight has come back.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+
+#include "vscale/detail/runtime.hpp"
+#include "vscale/shared_array.hpp"
+
+namespace vscale::detail {
+
+namespace {
+
+constexpr std::uint64_t kShmWeight = std::uint64_t(1) << 40;
+const std::size_t kPage = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+
+struct KeyLess {
+  bool operator()(const FdKey& x, const FdKey& y) const { return x.a != y.a ? x.a < y.a : x.b < y.b; }
+};
+
+// Master: the fds of arrays that other processes hold, and the weight out there.
+struct TableEntry {
+  int fd = -1;
+  std::int64_t weight = 0;
+  std::size_t bytes = 0;
+};
+std::mutex table_m;
+std::map<FdKey, TableEntry, KeyLess> table;
+// Every process: the live mappings, so that one array is mapped once per process.
+std::mutex reg_m;
+std::map<FdKey, std::weak_ptr<SharedMapping>, KeyLess> registry;
+std::atomic<std::uint64_t> next_seq{0};
+
+std::string errno_text() { return std::strerror(errno); }
+
+std::string mib(std::size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MiB"; }
+
+/// Memory this process may still use: MemAvailable, and the cgroup limit if lower.
+std::size_t available_memory() {
+  std::size_t avail = SIZE_MAX;
+  std::ifstream mi("/proc/meminfo");
+  std::string key;
+  std::size_t kb;
+  std::string unit;
+  while (mi >> key >> kb) {
+    std::getline(mi, unit);
+    if (key == "MemAvailable:") avail = kb * 1024;
+  }
+  std::ifstream cg("/proc/self/cgroup");
+  std::string line, path;
+  while (std::getline(cg, line))
+    if (line.rfind("0::", 0) == 0) path = line.substr(3);
+  std::ifstream mx("/sys/fs/cgroup" + path + "/memory.max"), cur("/sys/fs/cgroup" + path + "/memory.current");
+  std::string max_s;
+  std::size_t used = 0;
+  if (mx >> max_s && max_s != "max" && cur >> used) {
+    std::size_t lim = std::stoull(max_s);
+    avail = std::min(avail, lim > used ? lim - used : 0);
+  }
+  return avail;
+}
+
+void map_into(SharedMapping& m, int prot) {
+  // mmap needs a page-aligned file offset: map from the page below and point past the gap.
+  std::size_t lead = m.offset % kPage;
+  m.map_len = std::max<std::size_t>(lead + m.bytes, 1);
+  void* p = mmap(nullptr, m.map_len, prot, MAP_SHARED, m.fd, static_cast<off_t>(m.offset - lead));
+  if (p == MAP_FAILED) {
+    m.map_base = nullptr;
+    throw Error("vscale: cannot map a SharedArray of " + mib(m.bytes) + " on process " + std::to_string(myid()) + ": " +
+                errno_text());
+  }
+  m.map_base = p;
+  m.data = static_cast<char*>(p) + lead;
+}
+
+// --- what workers ask of the master (remote calls)
+
+bool master_push_fd(FdKey key, int to) {
+  int fd = -1;
+  {
+    std::lock_guard lk(table_m);
+    auto it = table.find(key);
+    if (it == table.end()) return false;
+    fd = it->second.fd;
+    push_fd(to, key, fd);  // under the lock: the fd must stay open while it is sent
+  }
+  return true;
+}
+
+void master_add_weight(FdKey key, std::uint64_t w) {
+  std::lock_guard lk(table_m);
+  table[key].weight += static_cast<std::int64_t>(w);
+}
+
+void master_release_weight(FdKey key, std::uint64_t w) {
+  std::lock_guard lk(table_m);
+  auto it = table.find(key);
+  if (it == table.end()) {
+    // A weight came back before the master heard of it (impossible with the master as the
+    // only creator; kept for robustness): remember the debt.
+    table[key].weight -= static_cast<std::int64_t>(w);
+    return;
+  }
+  it->second.weight -= static_cast<std::int64_t>(w);
+  if (it->second.weight == 0) {
+    if (it->second.fd >= 0) close(it->second.fd);
+    table.erase(it);
+  }
+}
+
+}  // namespace
+
+SharedMapping::~SharedMapping() {
+  if (map_base) munmap(map_base, map_len);
+  if (fd >= 0) close(fd);
+  if (file) return;
+  {
+    std::lock_guard lk(reg_m);
+    auto it = registry.find(key);
+    if (it != registry.end() && it->second.expired()) registry.erase(it);
+  }
+  Runtime* rt = Runtime::current();
+  if (!rt || rt->master() || weight == 0 || !rt->alive(1)) return;
+  try {
+    // Possibly on the polling thread (a value dropped there): never block.
+    Writer w;
+    pack_call<void (*)(FdKey, std::uint64_t), FdKey, std::uint64_t>(w, &master_release_weight, key, weight);
+    call_do(1, code_of<&invoke_call<void (*)(FdKey, std::uint64_t), FdKey, std::uint64_t>>(), w, false);
+  } catch (...) {
+  }
+}
+
+std::size_t checked_count(const std::size_t* dims, std::size_t n, std::size_t elem_size) {
+  std::size_t count = 1;
+  for (std::size_t k = 0; k < n; ++k) {
+    if (dims[k] != 0 && count > std::numeric_limits<std::size_t>::max() / elem_size / dims[k]) {
+      std::string d;
+      for (std::size_t j = 0; j < n; ++j) d += (j ? " x " : "") + std::to_string(dims[j]);
+      throw UsageError("vscale: SharedArray dimensions " + d + " overflow the address space");
+    }
+    count *= dims[k];
+  }
+  return count;
+}
+
+std::vector<int> checked_pids(std::vector<int> ids) {
+  if (ids.empty()) ids = workers();  // Julia: all workers, or the master alone
+  for (int p : ids)
+    if (!Runtime::get("SharedArray").alive(p))
+      throw UsageError("vscale: SharedArray pids: " + std::to_string(p) +
+                       " is not a running process (procs() = " + [] {
+                         std::string s;
+                         for (int q : procs()) s += (s.empty() ? "" : ",") + std::to_string(q);
+                         return s;
+                       }() + ")");
+  return ids;
+}
+
+std::shared_ptr<SharedMapping> shm_create(std::size_t bytes) {
+  Runtime& rt = Runtime::get("SharedArray");
+  if (!rt.master())
+    throw UsageError("vscale: create SharedArrays on the master (process 1) and pass them to workers; "
+                     "this was process " + std::to_string(rt.self()));
+  std::size_t avail = available_memory();
+  if (bytes > avail)
+    throw Error("vscale: a SharedArray of " + mib(bytes) + " does not fit: only " + mib(avail) +
+                " of memory is available (MemAvailable and the cgroup's memory.max)");
+  auto m = std::make_shared<SharedMapping>();
+  m->key = FdKey{std::uint64_t(rt.self()), next_seq.fetch_add(1) + 1};
+  m->bytes = bytes;
+  m->fd = static_cast<int>(syscall(SYS_memfd_create, "vscale-shared-array", MFD_CLOEXEC));
+  if (m->fd < 0) throw Error("vscale: memfd_create failed for a SharedArray: " + errno_text());
+  if (ftruncate(m->fd, static_cast<off_t>(bytes)) != 0)
+    throw Error("vscale: cannot size a SharedArray of " + mib(bytes) + ": " + errno_text());
+  map_into(*m, PROT_READ | PROT_WRITE);
+  std::lock_guard lk(reg_m);
+  registry[m->key] = m;
+  return m;
+}
+
+void shm_reserve(SharedMapping& m, std::size_t from, std::size_t to) {
+  if (m.file || to <= from) return;
+  std::size_t lo = from / kPage * kPage, hi = std::min((to + kPage - 1) / kPage * kPage, m.bytes);
+  if (hi <= lo) return;
+  if (fallocate(m.fd, 0, static_cast<off_t>(lo), static_cast<off_t>(hi - lo)) != 0)
+    throw Error("vscale: process " + std::to_string(myid()) + " could not reserve " + mib(hi - lo) +
+                " for its part of a SharedArray: " + errno_text() + " (too little memory?)");
+}
+
+std::shared_ptr<SharedMapping> shm_open_file(const std::string& path, std::size_t bytes, std::size_t offset,
+                                              FileMode mode, bool creating) {
+  struct stat st{};
+  const bool exists = ::stat(path.c_str(), &st) == 0;
+  if (mode == FileMode::automatic) mode = exists ? FileMode::r_plus : FileMode::w_plus;
+  if (!creating && (mode == FileMode::w_plus || mode == FileMode::a_plus)) mode = FileMode::r_plus;  // workers never truncate
+  const std::size_t need = offset + bytes;
+  int flags = mode == FileMode::r ? O_RDONLY : O_RDWR;
+  if (mode == FileMode::w_plus) flags |= O_CREAT | O_TRUNC;
+  if (mode == FileMode::a_plus) flags |= O_CREAT;
+  if ((mode == FileMode::r || mode == FileMode::r_plus) && !exists)
+    throw Error("vscale: SharedArray file \"" + path + "\" does not exist (mode " +
+                (mode == FileMode::r ? "r" : "r+") + " needs it)");
+  auto m = std::make_shared<SharedMapping>();
+  m->file = true;
+  m->path = path;
+  m->offset = offset;
+  m->bytes = bytes;
+  m->readonly = mode == FileMode::r;
+  m->fd = ::open(path.c_str(), flags | O_CLOEXEC, 0600);
+  if (m->fd < 0) throw Error("vscale: cannot open SharedArray file \"" + path + "\": " + errno_text());
+  struct stat fs{};
+  fstat(m->fd, &fs);
+  const std::size_t have = static_cast<std::size_t>(fs.st_size);
+  if (have < need) {
+    if (creating && (mode == FileMode::w_plus || mode == FileMode::a_plus)) {
+      if (ftruncate(m->fd, static_cast<off_t>(need)) != 0)
+        throw Error("vscale: cannot extend \"" + path + "\" to " + std::to_string(need) + " bytes: " + errno_text());
+    } else {
+      throw Error("vscale: SharedArray file \"" + path + "\" is too small: it has " + std::to_string(have) +
+                  " bytes, the array needs offset " + std::to_string(offset) + " + " + std::to_string(bytes) + " = " +
+                  std::to_string(need));
+    }
+  }
+  map_into(*m, m->readonly ? PROT_READ : PROT_READ | PROT_WRITE);
+  return m;
+}
+
+void shm_save(cereal::BinaryOutputArchive& ar, const std::shared_ptr<SharedMapping>& m) {
+  std::uint8_t file = m->file;
+  ar(file);
+  if (m->file) {
+    std::uint8_t ro = m->readonly;
+    ar(m->path, std::uint64_t(m->offset), std::uint64_t(m->bytes), ro);
+    return;
+  }
+  Runtime& rt = Runtime::get("sending a SharedArray");
+  std::uint64_t give;
+  if (rt.master()) {
+    // Keep the fd for whoever asks, and mint the weight that travels.
+    std::lock_guard lk(table_m);
+    auto& e = table[m->key];
+    if (e.fd < 0) {
+      e.fd = fcntl(m->fd, F_DUPFD_CLOEXEC, 3);
+      e.bytes = m->bytes;
+    }
+    e.weight += static_cast<std::int64_t>(kShmWeight);
+    give = kShmWeight;
+  } else {
+    std::unique_lock lk(m->m);
+    if (m->weight < 2) {
+      lk.unlock();
+      remotecall_fetch(1, &master_add_weight, m->key, kShmWeight);
+      lk.lock();
+      m->weight += kShmWeight;
+    }
+    give = m->weight / 2;
+    m->weight -= give;
+  }
+  ar(m->key.a, m->key.b, std::uint64_t(m->bytes), give);
+}
+
+std::shared_ptr<SharedMapping> shm_load(cereal::BinaryInputArchive& ar) {
+  std::uint8_t file = 0;
+  ar(file);
+  if (file) {
+    std::string path;
+    std::uint64_t offset, bytes;
+    std::uint8_t ro;
+    ar(path, offset, bytes, ro);
+    return shm_open_file(path, bytes, offset, ro ? FileMode::r : FileMode::r_plus, false);
+  }
+  FdKey key;
+  std::uint64_t bytes, weight;
+  ar(key.a, key.b, bytes, weight);
+  Runtime& rt = Runtime::get("receiving a SharedArray");
+  if (rt.master()) {
+    // Back home: the weight returns to the table; the master's own handles hold none.
+    std::shared_ptr<SharedMapping> m;
+    {
+      std::lock_guard lk(reg_m);
+      m = registry[key].lock();
+    }
+    if (!m) {
+      // Every master handle was dropped while others kept the array: map it again.
+      std::lock_guard lk(table_m);
+      auto it = table.find(key);
+      if (it == table.end() || it->second.fd < 0)
+        throw Error("vscale: the master received a SharedArray it no longer knows (internal error)");
+      m = std::make_shared<SharedMapping>();
+      m->key = key;
+      m->bytes = bytes;
+      m->fd = fcntl(it->second.fd, F_DUPFD_CLOEXEC, 3);
+      map_into(*m, PROT_READ | PROT_WRITE);
+      std::lock_guard rk(reg_m);
+      registry[key] = m;
+    }
+    master_release_weight(key, weight);
+    return m;
+  }
+  {
+    std::lock_guard lk(reg_m);
+    if (auto m = registry[key].lock()) {
+      std::lock_guard mk(m->m);
+      m->weight += weight;
+      return m;
+    }
+  }
+  // First handle here: get the memfd from the master and map it.
+  auto m = std::make_shared<SharedMapping>();
+  m->key = key;
+  m->bytes = bytes;
+  m->weight = weight;  // from here on the destructor returns it
+  if (!remotecall_fetch(1, &master_push_fd, key, rt.self()))
+    throw Error("vscale: process " + std::to_string(rt.self()) + " received a SharedArray the master no longer holds");
+  m->fd = take_pushed_fd(key, std::chrono::seconds(60));
+  if (m->fd < 0)
+    throw Error("vscale: process " + std::to_string(rt.self()) + " did not receive a SharedArray's memory from the master");
+  map_into(*m, PROT_READ | PROT_WRITE);
+  std::lock_guard lk(reg_m);
+  if (auto other = registry[key].lock()) {
+    // Another thread mapped it meanwhile: keep one mapping, merge the weight.
+    std::lock_guard mk(other->m);
+    other->weight += m->weight;
+    m->weight = 0;
+    return other;
+  }
+  registry[key] = m;
+  return m;
+}
+
+}  // namespace vscale::detail
