@@ -1,0 +1,389 @@
+// The cluster: process queries on the master and in workers, addprocs/rmprocs (ids never
+// reused), misuse from a worker, command-line options, and refused joins (bad cookie, other
+// binary).
+#include <doctest/doctest.h>
+
+#include <vscale/vscale.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+bool ascending(const std::vector<int>& v) { return std::is_sorted(v.begin(), v.end()) &&
+                                                   std::adjacent_find(v.begin(), v.end()) == v.end(); }
+
+// Every worker answers a call with its own id.
+void check_all_workers_answer() {
+  for (int w : vscale::workers()) {
+    if (w == 1) continue;
+    CHECK(vscale::remotecall_fetch(w, [] { return vscale::myid(); }) == w);
+  }
+}
+
+// Bring the cluster back to exactly two workers (whatever their ids).
+void restore_two_workers() {
+  int n = vscale::nworkers();
+  if (n < 2) vscale::addprocs(2 - n);
+  if (n > 2) {
+    auto w = vscale::workers();
+    vscale::rmprocs(std::vector<int>(w.begin() + 2, w.end()));
+  }
+  REQUIRE(vscale::nworkers() == 2);
+}
+
+// Build a mutable argv from strings (parse_options may rearrange the pointers).
+struct Argv {
+  std::vector<std::string> storage;
+  std::vector<char*> ptrs;
+  int argc = 0;
+  explicit Argv(std::vector<std::string> args) : storage(std::move(args)) {
+    for (auto& s : storage) ptrs.push_back(s.data());
+    ptrs.push_back(nullptr);
+    argc = static_cast<int>(storage.size());
+  }
+  std::vector<std::string> remaining() const {
+    std::vector<std::string> out;
+    for (int i = 0; i < argc; ++i) out.emplace_back(ptrs[static_cast<std::size_t>(i)]);
+    return out;
+  }
+};
+
+// Set or unset VSCALE_PROCS for one scope, restoring what was there.
+struct EnvProcs {
+  std::optional<std::string> old;
+  explicit EnvProcs(const char* value) {
+    if (const char* o = std::getenv("VSCALE_PROCS")) old = o;
+    if (value)
+      ::setenv("VSCALE_PROCS", value, 1);
+    else
+      ::unsetenv("VSCALE_PROCS");
+  }
+  ~EnvProcs() {
+    if (old)
+      ::setenv("VSCALE_PROCS", old->c_str(), 1);
+    else
+      ::unsetenv("VSCALE_PROCS");
+  }
+};
+
+}  // namespace
+
+TEST_CASE("cluster.queries_on_master") {
+  CHECK(vscale::myid() == 1);
+  CHECK(vscale::nprocs() == 3);
+  CHECK(vscale::nworkers() == 2);
+  auto p = vscale::procs();
+  auto w = vscale::workers();
+  REQUIRE(p.size() == 3);
+  REQUIRE(w.size() == 2);
+  CHECK(p.front() == 1);
+  CHECK(ascending(p));
+  CHECK(ascending(w));
+  CHECK(std::find(w.begin(), w.end(), 1) == w.end());
+  CHECK(std::vector<int>(p.begin() + 1, p.end()) == w);
+  // Started with -p 2 and nothing changed yet: Julia's numbering.
+  CHECK(w == std::vector<int>{2, 3});
+  CHECK(vscale::usable_cpus() >= 1);
+}
+
+TEST_CASE("cluster.queries_in_worker") {
+  auto p = vscale::procs();
+  for (int w : vscale::workers()) {
+    CAPTURE(w);
+    CHECK(vscale::remotecall_fetch(w, [] { return vscale::myid(); }) == w);
+    CHECK(vscale::remotecall_fetch(w, [] { return vscale::procs(); }) == p);
+    CHECK(vscale::remotecall_fetch(w, [] { return vscale::nprocs(); }) == vscale::nprocs());
+  }
+}
+
+TEST_CASE("cluster.addprocs_rmprocs_ids_never_reused") {
+  auto before = vscale::procs();
+  int max_before = *std::max_element(before.begin(), before.end());
+
+  auto added = vscale::addprocs(2);
+  REQUIRE(added.size() == 2);
+  CHECK(ascending(added));
+  for (int id : added) CHECK(id > max_before);
+  CHECK(vscale::nworkers() == 4);
+  CHECK(vscale::nprocs() == 5);
+  auto w = vscale::workers();
+  CHECK(ascending(w));
+  for (int id : added) {
+    CHECK(std::find(w.begin(), w.end(), id) != w.end());
+    CHECK(vscale::remotecall_fetch(id, [] { return vscale::myid(); }) == id);
+    // A new worker sees the whole cluster.
+    CHECK(vscale::remotecall_fetch(id, [] { return vscale::procs(); }) == vscale::procs());
+  }
+
+  vscale::rmprocs(added);
+  w = vscale::workers();
+  for (int id : added) CHECK(std::find(w.begin(), w.end(), id) == w.end());
+  CHECK(vscale::nworkers() == 2);
+  CHECK(vscale::procs() == before);
+
+  // A later worker never takes a removed worker's id.
+  auto again = vscale::addprocs(1);
+  REQUIRE(again.size() == 1);
+  CHECK(again[0] > *std::max_element(added.begin(), added.end()));
+  CHECK(vscale::remotecall_fetch(again[0], [] { return vscale::myid(); }) == again[0]);
+  vscale::rmprocs(again[0]);
+  CHECK(vscale::nworkers() == 2);
+  check_all_workers_answer();
+}
+
+TEST_CASE("cluster.remove_all_workers_then_add_back") {
+  auto old = vscale::workers();
+  int max_old = *std::max_element(old.begin(), old.end());
+  vscale::rmprocs(old);
+  CHECK(vscale::workers() == std::vector<int>{1});
+  CHECK(vscale::nworkers() == 0);
+  CHECK(vscale::nprocs() == 1);
+  CHECK(vscale::procs() == std::vector<int>{1});
+  // The master alone still runs calls to itself.
+  CHECK(vscale::remotecall_fetch(1, [] { return vscale::myid(); }) == 1);
+
+  auto added = vscale::addprocs(2);
+  REQUIRE(added.size() == 2);
+  for (int id : added) CHECK(id > max_old);
+  CHECK(vscale::workers() == added);
+  CHECK(vscale::nworkers() == 2);
+  check_all_workers_answer();
+  restore_two_workers();
+}
+
+TEST_CASE("cluster.addprocs_from_worker_is_usage_error") {
+  int w = vscale::workers().front();
+  try {
+    vscale::remotecall_fetch(w, [] { return vscale::addprocs(1); });
+    FAIL("addprocs on a worker did not throw");
+  } catch (const vscale::RemoteException& e) {
+    CHECK(e.pid() == w);
+    CHECK(e.type().find("UsageError") != std::string::npos);
+  }
+  try {
+    vscale::remotecall_fetch(w, [](int victim) { vscale::rmprocs(victim); }, vscale::workers().back());
+    FAIL("rmprocs on a worker did not throw");
+  } catch (const vscale::RemoteException& e) {
+    CHECK(e.pid() == w);
+    CHECK(e.type().find("UsageError") != std::string::npos);
+  }
+  CHECK(vscale::nworkers() == 2);
+  check_all_workers_answer();
+}
+
+TEST_CASE("cluster.addprocs_from_other_thread") {
+  // Other threads exist (and hold a lock) while a non-main thread starts a worker.
+  std::mutex m;
+  std::condition_variable cv;
+  bool stop = false;
+  std::vector<std::thread> idle;
+  for (int i = 0; i < 3; ++i)
+    idle.emplace_back([&] {
+      std::unique_lock lk(m);
+      cv.wait(lk, [&] { return stop; });
+    });
+
+  std::vector<int> added;
+  int answered = 0;
+  std::string error;
+  std::thread t([&] {
+    try {
+      added = vscale::addprocs(1);
+      if (added.size() == 1) answered = vscale::remotecall_fetch(added[0], [] { return vscale::myid(); });
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  });
+  t.join();
+  {
+    std::lock_guard lk(m);
+    stop = true;
+  }
+  cv.notify_all();
+  for (auto& th : idle) th.join();
+
+  CHECK(error == "");
+  REQUIRE(added.size() == 1);
+  CHECK(answered == added[0]);
+  vscale::rmprocs(added);
+  restore_two_workers();
+  check_all_workers_answer();
+}
+
+TEST_CASE("cluster.calls_while_adding_and_removing") {
+  // Other threads keep calling the original workers while workers come and go.
+  auto original = vscale::workers();
+  std::atomic<bool> stop{false};
+  std::atomic<int> wrong{0}, errors{0}, calls{0};
+  std::vector<std::thread> callers;
+  for (int t = 0; t < 2; ++t)
+    callers.emplace_back([&, t] {
+      for (int i = 0; !stop.load() || i < 20; ++i) {
+        int w = original[static_cast<std::size_t>(i + t) % original.size()];
+        try {
+          if (vscale::remotecall_fetch(w, [](int x) { return x + vscale::myid(); }, i) != i + w) ++wrong;
+        } catch (...) {
+          ++errors;
+        }
+        ++calls;
+      }
+    });
+  for (int round = 0; round < 3; ++round) {
+    auto added = vscale::addprocs(1);
+    REQUIRE(added.size() == 1);
+    CHECK(vscale::remotecall_fetch(added[0], [] { return vscale::myid(); }) == added[0]);
+    vscale::rmprocs(added);
+  }
+  stop = true;
+  for (auto& th : callers) th.join();
+  CHECK(wrong.load() == 0);
+  CHECK(errors.load() == 0);
+  CHECK(calls.load() >= 40);
+  CHECK(vscale::workers() == original);
+  check_all_workers_answer();
+}
+
+TEST_CASE("cluster.addprocs_zero") {
+  auto before = vscale::workers();
+  CHECK(vscale::addprocs(0).empty());
+  CHECK(vscale::workers() == before);
+}
+
+TEST_CASE("cluster.parse_options.short_flag") {
+  EnvProcs env(nullptr);
+  Argv a({"prog", "-p", "3", "x"});
+  auto o = vscale::parse_options(a.argc, a.ptrs.data());
+  CHECK(o.procs == 3);
+  CHECK(a.argc == 2);
+  CHECK(a.remaining() == std::vector<std::string>{"prog", "x"});
+}
+
+TEST_CASE("cluster.parse_options.long_flag") {
+  EnvProcs env(nullptr);
+  Argv a({"prog", "a", "--procs", "3", "b", "c"});
+  auto o = vscale::parse_options(a.argc, a.ptrs.data());
+  CHECK(o.procs == 3);
+  CHECK(a.argc == 4);
+  CHECK(a.remaining() == std::vector<std::string>{"prog", "a", "b", "c"});
+}
+
+TEST_CASE("cluster.parse_options.long_flag_equals") {
+  EnvProcs env(nullptr);
+  Argv a({"prog", "first", "--procs=3", "last"});
+  auto o = vscale::parse_options(a.argc, a.ptrs.data());
+  CHECK(o.procs == 3);
+  CHECK(a.argc == 3);
+  CHECK(a.remaining() == std::vector<std::string>{"prog", "first", "last"});
+}
+
+TEST_CASE("cluster.parse_options.auto") {
+  EnvProcs env(nullptr);
+  Argv a({"prog", "-p", "auto", "--other", "7"});
+  auto o = vscale::parse_options(a.argc, a.ptrs.data());
+  CHECK(o.procs == -1);
+  CHECK(a.argc == 3);
+  CHECK(a.remaining() == std::vector<std::string>{"prog", "--other", "7"});
+}
+
+TEST_CASE("cluster.parse_options.no_flag") {
+  EnvProcs env(nullptr);
+  Argv a({"prog", "--threads", "2", "y"});
+  auto o = vscale::parse_options(a.argc, a.ptrs.data());
+  CHECK(o.procs == 0);
+  CHECK(a.argc == 4);
+  CHECK(a.remaining() == std::vector<std::string>{"prog", "--threads", "2", "y"});
+}
+
+TEST_CASE("cluster.parse_options.env") {
+  {
+    EnvProcs env("5");
+    Argv a({"prog", "z"});
+    auto o = vscale::parse_options(a.argc, a.ptrs.data());
+    CHECK(o.procs == 5);
+    CHECK(a.argc == 2);
+    CHECK(a.remaining() == std::vector<std::string>{"prog", "z"});
+  }
+  {
+    // A flag on the command line wins over the environment.
+    EnvProcs env("5");
+    Argv a({"prog", "-p", "3"});
+    auto o = vscale::parse_options(a.argc, a.ptrs.data());
+    CHECK(o.procs == 3);
+    CHECK(a.argc == 1);
+  }
+}
+
+TEST_CASE("cluster.launch.wrong_cookie_refused") {
+  auto before = vscale::workers();
+  auto r = vscale::detail::launch(1, "", "wrong-cookie");
+  CHECK(r.joined.empty());
+  REQUIRE(r.failed.size() == 1);
+  CAPTURE(r.failed[0].second);
+  CHECK(lower(r.failed[0].second).find("cookie") != std::string::npos);
+  CHECK(vscale::workers() == before);
+  check_all_workers_answer();
+  CHECK(vscale::remotecall_fetch(before.front(), [](int a, int b) { return a * b; }, 6, 7) == 42);
+}
+
+TEST_CASE("cluster.launch.other_binary_refused") {
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  REQUIRE_FALSE(ec);
+  auto other = self.parent_path() / "test_remotecall";
+  if (!std::filesystem::exists(other)) {
+    MESSAGE("skipped: no sibling binary " << other.string());
+    return;
+  }
+  auto before = vscale::workers();
+  auto r = vscale::detail::launch(1, other.string());
+  CHECK(r.joined.empty());
+  REQUIRE(r.failed.size() == 1);
+  std::string reason = lower(r.failed[0].second);
+  CAPTURE(r.failed[0].second);
+  CHECK((reason.find("binary") != std::string::npos || reason.find("build id") != std::string::npos ||
+         reason.find("build-id") != std::string::npos || reason.find("test_remotecall") != std::string::npos));
+  CHECK(vscale::workers() == before);
+  check_all_workers_answer();
+  CHECK(vscale::remotecall_fetch(before.back(), [](int a, int b) { return a + b; }, 40, 2) == 42);
+}
+
+TEST_CASE("cluster.parse_options.env_auto") {
+  EnvProcs env("auto");
+  Argv a({"prog"});
+  auto o = vscale::parse_options(a.argc, a.ptrs.data());
+  CHECK(o.procs == -1);
+  CHECK(a.argc == 1);
+}
+
+TEST_CASE("cluster.parse_options.bad_values") {
+  EnvProcs env(nullptr);
+  for (std::vector<std::string> bad : {std::vector<std::string>{"prog", "-p", "abc"},
+                                       std::vector<std::string>{"prog", "--procs=-3"},
+                                       std::vector<std::string>{"prog", "-p"},
+                                       std::vector<std::string>{"prog", "--procs", "2x"}}) {
+    Argv a(bad);
+    CAPTURE(bad.back());
+    CHECK_THROWS_AS(vscale::parse_options(a.argc, a.ptrs.data()), vscale::Error);
+  }
+  {
+    EnvProcs bad_env("lots");
+    Argv a({"prog"});
+    CHECK_THROWS_AS(vscale::parse_options(a.argc, a.ptrs.data()), vscale::Error);
+  }
+}

@@ -1,0 +1,760 @@
+// Remote calls: every way to ship code and data, the call variants (remotecall, _fetch, _wait,
+// remote_do, spawnat, everywhere), Futures as arguments and their distributed freeing, calls
+// between workers and back to the master, threads, and messages larger than a ring.
+#include <doctest/doctest.h>
+
+#include <vscale/vscale.hpp>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include <Eigen/Core>
+
+namespace {
+
+// Poll `pred` until it holds or about 30 s have passed (loaded machines are slow).
+template <class Pred>
+bool eventually(Pred pred) {
+  for (int i = 0; i < 3000; ++i) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
+}
+
+int w1() { return vscale::workers().at(0); }
+int w2() { return vscale::workers().at(1); }
+
+}  // namespace
+
+// ---- shipped code: free functions, function objects, user types ---------------------------
+
+int square_plus_id(int x) { return x * x + vscale::myid(); }
+
+struct Multiplier {
+  int k;
+  double offset;
+  double operator()(double x) const { return k * x + offset; }
+};
+
+// A user type that goes through cereal (a std::string member: not trivially copyable).
+struct Point {
+  std::string label;
+  std::vector<int> xs;
+  double weight = 0;
+  template <class A>
+  void serialize(A& a) {
+    a(label, xs, weight);
+  }
+  bool operator==(const Point&) const = default;
+};
+
+// Counts how often it is serialized or deserialized in this process.
+std::atomic<int> g_counted_serializations{0};
+struct Counted {
+  std::string tag;
+  int v = 0;
+  template <class A>
+  void serialize(A& a) {
+    ++g_counted_serializations;
+    a(tag, v);
+  }
+};
+
+std::atomic<int> g_remote_do_value{0};
+
+std::vector<char> pattern_bytes(std::size_t n) {
+  std::vector<char> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<char>((i * 7 + (i >> 12)) & 0xff);
+  return v;
+}
+std::atomic<int> g_everywhere_count{0};
+std::optional<vscale::Future<int>> g_held_future;  // a handle kept alive by a worker
+std::vector<vscale::Future<int>> g_kept_futures;   // many handles kept by a worker
+
+// Ping-pong between two workers: each level calls the other one; returns the path of ids.
+std::vector<int> bounce(int depth, int a, int b) {
+  if (depth == 0) return {vscale::myid()};
+  int other = vscale::myid() == a ? b : a;
+  auto rest = vscale::remotecall_fetch(other, bounce, depth - 1, a, b);
+  rest.insert(rest.begin(), vscale::myid());
+  return rest;
+}
+
+TEST_CASE("remotecall.plain_function") {
+  int w = w1();
+  auto f = vscale::remotecall(w, square_plus_id, 5);
+  CHECK(f.where() == w);
+  CHECK(f.fetch() == 25 + w);
+  CHECK(vscale::fetch(f) == 25 + w);
+  CHECK(vscale::remotecall_fetch(w2(), &square_plus_id, 3) == 9 + w2());
+}
+
+TEST_CASE("remotecall.lambda_with_captures") {
+  int i = 7;
+  double d = 0.5;
+  std::array<int, 4> arr{1, 2, 3, 4};
+  auto f = vscale::remotecall(w1(), [i, d, arr] { return i * d + arr[0] + arr[1] + arr[2] + arr[3] + vscale::myid(); });
+  CHECK(f.fetch() == doctest::Approx(3.5 + 10 + w1()));
+}
+
+TEST_CASE("remotecall.function_object") {
+  Multiplier m{3, 0.25};
+  CHECK(vscale::remotecall(w2(), m, 2.0).fetch() == doctest::Approx(6.25));
+  CHECK(vscale::remotecall_fetch(w1(), Multiplier{-2, 1.0}, 4.0) == doctest::Approx(-7.0));
+}
+
+TEST_CASE("remotecall.closure") {
+  std::vector<double> data{1.5, 2.5, 3.5};
+  std::string name = "value";
+  auto cl = vscale::closure(
+      [](const std::vector<double>& v, const std::string& s, int idx) {
+        return s + "=" + std::to_string(v.at(static_cast<std::size_t>(idx))) + "@" + std::to_string(vscale::myid());
+      },
+      data, name);
+  auto f = vscale::remotecall(w1(), cl, 2);
+  CHECK(f.fetch() == "value=" + std::to_string(3.5) + "@" + std::to_string(w1()));
+  CHECK(vscale::remotecall_fetch(w2(), cl, 0) == "value=" + std::to_string(1.5) + "@" + std::to_string(w2()));
+  // The captured data is still here, untouched.
+  CHECK(data.size() == 3);
+  CHECK(name == "value");
+}
+
+std::string g_worker_name = "unset";
+
+TEST_CASE("remotecall.callable_variants") {
+  int w = w1();
+  // A mutable lambda: each call gets its own copy of the state.
+  auto counter = [n = 10]() mutable { return ++n; };
+  CHECK(vscale::remotecall_fetch(w, counter) == 11);
+  CHECK(vscale::remotecall(w, counter).fetch() == 11);
+  CHECK(vscale::remotecall_fetch(1, counter) == 11);
+  // A call to one's own id behaves like any call: the callable is copied, so the caller's
+  // `counter` is untouched and the next call starts from 10 again.
+  CHECK(vscale::remotecall_fetch(1, counter) == 11);
+  CHECK(vscale::remotecall_fetch(w, counter) == 11);
+  CHECK(counter() == 11);
+  // A generic lambda.
+  auto twice = [](auto x) { return x + x; };
+  CHECK(vscale::remotecall_fetch(w, twice, 21) == 42);
+  CHECK(vscale::remotecall_fetch(w, twice, std::string("ab")) == "abab");
+  // A function returning a reference: the value travels.
+  vscale::remotecall_fetch(w, [] { g_worker_name = "worker-side"; });
+  std::string got = vscale::remotecall_fetch(w, []() -> const std::string& { return g_worker_name; });
+  CHECK(got == "worker-side");
+  CHECK(g_worker_name == "unset");
+  // Arguments given as lvalues, const lvalues and rvalues; rvalue-reference parameters.
+  std::vector<int> v{1, 2, 3};
+  const std::vector<int> cv{4, 5};
+  auto total = [](std::vector<int>&& a, const std::vector<int>& b) {
+    int s = 0;
+    for (int x : a) s += x;
+    for (int x : b) s += x;
+    return s;
+  };
+  CHECK(vscale::remotecall(w, total, v, cv).fetch() == 15);
+  CHECK(vscale::remotecall(1, total, v, cv).fetch() == 15);
+  // (remotecall_fetch(w, total, v, cv) with the lvalue `v` does not compile: its call-to-self
+  // branch forwards the caller's lvalue to the `&&` parameter. Reported; rvalues work.)
+  CHECK(vscale::remotecall_fetch(w, total, std::vector<int>(v), cv) == 15);
+  CHECK(vscale::remotecall_fetch(w, total, std::move(v), cv) == 15);
+  CHECK(vscale::remotecall_fetch(1, total, std::vector<int>{7}, cv) == 16);
+}
+
+TEST_CASE("remotecall.types.int_string") {
+  int w = w1();
+  CHECK(vscale::remotecall_fetch(w, [](int a) { return a + 1; }, 41) == 42);
+  CHECK(vscale::remotecall(w, [](std::string s) { return s + " world"; }, std::string("hello")).fetch() ==
+        "hello world");
+  CHECK(vscale::remotecall_fetch(w, [](const std::string& s) { return s.size(); }, std::string(1000, 'x')) == 1000);
+}
+
+TEST_CASE("remotecall.types.vector_map") {
+  int w = w2();
+  std::vector<double> v{1.0, -2.0, 3.25};
+  auto doubled = vscale::remotecall_fetch(w, [](std::vector<double> x) {
+    for (auto& e : x) e *= 2;
+    return x;
+  }, v);
+  CHECK(doubled == std::vector<double>{2.0, -4.0, 6.5});
+
+  std::map<std::string, int> m{{"a", 1}, {"b", 2}};
+  auto m2 = vscale::remotecall(w, [](std::map<std::string, int> x) {
+    x["c"] = static_cast<int>(x.size()) + 1;
+    return x;
+  }, m).fetch();
+  CHECK(m2 == std::map<std::string, int>{{"a", 1}, {"b", 2}, {"c", 3}});
+}
+
+TEST_CASE("remotecall.types.eigen") {
+  int w = w1();
+  Eigen::MatrixXd a(3, 2);
+  a << 1, 2, 3, 4, 5, 6;
+  Eigen::MatrixXd t = vscale::remotecall_fetch(w, [](const Eigen::MatrixXd& m) -> Eigen::MatrixXd { return m.transpose(); }, a);
+  CHECK(t.rows() == 2);
+  CHECK(t.cols() == 3);
+  CHECK(t.isApprox(a.transpose()));
+
+  Eigen::Matrix3d b;
+  b << 1, 2, 3, 4, 5, 6, 7, 8, 10;
+  Eigen::Matrix3d bb = vscale::remotecall(w, [](const Eigen::Matrix3d& m) -> Eigen::Matrix3d { return m * m; }, b).fetch();
+  CHECK(bb.isApprox(b * b));
+}
+
+TEST_CASE("remotecall.types.user_struct") {
+  Point p{"origin", {1, 2, 3}, 2.5};
+  Point q = vscale::remotecall_fetch(w2(), [](Point x) {
+    x.label += "!";
+    x.xs.push_back(vscale::myid());
+    x.weight *= 2;
+    return x;
+  }, p);
+  CHECK(q == Point{"origin!", {1, 2, 3, w2()}, 5.0});
+}
+
+TEST_CASE("remotecall.types.tuple_pair") {
+  auto t = vscale::remotecall_fetch(w1(), [](std::tuple<int, std::string, double> x, std::pair<int, double> y) {
+    return std::make_tuple(std::get<0>(x) + y.first, std::get<1>(x) + "?", std::get<2>(x) * y.second);
+  }, std::make_tuple(1, std::string("why"), 1.5), std::make_pair(2, 4.0));
+  CHECK(std::get<0>(t) == 3);
+  CHECK(std::get<1>(t) == "why?");
+  CHECK(std::get<2>(t) == doctest::Approx(6.0));
+
+  auto p = vscale::remotecall(w2(), [](int a) { return std::make_pair(a, std::string(static_cast<std::size_t>(a), 'z')); }, 3).fetch();
+  CHECK(p.first == 3);
+  CHECK(p.second == "zzz");
+}
+
+TEST_CASE("remotecall.types.empty_vector_and_string") {
+  auto v = vscale::remotecall_fetch(w1(), [](std::vector<double> x) {
+    x.push_back(static_cast<double>(x.size()));
+    return x;
+  }, std::vector<double>{});
+  CHECK(v == std::vector<double>{0.0});
+  CHECK(vscale::remotecall_fetch(w1(), [](std::vector<int> x) { return x; }, std::vector<int>{}).empty());
+  CHECK(vscale::remotecall_fetch(w2(), [](std::string s) { return s; }, std::string()).empty());
+  CHECK(vscale::remotecall(w2(), [] { return std::string(); }).fetch().empty());
+}
+
+TEST_CASE("remotecall.remotecall_wait") {
+  auto f = vscale::remotecall_wait(w1(), [](int x) { return x * 3; }, 14);
+  CHECK(f.isready());
+  CHECK(vscale::isready(f));
+  CHECK(f.fetch() == 42);
+  // void result
+  auto g = vscale::remotecall_wait(w2(), [] {});
+  CHECK(g.isready());
+  g.fetch();
+}
+
+TEST_CASE("remotecall.wait_then_isready") {
+  auto f = vscale::remotecall(w2(), [] { return vscale::myid(); });
+  f.wait();
+  CHECK(f.isready());
+  vscale::wait(f);
+  CHECK(f.fetch() == w2());
+}
+
+std::atomic<bool> g_gate{false};
+
+TEST_CASE("remotecall.isready_false_while_running") {
+  // The call waits (at most ~30 s) for a gate that a second call opens: until then the
+  // Future cannot be ready. Also checks that a worker runs a call while another one blocks.
+  int w = w2();
+  vscale::remotecall_fetch(w, [] { g_gate = false; });
+  auto f = vscale::remotecall(w, [] {
+    for (int i = 0; i < 3000 && !g_gate.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    return g_gate.load();
+  });
+  CHECK_FALSE(f.isready());
+  CHECK_FALSE(f.isready());
+  vscale::remote_do(w, [] { g_gate = true; });
+  CHECK(f.fetch());  // the gate was opened while the first call ran
+  CHECK(f.isready());
+}
+
+TEST_CASE("remotecall.remote_do_side_effect") {
+  int w = w1();
+  vscale::remote_do(w, [](int v) { g_remote_do_value = v; }, 1234);
+  CHECK(eventually([&] { return vscale::remotecall_fetch(w, [] { return g_remote_do_value.load(); }) == 1234; }));
+  // It ran there, not here.
+  CHECK(g_remote_do_value.load() == 0);
+}
+
+TEST_CASE("remotecall.spawnat") {
+  int w = w2();
+  auto f = vscale::spawnat(w, [] { return vscale::myid() * 10; });
+  CHECK(f.fetch() == w * 10);
+}
+
+TEST_CASE("remotecall.spawnat_any") {
+  auto a = vscale::spawnat(vscale::any, [] { return vscale::myid(); });
+  auto b = vscale::spawnat(vscale::any, [] { return vscale::myid(); });
+  int ia = a.fetch(), ib = b.fetch();
+  auto w = vscale::workers();
+  CHECK(std::find(w.begin(), w.end(), ia) != w.end());
+  CHECK(std::find(w.begin(), w.end(), ib) != w.end());
+  CHECK(ia != ib);
+}
+
+TEST_CASE("remotecall.everywhere") {
+  auto before_master = g_everywhere_count.load();
+  std::vector<int> before;
+  for (int w : vscale::workers()) before.push_back(vscale::remotecall_fetch(w, [] { return g_everywhere_count.load(); }));
+
+  vscale::everywhere([] { ++g_everywhere_count; });
+
+  CHECK(g_everywhere_count.load() == before_master + 1);
+  auto ws = vscale::workers();
+  for (std::size_t i = 0; i < ws.size(); ++i) {
+    CAPTURE(ws[i]);
+    CHECK(vscale::remotecall_fetch(ws[i], [] { return g_everywhere_count.load(); }) == before[i] + 1);
+  }
+}
+
+TEST_CASE("remotecall.fetch_is_cached") {
+  auto f = vscale::remotecall(w1(), [] { return std::vector<double>(100, 1.5); });
+  CHECK(f.fetch().size() == 100);
+  auto sent = vscale::detail::stats().messages_sent;
+  CHECK(f.fetch().size() == 100);
+  auto copy = f;  // copies share the cache
+  CHECK(copy.fetch()[99] == 1.5);
+  CHECK(vscale::detail::stats().messages_sent == sent);
+}
+
+TEST_CASE("remotecall.fetch_same_future_from_threads") {
+  auto f = vscale::remotecall(w2(), [] { return std::vector<int>(1000, 9); });
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 8; ++t)
+    ts.emplace_back([&] {
+      try {
+        const auto& v = f.fetch();
+        if (v.size() != 1000 || v[999] != 9) ++wrong;
+      } catch (...) {
+        ++wrong;
+      }
+    });
+  for (auto& th : ts) th.join();
+  CHECK(wrong.load() == 0);
+  // Every thread saw the one cached object.
+  CHECK(&f.fetch() == &f.fetch());
+}
+
+TEST_CASE("remotecall.void_future_as_argument") {
+  int a = w1(), b = w2();
+  auto f = vscale::remotecall(a, [] { g_remote_do_value = 99; });
+  // b waits on a's void Future, then reads a's global through a call of its own.
+  int seen = vscale::remotecall_fetch(b, [](const vscale::Future<void>& fu, int owner) {
+    fu.wait();
+    fu.fetch();
+    return vscale::remotecall_fetch(owner, [] { return g_remote_do_value.load(); });
+  }, f, a);
+  CHECK(seen == 99);
+  vscale::remotecall_fetch(a, [] { g_remote_do_value = 0; });
+}
+
+TEST_CASE("remotecall.large_result_between_workers") {
+  // A 64 MiB value owned by one worker, fetched by the other.
+  const std::size_t n = std::size_t(64) << 20;
+  auto f = vscale::remotecall(w1(), [](std::size_t len) { return pattern_bytes(len); }, n);
+  bool ok = vscale::remotecall_fetch(w2(), [](const vscale::Future<std::vector<char>>& fu, std::size_t len) {
+    return fu.fetch() == pattern_bytes(len);
+  }, f, n);
+  CHECK(ok);
+}
+
+TEST_CASE("remotecall.self_call_does_not_serialize") {
+  // Positive control: a call to a worker does serialize Counted.
+  int before = g_counted_serializations.load();
+  auto r0 = vscale::remotecall_fetch(w1(), [](Counted c) {
+    c.v += 1;
+    return c;
+  }, Counted{"x", 1});
+  CHECK(r0.v == 2);
+  CHECK(g_counted_serializations.load() > before);
+
+  // On the master, to itself.
+  before = g_counted_serializations.load();
+  auto r1 = vscale::remotecall_fetch(1, [](Counted c) {
+    c.v += vscale::myid();
+    return c;
+  }, Counted{"self", 10});
+  CHECK(r1.v == 11);
+  CHECK(r1.tag == "self");
+  auto f = vscale::remotecall(vscale::myid(), [](Counted c) {
+    c.v *= 2;
+    return c;
+  }, Counted{"self", 21});
+  CHECK(f.where() == 1);
+  CHECK(f.fetch().v == 42);
+  CHECK(g_counted_serializations.load() == before);
+
+  // In a worker, to itself.
+  auto moved = vscale::remotecall_fetch(w2(), [] {
+    int b = g_counted_serializations.load();
+    auto fu = vscale::remotecall(vscale::myid(), [](Counted c) {
+      c.v += 1;
+      return c;
+    }, Counted{"w", 1});
+    int v = fu.fetch().v;
+    int v2 = vscale::remotecall_fetch(vscale::myid(), [](Counted c) { return c.v * 3; }, Counted{"w", 5});
+    return std::make_tuple(g_counted_serializations.load() - b, v, v2);
+  });
+  CHECK(std::get<0>(moved) == 0);
+  CHECK(std::get<1>(moved) == 2);
+  CHECK(std::get<2>(moved) == 15);
+}
+
+TEST_CASE("remotecall.manual_walkthrough") {
+  // r = remotecall(rand, 2, 2, 2); s = @spawnat 2 1 .+ fetch(r); remotecall_fetch(getindex, 2, r, 1, 1)
+  int w = w1();
+  auto r = vscale::remotecall(w, []() -> Eigen::MatrixXd { return Eigen::MatrixXd::Random(2, 2); });
+  auto s = vscale::remotecall(w, [](const vscale::Future<Eigen::MatrixXd>& rr) {
+    return (rr.fetch().array() + 1).matrix().eval();
+  }, r);
+  const Eigen::MatrixXd& rv = r.fetch();
+  REQUIRE(rv.rows() == 2);
+  REQUIRE(rv.cols() == 2);
+  Eigen::MatrixXd expect = (rv.array() + 1).matrix();
+  CHECK(s.fetch().isApprox(expect));
+  double x = vscale::remotecall_fetch(w, [](const vscale::Future<Eigen::MatrixXd>& rr, int i, int j) {
+    return rr.fetch()(i, j);
+  }, r, 0, 0);
+  CHECK(x == rv(0, 0));
+}
+
+TEST_CASE("remotecall.future_to_non_owner") {
+  int owner = w1(), other = w2();
+  auto r = vscale::remotecall(owner, []() -> Eigen::MatrixXd {
+    Eigen::MatrixXd m(3, 3);
+    for (int i = 0; i < 9; ++i) m(i) = i * 1.5;
+    return m;
+  });
+  auto got = vscale::remotecall_fetch(other, [](const vscale::Future<Eigen::MatrixXd>& rr) {
+    return std::make_tuple(rr.where(), vscale::myid(), rr.fetch());
+  }, r);
+  CHECK(std::get<0>(got) == owner);
+  CHECK(std::get<1>(got) == other);
+  CHECK(std::get<2>(got).isApprox(r.fetch()));
+  // A Future made on a worker, owned by another worker, fetched on the master.
+  auto nested = vscale::remotecall_fetch(other, [](int o) {
+    return vscale::remotecall(o, [] { return vscale::myid() + 100; });
+  }, owner);
+  CHECK(nested.where() == owner);
+  CHECK(nested.fetch() == owner + 100);
+}
+
+TEST_CASE("remotecall.future_made_by_worker_used_at_once_by_master") {
+  // Worker `maker` asks `owner` for a value and hands the Future straight to the master,
+  // which asks `owner` about it at once: the owner may hear from the master before it has
+  // read `maker`'s call (they travel on different rings); the Future must still work.
+  int owner = w1(), maker = w2();
+  int failures = 0;
+  std::string first_error;
+  for (int i = 0; i < 200; ++i) {
+    auto f = vscale::remotecall_fetch(maker, [](int o, int k) {
+      return vscale::remotecall(o, [](int x) { return x * 2; }, k);
+    }, owner, i);
+    try {
+      if (f.fetch() != 2 * i) ++failures;
+    } catch (const std::exception& e) {
+      if (first_error.empty()) first_error = e.what();
+      ++failures;
+    }
+  }
+  CAPTURE(first_error);
+  CHECK(failures == 0);
+  // The same with wait() and isready() as the first question.
+  failures = 0;
+  for (int i = 0; i < 200; ++i) {
+    auto f = vscale::remotecall_fetch(maker, [](int o) { return vscale::remotecall(o, [] { return 1; }); }, owner);
+    try {
+      if (i % 2) {
+        f.wait();
+      } else {
+        (void)f.isready();
+      }
+      if (f.fetch() != 1) ++failures;
+    } catch (const std::exception& e) {
+      if (first_error.empty()) first_error = e.what();
+      ++failures;
+    }
+  }
+  CHECK(failures == 0);
+}
+
+TEST_CASE("remotecall.future_passed_on_at_once") {
+  // The master's call to `owner` and the master's Future sent at once to `other`, which asks
+  // `owner` for it: the same race as above, with the master as the creator.
+  int owner = w1(), other = w2();
+  int failures = 0;
+  std::string first_error;
+  for (int i = 0; i < 200; ++i) {
+    auto f = vscale::remotecall(owner, [](int x) { return x + 1; }, i);
+    try {
+      int v = vscale::remotecall_fetch(other, [](const vscale::Future<int>& fu) { return fu.fetch(); }, f);
+      if (v != i + 1) ++failures;
+    } catch (const std::exception& e) {
+      if (first_error.empty()) first_error = e.what();
+      ++failures;
+    }
+  }
+  CAPTURE(first_error);
+  CHECK(failures == 0);
+}
+
+TEST_CASE("remotecall.future_freed_when_last_handle_gone") {
+  int owner = w1(), holder = w2();
+  auto stored = [owner] { return vscale::remotecall_fetch(owner, [] { return vscale::detail::stats().stored_values; }); };
+  // Let earlier tests' releases arrive, then take the baseline.
+  std::uint64_t base = stored();
+  eventually([&] {
+    std::uint64_t now = stored();
+    bool stable = now == base;
+    base = now;
+    return stable;
+  });
+
+  std::optional<vscale::Future<int>> f = vscale::remotecall(owner, [] { return 777; });
+  f->wait();
+  CHECK(stored() >= base + 1);
+
+  // Another worker keeps a copy.
+  vscale::remotecall_fetch(holder, [](const vscale::Future<int>& fu) { g_held_future = fu; }, *f);
+  auto copy = *f;  // and a second handle here
+  f.reset();
+  CHECK(stored() >= base + 1);
+  copy = vscale::Future<int>();  // last handle on the master gone
+  // The holder's copy still works: the owner must not have freed the value.
+  CHECK(vscale::remotecall_fetch(holder, [] { return g_held_future->fetch(); }) == 777);
+  CHECK(stored() >= base + 1);
+
+  vscale::remotecall_fetch(holder, [] { g_held_future.reset(); });
+  CHECK(eventually([&] { return stored() <= base; }));
+}
+
+TEST_CASE("remotecall.future_freed_without_fetch") {
+  int owner = w2();
+  auto stored = [owner] { return vscale::remotecall_fetch(owner, [] { return vscale::detail::stats().stored_values; }); };
+  std::uint64_t base = stored();
+  {
+    auto f = vscale::remotecall_wait(owner, [] { return std::vector<int>(10, 3); });
+    CHECK(stored() >= base + 1);
+  }
+  CHECK(eventually([&] { return stored() <= base; }));
+}
+
+TEST_CASE("remotecall.master_owned_future_fetched_by_worker") {
+  auto master_stored = [] { return vscale::detail::stats().stored_values; };
+  std::uint64_t base = master_stored();
+  {
+    // Owned by the master itself (a call to one's own id), still running when it is sent.
+    auto f = vscale::remotecall(1, [] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      return 55;
+    });
+    CHECK(f.where() == 1);
+    CHECK(vscale::remotecall_fetch(w1(), [](const vscale::Future<int>& fu) { return fu.fetch() + vscale::myid(); }, f) ==
+          55 + w1());
+    CHECK(f.fetch() == 55);
+  }
+  CHECK(eventually([&] { return master_stored() <= base; }));
+}
+
+TEST_CASE("remotecall.worker_local_future_returned_to_master") {
+  // A worker calls itself and hands that Future to the master.
+  auto f = vscale::remotecall_fetch(w2(), [] { return vscale::remotecall(vscale::myid(), [] { return vscale::myid() * 3; }); });
+  CHECK(f.where() == w2());
+  CHECK(f.fetch() == w2() * 3);
+}
+
+TEST_CASE("remotecall.future_sent_many_times") {
+  // Every send splits the sender's weight; after many sends it must ask the owner for more.
+  int owner = w1(), holder = w2();
+  auto stored = [owner] { return vscale::remotecall_fetch(owner, [] { return vscale::detail::stats().stored_values; }); };
+  std::uint64_t base = stored();
+  {
+    auto f = vscale::remotecall(owner, [] { return 31; });
+    for (int i = 0; i < 70; ++i) {
+      int v = vscale::remotecall_fetch(holder, [](const vscale::Future<int>& fu) {
+        g_kept_futures.push_back(fu);
+        return fu.fetch();
+      }, f);
+      if (v != 31) {
+        FAIL_CHECK("round " << i << " got " << v);
+        break;
+      }
+    }
+    CHECK(vscale::remotecall_fetch(holder, [] { return static_cast<int>(g_kept_futures.size()); }) == 70);
+    // And back: the holder sends its copy to the master 70 times.
+    auto back = vscale::remotecall_fetch(holder, [] {
+      std::vector<vscale::Future<int>> out;
+      for (int i = 0; i < 70; ++i) out.push_back(g_kept_futures.front());
+      return out;
+    });
+    REQUIRE(back.size() == 70);
+    for (auto& b : back) CHECK(b.fetch() == 31);
+    vscale::remotecall_fetch(holder, [] { g_kept_futures.clear(); });
+    CHECK(stored() >= base + 1);
+    CHECK(f.fetch() == 31);
+  }
+  CHECK(eventually([&] { return stored() <= base; }));
+}
+
+TEST_CASE("remotecall.worker_calls_worker") {
+  int a = w1(), b = w2();
+  CHECK(vscale::remotecall_fetch(a, [](int to) { return vscale::remotecall_fetch(to, [] { return vscale::myid(); }); }, b) == b);
+  auto f = vscale::remotecall(b, [](int to) { return vscale::remotecall(to, [](int x) { return x + vscale::myid(); }, 1).fetch(); }, a);
+  CHECK(f.fetch() == a + 1);
+}
+
+TEST_CASE("remotecall.worker_calls_master_while_master_waits") {
+  int w = w1();
+  CHECK(vscale::remotecall_fetch(w, [] { return vscale::remotecall_fetch(1, [] { return vscale::myid() + 10; }); }) == 11);
+  auto f = vscale::remotecall(w, [] { return vscale::remotecall(1, [] { return vscale::nprocs(); }).fetch(); });
+  CHECK(f.fetch() == vscale::nprocs());
+}
+
+TEST_CASE("remotecall.from_worker_side_thread") {
+  // A thread that a worker starts itself may use the API too.
+  int a = w1(), b = w2();
+  auto got = vscale::remotecall_fetch(a, [](int other) {
+    std::vector<int> out(3, 0);
+    std::thread t([&out, other] {
+      out[0] = vscale::remotecall_fetch(other, [] { return vscale::myid(); });
+      out[1] = vscale::remotecall_fetch(1, [] { return vscale::myid(); });
+      out[2] = vscale::remotecall(other, [](int x) { return x * 2; }, 21).fetch();
+    });
+    t.join();
+    return out;
+  }, b);
+  CHECK(got == std::vector<int>{b, 1, 42});
+}
+
+TEST_CASE("remotecall.recursion_across_workers_depth_30") {
+  int a = w1(), b = w2();
+  auto path = vscale::remotecall_fetch(a, bounce, 30, a, b);
+  REQUIRE(path.size() == 31);
+  for (std::size_t i = 0; i < path.size(); ++i) {
+    CAPTURE(i);
+    CHECK(path[i] == (i % 2 == 0 ? a : b));
+  }
+}
+
+TEST_CASE("remotecall.threads_8x300") {
+  auto ws = vscale::workers();
+  std::atomic<int> wrong{0}, errors{0}, done{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 8; ++t)
+    ts.emplace_back([&, t] {
+      for (int i = 0; i < 300; ++i) {
+        int w = ws[static_cast<std::size_t>(i + t) % ws.size()];
+        try {
+          int got = vscale::remotecall_fetch(w, [](int a, int b) { return a * 1000 + b + vscale::myid() * 1000000; }, t, i);
+          if (got != t * 1000 + i + w * 1000000) ++wrong;
+          ++done;
+        } catch (...) {
+          ++errors;
+        }
+      }
+    });
+  for (auto& th : ts) th.join();
+  CHECK(errors.load() == 0);
+  CHECK(wrong.load() == 0);
+  CHECK(done.load() == 2400);
+}
+
+namespace {
+std::vector<char> pattern(std::size_t n) {
+  std::vector<char> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<char>((i * 7 + (i >> 12)) & 0xff);
+  return v;
+}
+// The worker checks what it got and sends it back reversed.
+std::vector<char> check_and_reverse(const std::vector<char>& v) {
+  for (std::size_t i = 0; i < v.size(); ++i)
+    if (v[i] != static_cast<char>((i * 7 + (i >> 12)) & 0xff)) throw std::runtime_error("corrupt at " + std::to_string(i));
+  return std::vector<char>(v.rbegin(), v.rend());
+}
+bool is_reversed_pattern(const std::vector<char>& r, std::size_t n) {
+  if (r.size() != n) return false;
+  for (std::size_t i = 0; i < n; ++i)
+    if (r[n - 1 - i] != static_cast<char>((i * 7 + (i >> 12)) & 0xff)) return false;
+  return true;
+}
+}  // namespace
+
+TEST_CASE("remotecall.large.1MiB") {
+  const std::size_t n = std::size_t(1) << 20;
+  auto v = pattern(n);
+  CHECK(is_reversed_pattern(vscale::remotecall_fetch(w1(), check_and_reverse, v), n));
+  CHECK(is_reversed_pattern(vscale::remotecall(w2(), check_and_reverse, v).fetch(), n));
+}
+
+TEST_CASE("remotecall.large.64MiB") {
+  const std::size_t n = std::size_t(64) << 20;
+  auto v = pattern(n);
+  CHECK(is_reversed_pattern(vscale::remotecall_fetch(w2(), check_and_reverse, v), n));
+  // A large result stored on the owner, fetched by the master.
+  auto f = vscale::remotecall(w1(), [](std::size_t len) {
+    std::vector<char> out(len);
+    for (std::size_t i = 0; i < len; ++i) out[i] = static_cast<char>((i * 7 + (i >> 12)) & 0xff);
+    return out;
+  }, n);
+  CHECK(f.fetch() == v);
+}
+
+TEST_CASE("remotecall.large.concurrent") {
+  // Several threads move 16 MiB messages at once, to both workers.
+  const std::size_t n = std::size_t(16) << 20;
+  auto v = pattern(n);
+  auto ws = vscale::workers();
+  std::atomic<int> bad{0};
+  std::vector<std::thread> ts;
+  for (int t = 0; t < 4; ++t)
+    ts.emplace_back([&, t] {
+      try {
+        int w = ws[static_cast<std::size_t>(t) % ws.size()];
+        if (!is_reversed_pattern(vscale::remotecall_fetch(w, check_and_reverse, v), n)) ++bad;
+      } catch (...) {
+        ++bad;
+      }
+    });
+  for (auto& th : ts) th.join();
+  CHECK(bad.load() == 0);
+}
+
+TEST_CASE("remotecall.large.eigen_20MiB") {
+  Eigen::MatrixXd m(1600, 1640);  // 2,624,000 doubles = 20.0 MiB
+  for (Eigen::Index i = 0; i < m.size(); ++i) m(i) = static_cast<double>(i) * 0.5;
+  Eigen::MatrixXd r = vscale::remotecall_fetch(w1(), [](const Eigen::MatrixXd& x) -> Eigen::MatrixXd { return x * 2.0; }, m);
+  REQUIRE(r.rows() == 1600);
+  REQUIRE(r.cols() == 1640);
+  bool same = true;
+  for (Eigen::Index i = 0; i < r.size(); ++i) same = same && r(i) == static_cast<double>(i);
+  CHECK(same);
+  double sum = vscale::remotecall_fetch(w2(), [](const Eigen::MatrixXd& x) { return x.sum(); }, m);
+  CHECK(sum == doctest::Approx(m.sum()));
+}
+
+TEST_CASE("remotecall.zz_nothing_left_stored") {
+  // Runs last: every Future of this file is gone, so no process keeps a value for others.
+  for (int p : vscale::procs()) {
+    CAPTURE(p);
+    CHECK(eventually([p] {
+      return vscale::remotecall_fetch(p, [] { return vscale::detail::stats().stored_values; }) == 0;
+    }));
+  }
+}
