@@ -853,7 +853,9 @@ SessionOptions parse_options(int& argc, char** argv) {
     std::string val;
     const char* flag = nullptr;
     int consumed = 0;
-    if ((a == "-p" || a == "--procs") && i + 1 < argc) {
+    if ((a == "-p" || a == "--procs") && i + 1 >= argc)
+      throw UsageError(std::string("vscale: ") + a + " needs a value: a number of workers or `auto`");
+    if (a == "-p" || a == "--procs") {
       flag = argv[i];
       val = argv[i + 1];
       consumed = 2;

@@ -120,7 +120,8 @@ auto remotecall_fetch(int pid, F&& f, Args&&... args) -> detail::call_result_t<s
   detail::require_session("remotecall_fetch");
   if (pid == detail::self_id()) {
     try {
-      return std::invoke(f, std::forward<Args>(args)...);
+      Fd fn(f);  // a copy, as a remote call would get: the caller's callable is never changed
+      return std::invoke(fn, std::forward<Args>(args)...);
     } catch (...) {
       detail::ErrorInfo::from_current_exception(pid).raise();
     }
