@@ -44,6 +44,9 @@ constexpr void check_call() {
                 "trivially copyable values (capture by value; no std::string/std::vector captures): "
                 "pass big or non-trivial data as arguments, or use vscale::closure(lambda, captures...). "
                 "A function object needs a cereal serialize member.");
+  static_assert((!(std::is_pointer_v<A> && !FunctionPointer<A>)&&...),
+                "vscale: a raw pointer cannot be shipped to another process (its address means nothing "
+                "there). Pass the value itself, a std::vector, or a SharedArray.");
   static_assert((shippable_v<A> && ...),
                 "vscale: an argument type cannot be shipped to another process: make it trivially "
                 "copyable or give it a cereal `serialize` member (std strings, containers and Eigen "

@@ -232,8 +232,10 @@ inline constexpr bool shippable_v = [] {
     return []<class F, class... C>(std::type_identity<Closure<F, C...>>) {
       return (FunctionPointer<F> || MemcpyShippable<F>)&&(... && (MemcpyShippable<C> || CerealShippable<C>));
     }(std::type_identity<T>{});
+  } else if constexpr (std::is_pointer_v<T> || std::is_member_pointer_v<T>) {
+    return FunctionPointer<T>;  // (asking cereal about a data pointer would hit its own static_assert)
   } else {
-    return FunctionPointer<T> || MemcpyShippable<T> || CerealShippable<T>;
+    return MemcpyShippable<T> || CerealShippable<T>;
   }
 }();
 
