@@ -124,26 +124,60 @@ void master_release_weight(FdKey key, std::uint64_t w) {
   }
 }
 
+// Workers: mappings pinned while the master's array lives.
+std::mutex pin_m;
+std::map<FdKey, std::shared_ptr<SharedMapping>, KeyLess> pinned;
+
+void worker_unpin(FdKey key) {
+  std::shared_ptr<SharedMapping> m;  // released outside the lock
+  std::lock_guard lk(pin_m);
+  auto it = pinned.find(key);
+  if (it == pinned.end()) return;
+  m = std::move(it->second);
+  pinned.erase(it);
+}
+
+/// Run `fn(args...)` on `pid` from a destructor: never blocks, never throws.
+template <class... A>
+void post(int pid, void (*fn)(A...), A... args) {
+  try {
+    Writer w;
+    pack_call<void (*)(A...), A...>(w, fn, args...);
+    call_do(pid, code_of<&invoke_call<void (*)(A...), A...>>(), w, false);
+  } catch (...) {
+  }
+}
+
 }  // namespace
+
+void shm_pin(const std::shared_ptr<SharedMapping>& m) {
+  Runtime* rt = Runtime::current();
+  if (!rt || rt->master()) return;  // the master's own handles keep it
+  std::lock_guard lk(pin_m);
+  pinned[m->key] = m;
+}
+
+void shm_note_pinned(SharedMapping& m, const std::vector<int>& pids) {
+  for (int p : pids)
+    if (p != 1) m.pinned_on.push_back(p);
+}
 
 SharedMapping::~SharedMapping() {
   if (map_base) munmap(map_base, map_len);
   if (fd >= 0) close(fd);
-  if (file) return;
   {
     std::lock_guard lk(reg_m);
     auto it = registry.find(key);
     if (it != registry.end() && it->second.expired()) registry.erase(it);
   }
   Runtime* rt = Runtime::current();
-  if (!rt || rt->master() || weight == 0 || !rt->alive(1)) return;
-  try {
-    // Possibly on the polling thread (a value dropped there): never block.
-    Writer w;
-    pack_call<void (*)(FdKey, std::uint64_t), FdKey, std::uint64_t>(w, &master_release_weight, key, weight);
-    call_do(1, code_of<&invoke_call<void (*)(FdKey, std::uint64_t), FdKey, std::uint64_t>>(), w, false);
-  } catch (...) {
-  }
+  if (!rt) return;
+  // The master's array is gone: the participants may let go of theirs.
+  for (int p : pinned_on)
+    if (rt->alive(p)) post<FdKey>(p, &worker_unpin, key);
+  if (file || rt->master() || weight == 0 || !rt->alive(1)) return;
+  // Possibly on the polling thread (a value dropped there): never block.
+  post<FdKey, std::uint64_t>(1, &master_release_weight, key, weight);
 }
 
 std::size_t checked_count(const std::size_t* dims, std::size_t n, std::size_t elem_size) {
@@ -218,6 +252,7 @@ std::shared_ptr<SharedMapping> shm_open_file(const std::string& path, std::size_
                 (mode == FileMode::r ? "r" : "r+") + " needs it)");
   auto m = std::make_shared<SharedMapping>();
   m->file = true;
+  if (creating) m->key = FdKey{std::uint64_t(myid()), next_seq.fetch_add(1) + 1};
   m->path = path;
   m->offset = offset;
   m->bytes = bytes;
@@ -238,6 +273,10 @@ std::shared_ptr<SharedMapping> shm_open_file(const std::string& path, std::size_
     }
   }
   map_into(*m, m->readonly ? PROT_READ : PROT_READ | PROT_WRITE);
+  if (creating) {
+    std::lock_guard lk(reg_m);
+    registry[m->key] = m;
+  }
   return m;
 }
 
@@ -246,7 +285,7 @@ void shm_save(cereal::BinaryOutputArchive& ar, const std::shared_ptr<SharedMappi
   ar(file);
   if (m->file) {
     std::uint8_t ro = m->readonly;
-    ar(m->path, std::uint64_t(m->offset), std::uint64_t(m->bytes), ro);
+    ar(m->key.a, m->key.b, m->path, std::uint64_t(m->offset), std::uint64_t(m->bytes), ro);
     return;
   }
   Runtime& rt = Runtime::get("sending a SharedArray");
@@ -279,11 +318,17 @@ std::shared_ptr<SharedMapping> shm_load(cereal::BinaryInputArchive& ar) {
   std::uint8_t file = 0;
   ar(file);
   if (file) {
+    FdKey key;
     std::string path;
     std::uint64_t offset, bytes;
     std::uint8_t ro;
-    ar(path, offset, bytes, ro);
-    return shm_open_file(path, bytes, offset, ro ? FileMode::r : FileMode::r_plus, false);
+    ar(key.a, key.b, path, offset, bytes, ro);
+    std::lock_guard lk(reg_m);
+    if (auto m = registry[key].lock()) return m;  // mapped here already
+    auto m = shm_open_file(path, bytes, offset, ro ? FileMode::r : FileMode::r_plus, false);
+    m->key = key;
+    registry[key] = m;
+    return m;
   }
   FdKey key;
   std::uint64_t bytes, weight;

@@ -114,8 +114,14 @@ struct SharedMapping {
   std::size_t offset = 0;
   std::mutex m;
   std::uint64_t weight = 0;   // workers: weight held (returned to the master at destruction)
+  std::vector<int> pinned_on; // master: workers that keep this array mapped while we live
   ~SharedMapping();
 };
+
+/// A participating worker keeps its mapping while the master's array lives (as in Julia), so
+/// that calls do not map and unmap the memory each time.
+void shm_pin(const std::shared_ptr<SharedMapping>& m);
+void shm_note_pinned(SharedMapping& m, const std::vector<int>& pids);
 
 /// Master: a new memory-backed array of `bytes` (checked against available memory).
 std::shared_ptr<SharedMapping> shm_create(std::size_t bytes);
@@ -269,13 +275,19 @@ class SharedArray {
         for (int p : pids_)
           done.push_back(remotecall(p, [](const Self& s, const decltype(opt.f)& f) {
             s.reserve_local();
+            detail::shm_pin(s.map_);
             f(s);
           }, *this, opt.f));
       }
     };
     (run_init(opts), ...);
-    if (done.empty() && !map_->file)
-      for (int p : pids_) done.push_back(remotecall(p, [](const Self& s) { s.reserve_local(); }, *this));
+    if (done.empty())
+      for (int p : pids_)
+        done.push_back(remotecall(p, [](const Self& s) {
+          s.reserve_local();
+          detail::shm_pin(s.map_);
+        }, *this));
+    detail::shm_note_pinned(*map_, pids_);
     std::exception_ptr first;
     for (auto& f : done) {
       try {
