@@ -1,0 +1,630 @@
+// bench_advection: the Julia manual's advection, q(i,j,t+1) = q(i,j,t) + u(i,j,t) on
+// n x n x steps doubles (the third dimension is time), in each variant and process count,
+// beside its reference measured in the same run (hand-written OpenMP with as many threads).
+//
+//   ./bench_advection [--json] [--n N] [--steps S] [--procs 1,2,4] [--reps R]
+//                     [--variants a,b,...] [--svg FILE]
+//
+// Variants (seconds = median over R reps, after one untimed warm-up run; q's computed slices
+// are zeroed before every run, outside the timed region):
+//   serial                one loop nest on the master over the SharedArrays (the manual's
+//                         advection_serial!); run once, with the first process count
+//   distributed_per_step  one distributed_for over the columns per time step (advection_parallel!)
+//   shared_chunks         one remotecall per process in procs(q), each over its own columns
+//                         (myrange) for all time steps, then wait all (advection_shared!)
+//   openmp_reference      the yardstick: arrays of its own, first-touched column by column by the
+//                         thread that computes them; `omp for schedule(static) nowait` over j
+//                         inside the t loop, i.e. the same t, j, i order as the other variants;
+//                         P threads in one process (its line says procs=1, threads=P)
+//   hybrid                (the threads issue) processes x threads; not implemented yet
+// For each process count P the bench adds or removes workers to have exactly P, and makes q
+// and u SharedArray<double, 3>s whose pids are those P workers.
+//
+// Extra fields: steps, reps, gb_per_s (24 bytes per cell update: read q and u, write q;
+// n*n*(steps-1) updates), max_abs_diff (against the serial result; must be 0) and, where the
+// OpenMP reference ran on as many cores, ratio_to_openmp. The serial result is not kept as a
+// third array: every element obeys q(i,j,t) = q(i,j,0) + u(i,j,0) + ... + u(i,j,t-1), summed
+// in that order, so the check recomputes it column by column from the inputs (exactly the
+// serial loop's additions) and compares. The inputs are exact binary fractions.
+// The exit status is 1 if any variant's result differs.
+// Targets (issue 3): on 2 cores with 2 processes, shared_chunks <= 1.15 x openmp_reference
+// and distributed_per_step <= 2 x shared_chunks; at n = 500 on the 16-core bench host,
+// shared_chunks with 16 processes <= 1.05 x openmp_reference with 16 threads.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <limits>
+#include <map>
+#include <memory>
+#include <new>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <advection.hpp>
+#include <vscale/vscale.hpp>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using Array = vscale::SharedArray<double, 3>;
+namespace kn = vscale::kernels;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+[[noreturn]] void die(const std::string& what) {
+  std::cerr << "bench_advection: " << what << '\n';
+  std::exit(2);
+}
+
+// --- inputs and the check -------------------------------------------------------------------
+
+// Multiples of 1/16 of modest size, so every partial sum is exact too (the check would find
+// any wrong or missing update all the same).
+inline double u_at(std::size_t i, std::size_t j, std::size_t t) {
+  return static_cast<double>((i * 7 + j * 13 + t * 5) % 16 + 1) * 0.0625;
+}
+inline double q0_at(std::size_t i, std::size_t j) { return static_cast<double>((i * 3 + j * 11) % 8) * 0.5; }
+
+// Fill the columns `jr`: u at every time step, q's first time slice (zero after it).
+template <class A>
+void fill_u_columns(const A& u, vscale::IndexRange jr) {
+  for (std::size_t t = 0; t < u.size(2); ++t)
+    for (std::size_t j : jr) {
+      double* c = &u(0, j, t);
+      for (std::size_t i = 0; i < u.size(0); ++i) c[i] = u_at(i, j, t);
+    }
+}
+template <class A>
+void fill_q_columns(const A& q, vscale::IndexRange jr) {
+  for (std::size_t t = 0; t < q.size(2); ++t)
+    for (std::size_t j : jr) {
+      double* c = &q(0, j, t);
+      for (std::size_t i = 0; i < q.size(0); ++i) c[i] = t == 0 ? q0_at(i, j) : 0.0;
+    }
+}
+
+// Zero q's computed time slices (t >= 1) in the columns `jr`.
+template <class A>
+void reset_columns(const A& q, vscale::IndexRange jr) {
+  for (std::size_t t = 1; t < q.size(2); ++t)
+    for (std::size_t j : jr) std::memset(&q(0, j, t), 0, q.size(0) * sizeof(double));
+}
+
+// The largest |q - serial| over the columns `jr`; infinity for a NaN.
+template <class A>
+double diff_columns(const A& q, vscale::IndexRange jr) {
+  const std::size_t n1 = q.size(0), nt = q.size(2);
+  std::vector<double> ref(n1);
+  double worst = 0;
+  for (std::size_t j : jr) {
+    for (std::size_t i = 0; i < n1; ++i) ref[i] = q0_at(i, j);
+    for (std::size_t t = 0; t < nt; ++t) {
+      if (t > 0)
+        for (std::size_t i = 0; i < n1; ++i) ref[i] = ref[i] + u_at(i, j, t - 1);
+      const double* qc = &q(0, j, t);
+      for (std::size_t i = 0; i < n1; ++i) {
+        const double d = std::fabs(qc[i] - ref[i]);
+        if (!(d <= worst)) worst = std::isnan(d) ? std::numeric_limits<double>::infinity() : d;
+      }
+    }
+  }
+  return worst;
+}
+
+// The same, as SharedArray init functions and calls on its workers: each over its own columns
+// (myrange), the columns shared_chunks gives it.
+void init_u_here(const Array& u) { fill_u_columns(u, kn::myrange(u).second); }
+void init_q_here(const Array& q) { fill_q_columns(q, kn::myrange(q).second); }
+void reset_here(const Array& q) { reset_columns(q, kn::myrange(q).second); }
+double diff_here(const Array& q) { return diff_columns(q, kn::myrange(q).second); }
+
+template <class F>
+std::vector<vscale::Future<std::invoke_result_t<F&, const Array&>>> on_each(const Array& q, F f) {
+  std::vector<vscale::Future<std::invoke_result_t<F&, const Array&>>> calls;
+  for (int p : vscale::procs(q)) calls.push_back(vscale::remotecall(p, f, q));
+  return calls;
+}
+void reset_all(const Array& q) {
+  for (auto& c : on_each(q, reset_here)) c.wait();
+}
+double diff_all(const Array& q) {
+  double worst = 0;
+  for (auto& c : on_each(q, diff_here)) worst = std::max(worst, c.fetch());
+  return worst;
+}
+
+// --- the variants -----------------------------------------------------------------------
+
+void shared_chunk(const Array& q, const Array& u) { kn::advection_shared_chunk(q, u); }
+
+void run_shared_chunks(const Array& q, const Array& u) {
+  std::vector<vscale::Future<void>> calls;
+  for (int p : vscale::procs(q)) calls.push_back(vscale::remotecall(p, shared_chunk, q, u));
+  for (auto& c : calls) c.wait();
+}
+
+void run_distributed_per_step(const Array& q, const Array& u) {
+  const long ncols = static_cast<long>(q.size(1));
+  for (std::size_t t : kn::time_steps(q)) {
+    vscale::distributed_for(vscale::Range{0, ncols},
+                            vscale::closure(
+                                [](const Array& qq, const Array& uu, std::size_t tt, long j) {
+                                  kn::advection_column(qq, uu, static_cast<std::size_t>(j), tt);
+                                },
+                                q, u, t))
+        .wait();
+  }
+}
+
+void run_serial(const Array& q, const Array& u) { kn::advection_serial(q, u); }
+
+// hybrid (the threads issue) goes here: one call per process in procs(q), like shared_chunks,
+// each splitting its columns over the process's TBB arena. Add "hybrid" to kVariants, a
+// run_hybrid beside run_shared_chunks, and its line in measure_vscale; the table, JSON, chart
+// and ratios pick it up from there.
+
+// --- results ------------------------------------------------------------------------------
+
+struct Result {
+  std::string variant;
+  int procs = 1;
+  int threads = 1;
+  std::size_t n = 0, steps = 0;
+  int reps = 0;
+  double seconds = 0;
+  double gb_per_s = 0;
+  double max_abs_diff = 0;
+  std::optional<double> ratio;  // seconds / openmp_reference seconds on as many cores
+  int cores() const { return procs * threads; }
+};
+
+const std::vector<std::string> kVariants = {"serial", "distributed_per_step", "shared_chunks", "openmp_reference"};
+
+double gb_per_s(std::size_t n, std::size_t steps, double seconds) {
+  return 24.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(steps - 1) / seconds / 1e9;
+}
+
+std::string human_time(double s) {
+  char buf[64];
+  if (s < 1e-3)
+    std::snprintf(buf, sizeof buf, "%.1f us", s * 1e6);
+  else if (s < 1)
+    std::snprintf(buf, sizeof buf, "%.2f ms", s * 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.3f s", s);
+  return buf;
+}
+
+void print_json(const Result& r) {
+  std::printf("{\"bench\":\"advection\",\"variant\":\"%s\",\"procs\":%d,\"threads\":%d,\"n\":%zu,\"seconds\":%.9g,"
+              "\"steps\":%zu,\"reps\":%d,\"gb_per_s\":%.6g,\"max_abs_diff\":%.17g",
+              r.variant.c_str(), r.procs, r.threads, r.n, r.seconds, r.steps, r.reps, r.gb_per_s, r.max_abs_diff);
+  if (r.ratio) std::printf(",\"ratio_to_openmp\":%.4g", *r.ratio);
+  std::printf("}\n");
+  std::fflush(stdout);
+}
+
+// Median of `reps` timed runs, after one untimed warm-up run (it maps and faults in the pages
+// in the processes that use them); `reset` runs before each run, outside the timed region.
+template <class Reset, class Run>
+double time_reps(int reps, Reset reset, Run run) {
+  reset();
+  run();
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    reset();
+    auto t0 = Clock::now();
+    run();
+    t.push_back(seconds_since(t0));
+  }
+  return median(t);
+}
+
+// --- the OpenMP reference -------------------------------------------------------------------
+
+#ifdef _OPENMP
+Result measure_openmp(std::size_t n, std::size_t steps, int threads, int reps) {
+  const std::size_t count = n * n * steps;
+  // new double[] leaves the memory untouched: the first touch is the parallel fill below.
+  std::unique_ptr<double[]> qm, um;
+  try {
+    qm.reset(new double[count]);
+    um.reset(new double[count]);
+  } catch (const std::bad_alloc&) {
+    die("openmp_reference: cannot allocate 2 x " + std::to_string(count * sizeof(double) >> 20) + " MiB");
+  }
+  const kn::Grid3<double> q{qm.get(), n, n, steps}, u{um.get(), n, n, steps};
+  omp_set_num_threads(threads);
+  const long ncols = static_cast<long>(n);
+  // Each thread first-touches the columns it computes (same static schedule, same count).
+#pragma omp parallel for schedule(static)
+  for (long j = 0; j < ncols; ++j) {
+    fill_q_columns(q, {static_cast<std::size_t>(j), static_cast<std::size_t>(j) + 1});
+    fill_u_columns(u, {static_cast<std::size_t>(j), static_cast<std::size_t>(j) + 1});
+  }
+
+  auto reset = [&] {
+#pragma omp parallel for schedule(static)
+    for (long j = 0; j < ncols; ++j) reset_columns(q, {static_cast<std::size_t>(j), static_cast<std::size_t>(j) + 1});
+  };
+  auto run = [&] {
+    const long nsteps = static_cast<long>(steps) - 1;
+    // The manual's loop order (t, then j, then i). With a static schedule every thread gets the
+    // same columns at every t, and column j at t + 1 only needs column j at t: no barrier.
+#pragma omp parallel
+    for (long t = 0; t < nsteps; ++t) {
+#pragma omp for schedule(static) nowait
+      for (long j = 0; j < ncols; ++j)
+        kn::advection_chunk(q, u, vscale::IndexRange{0, n}, vscale::IndexRange{std::size_t(j), std::size_t(j) + 1},
+                            vscale::IndexRange{std::size_t(t), std::size_t(t) + 1});
+    }
+  };
+  Result r{"openmp_reference", 1, threads, n, steps, reps, 0, 0, 0, {}};
+  r.seconds = time_reps(reps, reset, run);
+  double worst = 0;
+#pragma omp parallel for schedule(static) reduction(max : worst)
+  for (long j = 0; j < ncols; ++j)
+    worst = std::max(worst, diff_columns(q, {static_cast<std::size_t>(j), static_cast<std::size_t>(j) + 1}));
+  r.max_abs_diff = worst;
+  r.gb_per_s = gb_per_s(n, steps, r.seconds);
+  return r;
+}
+#endif
+
+// --- workers ------------------------------------------------------------------------------
+
+// Exactly `p` workers: keeps the oldest, adds or removes the rest (ids are never reused).
+std::vector<int> set_workers(int p) {
+  std::vector<int> have = vscale::nworkers() ? vscale::workers() : std::vector<int>{};
+  if (static_cast<int>(have.size()) > p) vscale::rmprocs(std::vector<int>(have.begin() + p, have.end()));
+  if (static_cast<int>(have.size()) < p) {
+    auto got = vscale::addprocs(p - static_cast<int>(have.size()));
+    if (static_cast<int>(got.size() + have.size()) != p)
+      die("addprocs started " + std::to_string(got.size()) + " of " + std::to_string(p - have.size()) + " workers");
+  }
+  std::vector<int> w = vscale::workers();
+  if (static_cast<int>(w.size()) != p) die("have " + std::to_string(w.size()) + " workers, wanted " + std::to_string(p));
+  return w;
+}
+
+// --- the chart ------------------------------------------------------------------------------
+
+std::string fmt_g(double v, int digits) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+  return buf;
+}
+
+// A grouped bar chart: one group per core count (processes, or OpenMP threads), one bar per
+// variant, the time (ms) on the y axis, each bar labelled with its value. The axis is linear,
+// or logarithmic when the times span more than a factor of 30 (else the fast bars vanish).
+// Plain SVG text, no dependencies.
+void write_svg(const std::string& path, const std::vector<Result>& results, std::size_t n, std::size_t steps, int reps) {
+  const std::vector<std::pair<std::string, const char*>> palette = {{"openmp_reference", "#4c72b0"},
+                                                                     {"shared_chunks", "#55a868"},
+                                                                     {"hybrid", "#dd8452"},
+                                                                     {"distributed_per_step", "#c44e52"},
+                                                                     {"serial", "#8172b2"}};
+  std::vector<std::pair<std::string, const char*>> variants;  // palette order, those present
+  for (const auto& v : palette)
+    if (std::any_of(results.begin(), results.end(), [&](const Result& r) { return r.variant == v.first; }))
+      variants.push_back(v);
+  std::set<int> cores;
+  double tmax = 0, tmin = std::numeric_limits<double>::infinity();
+  for (const auto& r : results) {
+    cores.insert(r.cores());
+    tmax = std::max(tmax, r.seconds * 1e3);
+    tmin = std::min(tmin, r.seconds * 1e3);
+  }
+  if (results.empty()) tmax = tmin = 1;
+  tmin = std::max(tmin, 1e-6);
+  tmax = std::max(tmax, tmin);
+
+  const bool log_scale = tmax / tmin > 30;
+  std::vector<double> ticks;
+  double ylo = 0, yhi = 0;
+  if (log_scale) {  // decades
+    ylo = std::pow(10.0, std::floor(std::log10(tmin)));
+    yhi = std::pow(10.0, std::ceil(std::log10(tmax)));
+    for (double v = ylo; v <= yhi * 1.001; v *= 10) ticks.push_back(v);
+  } else {  // 1, 2 or 5 times a power of ten, about five ticks
+    double step = std::pow(10.0, std::floor(std::log10(tmax / 5)));
+    for (double m : {1.0, 2.0, 5.0, 10.0})
+      if (tmax / (step * m) <= 6) {
+        step *= m;
+        break;
+      }
+    yhi = std::max(step, std::ceil(tmax / step) * step);
+    for (int k = 0; k * step <= yhi * 1.0001; ++k) ticks.push_back(k * step);
+  }
+
+  const double W = 820, H = 460, left = 80, right = 200, top = 50, bottom = 60;
+  const double pw = W - left - right, ph = H - top - bottom;
+  const double group_w = pw / static_cast<double>(std::max<std::size_t>(1, cores.size()));
+  const double bar_w = group_w * 0.8 / static_cast<double>(std::max<std::size_t>(1, variants.size()));
+  auto y_of = [&](double ms) {
+    if (log_scale) return top + ph * (std::log10(yhi) - std::log10(std::max(ms, ylo))) / (std::log10(yhi) - std::log10(ylo));
+    return top + ph - ph * ms / yhi;
+  };
+
+  std::ostringstream s;
+  s.setf(std::ios::fixed);
+  s.precision(1);
+  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
+    << ' ' << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
+  s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
+  s << "<text x=\"" << W / 2 << "\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">advection " << n << " x " << n
+    << " x " << steps << " doubles: median time of " << reps << " reps (lower is better)</text>\n";
+  for (double v : ticks) {
+    const double y = y_of(v);
+    s << "<line x1=\"" << left << "\" y1=\"" << y << "\" x2=\"" << left + pw << "\" y2=\"" << y
+      << "\" stroke=\"#ddd\"/>\n";
+    s << "<text x=\"" << left - 6 << "\" y=\"" << y + 4 << "\" text-anchor=\"end\">" << fmt_g(v, 6) << "</text>\n";
+  }
+  s << "<line x1=\"" << left << "\" y1=\"" << top << "\" x2=\"" << left << "\" y2=\"" << top + ph
+    << "\" stroke=\"black\"/>\n";
+  s << "<line x1=\"" << left << "\" y1=\"" << top + ph << "\" x2=\"" << left + pw << "\" y2=\"" << top + ph
+    << "\" stroke=\"black\"/>\n";
+  s << "<text transform=\"translate(22," << top + ph / 2 << ") rotate(-90)\" text-anchor=\"middle\">time (ms"
+    << (log_scale ? ", log scale" : "") << ")</text>\n";
+  s << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 15
+    << "\" text-anchor=\"middle\">cores used: processes (openmp_reference: threads)</text>\n";
+  std::size_t g = 0;
+  for (int c : cores) {
+    const double gx = left + group_w * static_cast<double>(g) + group_w * 0.1;
+    s << "<text x=\"" << left + group_w * (static_cast<double>(g) + 0.5) << "\" y=\"" << top + ph + 18
+      << "\" text-anchor=\"middle\">" << c << "</text>\n";
+    for (std::size_t v = 0; v < variants.size(); ++v)
+      for (const auto& r : results)
+        if (r.variant == variants[v].first && r.cores() == c) {
+          const double ms = r.seconds * 1e3, x = gx + bar_w * static_cast<double>(v), y = y_of(ms);
+          s << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << bar_w * 0.92 << "\" height=\"" << top + ph - y
+            << "\" fill=\"" << variants[v].second << "\"><title>" << r.variant << ", " << r.procs
+            << " process(es) x " << r.threads << " thread(s): " << human_time(r.seconds) << ", "
+            << fmt_g(r.gb_per_s, 3) << " GB/s</title></rect>\n";
+          s << "<text x=\"" << x + bar_w * 0.46 << "\" y=\"" << y - 4 << "\" text-anchor=\"middle\" font-size=\"10\">"
+            << fmt_g(ms, 3) << "</text>\n";
+        }
+    ++g;
+  }
+  double ly = top + 10;
+  for (const auto& v : variants) {
+    s << "<rect x=\"" << left + pw + 20 << "\" y=\"" << ly << "\" width=\"14\" height=\"14\" fill=\"" << v.second
+      << "\"/>\n";
+    s << "<text x=\"" << left + pw + 40 << "\" y=\"" << ly + 11 << "\">" << v.first << "</text>\n";
+    ly += 22;
+  }
+  s << "</svg>\n";
+  std::ofstream out(path);
+  out << s.str();
+  if (!out) die("cannot write the chart to '" + path + "'");
+}
+
+// --- options ------------------------------------------------------------------------------
+
+std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string part; std::getline(ss, part, ',');)
+    if (!part.empty()) out.push_back(part);
+  return out;
+}
+
+long parse_positive(const std::string& opt, const std::string& v) {
+  char* end = nullptr;
+  long x = std::strtol(v.c_str(), &end, 10);
+  if (v.empty() || *end != '\0' || x <= 0) die(opt + " needs a positive integer, got '" + v + "'");
+  return x;
+}
+
+const char* kUsage =
+    "usage: bench_advection [--json] [--n N] [--steps S] [--procs 1,2,4] [--reps R] [--variants a,b] [--svg FILE]\n"
+    "  --n N        the grid is N x N x S doubles (default 500)\n"
+    "  --steps S    time slices, the third dimension (default N)\n"
+    "  --procs L    process counts (default 1, 2, 4, ... up to and with the usable CPUs)\n"
+    "  --reps R     timed runs per variant; the median is reported (default 5)\n"
+    "  --variants L serial, distributed_per_step, shared_chunks, openmp_reference (default all)\n"
+    "  --svg FILE   also write the figures as an SVG bar chart\n";
+
+// Takes `--procs LIST` / `--procs=LIST` out of argv before the Session sees it: there
+// `--procs N` would mean "start N workers", here it is the list of process counts to measure.
+// (Workers are started with argv = {program, worker flag}, so this never touches theirs.)
+std::optional<std::string> take_procs_list(int& argc, char** argv) {
+  std::optional<std::string> list;
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--procs") {
+      if (i + 1 >= argc) die(std::string("--procs needs a value\n") + kUsage);
+      list = argv[++i];
+    } else if (a.rfind("--procs=", 0) == 0) {
+      list = a.substr(8);
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  argc = out;
+  argv[out] = nullptr;
+  return list;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::optional<std::string> procs_list = take_procs_list(argc, argv);
+  vscale::Session session(argc, argv);  // -p N still starts N workers; the bench then sets its own counts
+
+  bool json = false;
+  std::size_t n = 500, steps = 0;
+  int reps = 5;
+  std::vector<int> proc_counts;
+  std::vector<std::string> variants = kVariants;
+  std::string svg;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) die(a + " needs a value\n" + kUsage);
+      return argv[++i];
+    };
+    if (a == "--json") {
+      json = true;
+    } else if (a == "--n") {
+      n = static_cast<std::size_t>(parse_positive(a, value()));
+    } else if (a == "--steps") {
+      steps = static_cast<std::size_t>(parse_positive(a, value()));
+    } else if (a == "--reps") {
+      reps = static_cast<int>(parse_positive(a, value()));
+    } else if (a == "--variants") {
+      variants = split_commas(value());
+      for (const auto& v : variants) {
+        if (v == "hybrid") die("variant 'hybrid' is not implemented yet (it comes with the threads issue)");
+        if (std::find(kVariants.begin(), kVariants.end(), v) == kVariants.end())
+          die("unknown variant '" + v + "'\n" + kUsage);
+      }
+    } else if (a == "--svg") {
+      svg = value();
+    } else if (a == "-h" || a == "--help") {
+      std::cout << kUsage;
+      return 0;
+    } else {
+      die("unknown option '" + a + "'\n" + kUsage);
+    }
+  }
+  if (procs_list) {
+    for (const auto& p : split_commas(*procs_list)) proc_counts.push_back(static_cast<int>(parse_positive("--procs", p)));
+    if (proc_counts.empty()) die("--procs needs at least one process count");
+  }
+  if (steps == 0) steps = n;
+  if (steps < 2) die("--steps must be at least 2 (one time step)");
+  if (proc_counts.empty()) {
+    const int k = vscale::usable_cpus();
+    for (int p = 1; p < k; p *= 2) proc_counts.push_back(p);
+    proc_counts.push_back(k);
+  }
+  {  // dedupe, keep the order given
+    std::vector<int> seen;
+    for (int p : proc_counts)
+      if (std::find(seen.begin(), seen.end(), p) == seen.end()) seen.push_back(p);
+    proc_counts = seen;
+  }
+  auto wants = [&](const std::string& v) { return std::find(variants.begin(), variants.end(), v) != variants.end(); };
+#ifndef _OPENMP
+  if (wants("openmp_reference")) {
+    std::cerr << "bench_advection: built without OpenMP: no openmp_reference (and no ratios)\n";
+    variants.erase(std::find(variants.begin(), variants.end(), "openmp_reference"));
+  }
+#endif
+
+  std::vector<Result> results;
+  std::map<int, double> openmp_seconds;  // by thread count
+  auto emit = [&](Result r) {
+    if (auto it = openmp_seconds.find(r.cores()); it != openmp_seconds.end() && r.variant != "openmp_reference")
+      r.ratio = r.seconds / it->second;
+    else if (r.variant == "openmp_reference")
+      r.ratio = 1.0;
+    if (json) print_json(r);
+    results.push_back(std::move(r));
+  };
+  auto mib = [](std::size_t bytes) {
+    return bytes >= (1u << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string((bytes + 1023) >> 10) + " KiB";
+  };
+  const std::size_t array_bytes = n * n * steps * sizeof(double);
+  if (!json)
+    std::printf("bench_advection: q(i,j,t+1) = q(i,j,t) + u(i,j,t) on %zu x %zu x %zu doubles (2 arrays of %s), "
+                "median of %d reps, %d usable CPUs\n",
+                n, n, steps, mib(array_bytes).c_str(), reps, vscale::usable_cpus());
+
+  bool serial_done = false;
+  for (int p : proc_counts) {
+#ifdef _OPENMP
+    // Its own arrays, freed before the SharedArrays exist: never more than two big arrays.
+    if (wants("openmp_reference")) {
+      Result r = measure_openmp(n, steps, p, reps);
+      openmp_seconds[p] = r.seconds;
+      emit(std::move(r));
+    }
+#endif
+    const bool need_arrays =
+        wants("distributed_per_step") || wants("shared_chunks") || (wants("serial") && !serial_done);
+    if (!need_arrays) continue;
+    const std::vector<int> w = set_workers(p);
+    Array q, u;
+    try {
+      q = Array({n, n, steps}, vscale::init(init_q_here), vscale::pids(w));
+      u = Array({n, n, steps}, vscale::init(init_u_here), vscale::pids(w));
+    } catch (const std::exception& e) {
+      die(std::string("cannot make the SharedArrays: ") + e.what());
+    }
+    auto reset = [&] { reset_all(q); };
+    auto measure = [&](const std::string& variant, int procs, auto run) {
+      Result r{variant, procs, 1, n, steps, reps, 0, 0, 0, {}};
+      r.seconds = time_reps(reps, reset, [&] { run(q, u); });
+      r.max_abs_diff = diff_all(q);
+      r.gb_per_s = gb_per_s(n, steps, r.seconds);
+      emit(std::move(r));
+    };
+    if (wants("serial") && !serial_done) {
+      measure("serial", 1, run_serial);
+      serial_done = true;
+    }
+    if (wants("distributed_per_step")) measure("distributed_per_step", p, run_distributed_per_step);
+    if (wants("shared_chunks")) measure("shared_chunks", p, run_shared_chunks);
+  }
+
+  if (!json) {
+    std::printf("\n%-22s %9s %8s %12s %9s %14s %10s\n", "variant", "processes", "threads", "time", "GB/s",
+                "vs OpenMP", "max diff");
+    for (const Result& r : results) {
+      char ratio[32] = "-";
+      if (r.ratio) std::snprintf(ratio, sizeof ratio, "%.2fx", *r.ratio);
+      std::printf("%-22s %9d %8d %12s %9.2f %14s %10.3g\n", r.variant.c_str(), r.procs, r.threads,
+                  human_time(r.seconds).c_str(), r.gb_per_s, ratio, r.max_abs_diff);
+    }
+    std::printf("(vs OpenMP: time / openmp_reference time with as many threads as the variant uses processes)\n");
+    for (int p : proc_counts) {
+      const Result *sc = nullptr, *ps = nullptr;
+      for (const auto& r : results) {
+        if (r.variant == "shared_chunks" && r.procs == p) sc = &r;
+        if (r.variant == "distributed_per_step" && r.procs == p) ps = &r;
+      }
+      if (sc && sc->ratio)
+        std::printf("%2d processes: shared_chunks / openmp_reference = %.2f (target <= 1.15 on 2 cores, <= 1.05 on 16)\n",
+                    p, *sc->ratio);
+      if (sc && ps)
+        std::printf("%2d processes: distributed_per_step / shared_chunks = %.2f (target <= 2)\n", p,
+                    ps->seconds / sc->seconds);
+    }
+  }
+  if (!svg.empty()) {
+    write_svg(svg, results, n, steps, reps);
+    if (!json) std::printf("chart: %s\n", svg.c_str());
+  }
+
+  bool ok = true;
+  for (const auto& r : results)
+    if (r.max_abs_diff != 0) {
+      std::cerr << "bench_advection: " << r.variant << " with " << r.procs << " process(es) differs from serial by "
+                << r.max_abs_diff << '\n';
+      ok = false;
+    }
+  return ok ? 0 : 1;
+}
