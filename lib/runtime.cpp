@@ -286,6 +286,7 @@ void Runtime::handle_membership() {
   for (auto& r : failed) {
     r->ok = false;
     r->error = ErrorInfo{ErrorInfo::Exited, r->dest, {}, dead_reason(r->dest)};
+    if (r->on_done) r->on_done(*r);
     r->done.store(1, std::memory_order_release);
   }
   for (int d : newly_dead) {
@@ -581,6 +582,7 @@ void Runtime::dispatch(Inbound&& m) {
         r->error = ErrorInfo::read(rd);
       }
       r->reply = std::move(m);
+      if (r->on_done) r->on_done(*r);
       r->done.store(1, std::memory_order_release);
       notify_local();
       return;
@@ -644,7 +646,8 @@ void Runtime::handle_ref_query(Inbound& m) {
   {
     std::lock_guard lk(core->m);
     if (core->state.load() == FutureCore::Pending) {
-      core->on_done.push_back([answer] { answer(true); });
+      // Runs where the value completes, possibly on the polling thread: never block.
+      core->on_done.push_back([answer] { answer(false); });
       return;
     }
   }
@@ -980,6 +983,29 @@ void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& resul
   rt.await_request(*r);
   if (!r->ok) r->error.raise();
   result.assign(r->payload, r->payload + r->payload_len);
+}
+
+std::shared_ptr<FutureCore> call_push(int pid, CodeRef invoker, Writer& args) {
+  Runtime& rt = Runtime::get("remotecall");
+  auto core = new_local_core();
+  std::uint64_t req;
+  auto r = rt.new_request(pid, req);
+  r->on_done = [core](Request& q) {
+    if (q.ok)
+      core->complete_bytes(std::vector<char>(q.payload, q.payload + q.payload_len));
+    else
+      core->complete_error(q.error);
+  };
+  char head[sizeof(std::uint64_t) + sizeof(CodeRef)];
+  std::memcpy(head, &req, sizeof req);
+  std::memcpy(head + sizeof req, &invoker, sizeof invoker);
+  try {
+    rt.send(pid, kCallFetch, head, sizeof head, args.bytes().data(), args.bytes().size());
+  } catch (...) {
+    rt.drop_request(req);
+    throw;
+  }
+  return core;
 }
 
 void call_do(int pid, CodeRef invoker, Writer& args, bool may_block) {

@@ -26,7 +26,7 @@ namespace vscale::detail {
 
 namespace {
 
-constexpr std::uint64_t kShmWeight = std::uint64_t(1) << 40;
+constexpr std::uint64_t kShmWeight = std::uint64_t(1) << 20;  // as kInitialWeight (runtime.hpp)
 const std::size_t kPage = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
 
 struct KeyLess {

@@ -73,7 +73,7 @@ Waitable distributed_for(Range r, Body body) {
   const auto ws = workers();
   std::vector<Future<void>> parts;
   for (const Range& c : detail::splitrange(r.first, r.last, static_cast<long>(ws.size())))
-    parts.push_back(remotecall(ws[parts.size()], [](const Body& b, long lo, long hi) {
+    parts.push_back(detail::remotecall_push(ws[parts.size()], [](const Body& b, long lo, long hi) {
       for (long i = lo; i < hi; ++i) b(i);
     }, body, c.first, c.last));
   return Waitable(std::move(parts));
@@ -90,7 +90,7 @@ auto distributed_for(Range r, Body body, Reducer reducer) {
   const auto ws = workers();
   std::vector<Future<R>> parts;
   for (const Range& c : detail::splitrange(r.first, r.last, static_cast<long>(ws.size())))
-    parts.push_back(remotecall(ws[parts.size()], [](const Body& b, const Reducer& red, long lo, long hi) {
+    parts.push_back(detail::remotecall_push(ws[parts.size()], [](const Body& b, const Reducer& red, long lo, long hi) {
       R acc = b(lo);
       for (long i = lo + 1; i < hi; ++i) acc = red(std::move(acc), b(i));
       return acc;

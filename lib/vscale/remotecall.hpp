@@ -113,6 +113,21 @@ auto remotecall(int pid, F&& f, Args&&... args) -> Future<detail::call_result_t<
   return detail::make_future<R>(detail::call_ref(pid, code, w));
 }
 
+namespace detail {
+/// Like remotecall, but the result comes back with the call's answer and is kept here: one
+/// round trip in all, for results that only this process will wait on.
+template <class F, class... Args>
+auto remotecall_push(int pid, F&& f, Args&&... args) -> Future<call_result_t<std::decay_t<F>, std::decay_t<Args>...>> {
+  using Fd = std::decay_t<F>;
+  using R = call_result_t<Fd, std::decay_t<Args>...>;
+  check_call<Fd, std::decay_t<Args>...>();
+  if (pid == self_id()) return remotecall(pid, std::forward<F>(f), std::forward<Args>(args)...);
+  Writer w;
+  pack_call<Fd, std::decay_t<Args>...>(w, f, args...);
+  return make_future<R>(call_push(pid, code_of<&invoke_call<Fd, std::decay_t<Args>...>>(), w));
+}
+}  // namespace detail
+
 /// Call `f(args...)` on `pid` and return its result (one round trip; nothing is stored there).
 /// Example: int v = remotecall_fetch(2, [](int a, int b) { return a + b; }, 1, 2);
 template <class F, class... Args>

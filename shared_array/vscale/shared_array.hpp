@@ -281,6 +281,7 @@ class SharedArray {
       }
     };
     (run_init(opts), ...);
+    (void)run_init;  // (no options given)
     if (done.empty())
       for (int p : pids_)
         done.push_back(remotecall(p, [](const Self& s) {

@@ -100,6 +100,9 @@ void require_session(const char* what);
 std::shared_ptr<FutureCore> call_ref(int pid, CodeRef invoker, Writer& args);
 /// Remote call whose result comes straight back; fills `result` or throws.
 void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& result);
+/// Remote call whose result is pushed back to this process with the answer (no value stored
+/// there): a Future owned here, for results only the caller waits on (distributed_for, pmap).
+std::shared_ptr<FutureCore> call_push(int pid, CodeRef invoker, Writer& args);
 /// Remote call without any answer (`may_block` false: never waits for ring space, for use in
 /// destructors that may run on the polling thread).
 void call_do(int pid, CodeRef invoker, Writer& args, bool may_block = true);

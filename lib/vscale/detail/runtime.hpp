@@ -21,7 +21,9 @@
 
 namespace vscale::detail {
 
-inline constexpr std::uint64_t kInitialWeight = std::uint64_t(1) << 40;
+// Weight a new handle carries; halved at each forwarding, refilled from the owner when it runs
+// out. 2^20 keeps the owner's signed total far from overflow however often a handle is sent.
+inline constexpr std::uint64_t kInitialWeight = std::uint64_t(1) << 20;
 
 /// A received message. Small bodies are copied out of the ring; a bulk body stays in the
 /// sender's bulk area until this object is destroyed, which tells the sender it may reuse it.
@@ -49,6 +51,8 @@ struct Request {
   const char* payload = nullptr;  // within reply, after the result header
   std::size_t payload_len = 0;
   ErrorInfo error;
+  /// Called (on the polling thread, must not block) once the answer or the failure is in.
+  std::function<void(Request&)> on_done;
 };
 
 /// Work for the executor: an incoming call, or a local function.
