@@ -5,6 +5,11 @@
 
 #include <vscale/vscale.hpp>
 
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cctype>
@@ -12,6 +17,7 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -27,6 +33,15 @@ std::string lower(std::string s) {
 
 bool ascending(const std::vector<int>& v) { return std::is_sorted(v.begin(), v.end()) &&
                                                    std::adjacent_find(v.begin(), v.end()) == v.end(); }
+
+template <class Pred>
+bool eventually(Pred pred) {
+  for (int i = 0; i < 3000; ++i) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
+}
 
 // Every worker answers a call with its own id.
 void check_all_workers_answer() {
@@ -131,9 +146,26 @@ TEST_CASE("cluster.addprocs_rmprocs_ids_never_reused") {
     CHECK(vscale::remotecall_fetch(id, [] { return vscale::procs(); }) == vscale::procs());
   }
 
+  // Old workers learn about the new ones and can call them (all to all, like Julia).
+  for (int old : before) {
+    if (old == 1) continue;
+    CAPTURE(old);
+    auto all = vscale::procs();
+    CHECK(eventually([&] { return vscale::remotecall_fetch(old, [] { return vscale::procs(); }) == all; }));
+    for (int id : added)
+      CHECK(vscale::remotecall_fetch(old, [](int to) { return vscale::remotecall_fetch(to, [] { return vscale::myid(); }); }, id) == id);
+  }
+  // And new workers can call old ones.
+  CHECK(vscale::remotecall_fetch(added[0], [](int to) { return vscale::remotecall_fetch(to, [] { return vscale::myid(); }); },
+                                 before[1]) == before[1]);
+
   vscale::rmprocs(added);
   w = vscale::workers();
   for (int id : added) CHECK(std::find(w.begin(), w.end(), id) == w.end());
+  for (int old : before) {
+    if (old == 1) continue;
+    CHECK(eventually([&] { return vscale::remotecall_fetch(old, [] { return vscale::procs(); }) == before; }));
+  }
   CHECK(vscale::nworkers() == 2);
   CHECK(vscale::procs() == before);
 
@@ -147,6 +179,8 @@ TEST_CASE("cluster.addprocs_rmprocs_ids_never_reused") {
   check_all_workers_answer();
 }
 
+std::atomic<int> g_everywhere_runs{0};
+
 TEST_CASE("cluster.remove_all_workers_then_add_back") {
   auto old = vscale::workers();
   int max_old = *std::max_element(old.begin(), old.end());
@@ -155,8 +189,12 @@ TEST_CASE("cluster.remove_all_workers_then_add_back") {
   CHECK(vscale::nworkers() == 0);
   CHECK(vscale::nprocs() == 1);
   CHECK(vscale::procs() == std::vector<int>{1});
-  // The master alone still runs calls to itself.
+  // The master alone still runs calls to itself, and is the worker of last resort (Julia).
   CHECK(vscale::remotecall_fetch(1, [] { return vscale::myid(); }) == 1);
+  CHECK(vscale::spawnat(vscale::any, [] { return vscale::myid(); }).fetch() == 1);
+  int before = g_everywhere_runs.load();
+  vscale::everywhere([] { ++g_everywhere_runs; });
+  CHECK(g_everywhere_runs.load() == before + 1);
 
   auto added = vscale::addprocs(2);
   REQUIRE(added.size() == 2);
@@ -257,6 +295,12 @@ TEST_CASE("cluster.calls_while_adding_and_removing") {
   CHECK(calls.load() >= 40);
   CHECK(vscale::workers() == original);
   check_all_workers_answer();
+}
+
+TEST_CASE("cluster.addprocs_negative") {
+  auto before = vscale::workers();
+  CHECK_THROWS_AS(vscale::addprocs(-1), vscale::Error);
+  CHECK(vscale::workers() == before);
 }
 
 TEST_CASE("cluster.addprocs_zero") {
@@ -386,4 +430,86 @@ TEST_CASE("cluster.parse_options.bad_values") {
     Argv a({"prog"});
     CHECK_THROWS_AS(vscale::parse_options(a.argc, a.ptrs.data()), vscale::Error);
   }
+}
+
+// Helper for cluster.master_killed_workers_exit: run only in a child master started by that
+// test (skipped otherwise). Writes the workers' OS pids to $VSCALE_TEST_PIDFILE, then waits.
+TEST_CASE("cluster.helper_master_to_be_killed" * doctest::skip()) {
+  const char* pidfile = std::getenv("VSCALE_TEST_PIDFILE");
+  REQUIRE(pidfile != nullptr);
+  std::string tmp = std::string(pidfile) + ".tmp";
+  {
+    std::ofstream out(tmp);
+    for (int w : vscale::workers()) out << vscale::remotecall_fetch(w, [] { return static_cast<int>(::getpid()); }) << "\n";
+  }
+  std::filesystem::rename(tmp, pidfile);
+  std::this_thread::sleep_for(std::chrono::seconds(120));
+}
+
+namespace {
+bool process_gone(int pid) {
+  if (::kill(pid, 0) != 0) return true;  // ESRCH
+  // A zombie (exited, not yet reaped by its new parent) counts as gone.
+  std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(st, line)) return true;
+  auto close = line.rfind(')');
+  return close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z';
+}
+}  // namespace
+
+TEST_CASE("cluster.master_killed_workers_exit") {
+  // kill -9 of a master: its workers notice and exit on their own (no orphans).
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  REQUIRE_FALSE(ec);
+  std::string pidfile = (std::filesystem::temp_directory_path() /
+                         ("vscale_test_cluster_pids_" + std::to_string(::getpid()))).string();
+  std::filesystem::remove(pidfile);
+
+  std::vector<std::string> args{self.string(), "-p", "2", "-tc=cluster.helper_master_to_be_killed", "--no-skip"};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::vector<std::string> envs;
+  for (char** e = environ; *e; ++e)
+    if (std::string(*e).rfind("VSCALE_", 0) != 0) envs.emplace_back(*e);
+  envs.push_back("VSCALE_TEST_PIDFILE=" + pidfile);
+  std::vector<char*> envp;
+  for (auto& e : envs) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  pid_t child = -1;
+  REQUIRE(::posix_spawn(&child, self.c_str(), nullptr, nullptr, argv.data(), envp.data()) == 0);
+
+  std::vector<int> worker_pids;
+  bool written = eventually([&] {
+    int status = 0;
+    if (::waitpid(child, &status, WNOHANG) == child) {
+      child = -1;
+      return true;  // the child ended early: fail below
+    }
+    return std::filesystem::exists(pidfile);
+  });
+  REQUIRE(written);
+  REQUIRE(child > 0);
+  {
+    std::ifstream in(pidfile);
+    int p = 0;
+    while (in >> p) worker_pids.push_back(p);
+  }
+  std::filesystem::remove(pidfile);
+  CHECK(worker_pids.size() == 2);
+  for (int p : worker_pids) CHECK_FALSE(process_gone(p));
+
+  REQUIRE(::kill(child, SIGKILL) == 0);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  CHECK(WIFSIGNALED(status));
+
+  for (int p : worker_pids) {
+    CAPTURE(p);
+    CHECK(eventually([p] { return process_gone(p); }));
+  }
+  check_all_workers_answer();  // our own cluster is untouched
 }

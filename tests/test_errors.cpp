@@ -147,6 +147,36 @@ TEST_CASE("errors.remote.on_master_itself") {
   check_all_paths(1, throws_runtime_error, "std::runtime_error", "runtime boom");
 }
 
+TEST_CASE("errors.remote.long_message") {
+  int w = vscale::workers().back();
+  auto e = remote_exception_of([&] {
+    vscale::remotecall_fetch(w, [] { throw std::runtime_error(std::string(100000, 'e') + "|end"); });
+  });
+  REQUIRE(e.has_value());
+  CHECK(e->message().size() == 100004);
+  CHECK(e->message() == std::string(100000, 'e') + "|end");
+  check_cluster_answers();
+}
+
+TEST_CASE("errors.remote.failed_future_fetched_elsewhere") {
+  // A Future of a failed call, fetched by another worker, carries the original failure.
+  auto ws = vscale::workers();
+  int a = ws.front(), b = ws.back();
+  auto f = vscale::remotecall(a, throws_runtime_error);
+  auto seen = vscale::remotecall_fetch(b, [](const vscale::Future<int>& fu) {
+    try {
+      (void)fu.fetch();
+    } catch (const vscale::RemoteException& ex) {
+      return std::make_tuple(ex.pid(), ex.type(), ex.message());
+    }
+    return std::make_tuple(0, std::string("nothing thrown"), std::string());
+  }, f);
+  CHECK(std::get<0>(seen) == a);
+  CHECK(std::get<1>(seen) == "std::runtime_error");
+  CHECK(std::get<2>(seen) == "runtime boom");
+  check_remote(remote_exception_of([&] { (void)f.fetch(); }), a, "std::runtime_error", "runtime boom");
+}
+
 TEST_CASE("errors.remote.is_vscale_error") {
   int w = vscale::workers().front();
   bool caught = false;

@@ -197,3 +197,68 @@ TEST_CASE("output.last_line_without_newline_at_exit") {
   CHECK(line != "");
   CHECK(vscale::nworkers() == 2);
 }
+
+TEST_CASE("output.partial_writes_make_one_line") {
+  int w = vscale::workers().front();
+  std::string line;
+  {
+    FdCapture cap(STDOUT_FILENO);
+    vscale::remotecall_fetch(w, [] {
+      std::printf("part-one ");
+      std::fflush(stdout);
+      std::printf("part-two\n");
+      std::fflush(stdout);
+    });
+    line = cap.wait_for_line("From worker " + std::to_string(w) + ":", "part-two");
+  }
+  CAPTURE(line);
+  CHECK(line.find("part-one part-two") != std::string::npos);
+}
+
+TEST_CASE("output.lines_from_two_workers_stay_whole") {
+  auto ws = vscale::workers();
+  std::string all;
+  {
+    FdCapture cap(STDOUT_FILENO);
+    std::vector<vscale::Future<void>> fs;
+    for (int w : ws)
+      fs.push_back(vscale::remotecall(w, [] {
+        for (int i = 0; i < 200; ++i) {
+          std::printf("tag-%d-%d-%s\n", vscale::myid(), i, std::string(static_cast<std::size_t>(50 + i), 'x').c_str());
+          if (i % 7 == 0) std::fflush(stdout);
+        }
+        std::fflush(stdout);
+      }));
+    for (auto& f : fs) f.wait();
+    for (int w : ws) cap.wait_for_line("From worker " + std::to_string(w) + ":", "tag-" + std::to_string(w) + "-199-");
+    all = cap.contents();
+  }
+  // Every line is one whole line of one worker, with that worker's prefix.
+  std::istringstream lines(all);
+  std::string line;
+  int good = 0, bad = 0;
+  std::string first_bad;
+  while (std::getline(lines, line)) {
+    auto t = line.find("tag-");
+    if (t == std::string::npos) continue;
+    int id = 0, i = 0;
+    if (std::sscanf(line.c_str() + t, "tag-%d-%d-", &id, &i) != 2) {
+      ++bad;
+      continue;
+    }
+    std::string expect_prefix = "From worker " + std::to_string(id) + ":";
+    std::string tail = "tag-" + std::to_string(id) + "-" + std::to_string(i) + "-" + std::string(static_cast<std::size_t>(50 + i), 'x');
+    auto start = line.find_first_not_of(" \t");
+    bool ok = line.compare(start, expect_prefix.size(), expect_prefix) == 0 && line.size() >= tail.size() &&
+              line.compare(line.size() - tail.size(), tail.size(), tail) == 0 && line.find("tag-", t + 1) == std::string::npos;
+    if (ok) {
+      ++good;
+    } else {
+      ++bad;
+      if (first_bad.empty()) first_bad = line;
+    }
+  }
+  CAPTURE(first_bad);
+  CHECK(bad == 0);
+  CHECK(good == 200 * static_cast<int>(ws.size()));
+}

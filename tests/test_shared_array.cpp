@@ -84,6 +84,13 @@ struct Resources {
 Resources resources_here() { return {count_fds(), count_memfds(), count_memfd_maps()}; }
 Resources resources_on(int pid) { return vscale::remotecall_fetch(pid, [] { return resources_here(); }); }
 
+// Wait until no SharedArray memory is held anywhere (earlier tests' handles are released
+// asynchronously: a worker returns its weight to the master after its call has finished).
+void settle() {
+  REQUIRE(eventually([] { return count_memfds() == 0 && count_memfd_maps() == 0; }));
+  for (int w : vscale::workers()) REQUIRE(eventually([&] { return resources_on(w).maps == 0 && resources_on(w).memfds == 0; }));
+}
+
 std::string show(const Resources& r) {
   return "fds=" + std::to_string(r.fds) + " memfds=" + std::to_string(r.memfds) + " maps=" + std::to_string(r.maps);
 }
@@ -320,8 +327,7 @@ TEST_CASE("shared_array.maps_once.worker_keeps_mapping_while_master_holds") {
   // (the spec: "the receiving process maps it (once)"). Between two calls that carry S, the
   // worker should still have S mapped; passing S again must not map it a second time.
   int w = vscale::workers().at(0);
-  // Let earlier arrays' mappings go first.
-  REQUIRE(eventually([&] { return resources_on(w).maps == 0; }));
+  settle();
   IntVector S(1000, vscale::init([](const IntVector& s) {
                 for (auto i : vscale::localindices(s)) s[i] = 1;
               }));
@@ -352,6 +358,7 @@ TEST_CASE("shared_array.handle_returned_to_master") {
 TEST_CASE("shared_array.handle_returned_after_master_dropped_it") {
   auto ws = vscale::workers();
   int w = ws.at(0);
+  settle();
   const Resources before = resources_here();
   {
     IntVector S(10);
@@ -370,6 +377,46 @@ TEST_CASE("shared_array.handle_returned_after_master_dropped_it") {
   CHECK_MESSAGE(eventually([&] { return resources_here() == before; }),
                 "before " << show(before) << ", now " << show(resources_here()));
   CHECK(eventually([&] { return resources_on(w).maps == 0 && resources_on(w).memfds == 0; }));
+}
+
+int read_on(int pid, IntVector s, std::size_t k) {
+  return vscale::remotecall_fetch(pid, [](const IntVector& a, std::size_t i) { return a[i]; }, s, k);
+}
+
+TEST_CASE("shared_array.handle_between_workers") {
+  auto ws = vscale::workers();
+  REQUIRE(ws.size() >= 2);
+  settle();
+  const Resources before = resources_here();
+  std::vector<Resources> wbefore;
+  for (int w : ws) wbefore.push_back(resources_on(w));
+  {
+    // Not a participant anywhere but the first worker, so the others map it on arrival.
+    IntVector S(8, vscale::pids({ws[0]}));
+    S[4] = 404;
+    // ws[0] passes it on to ws[1], which passes it back to ws[0] and to the master.
+    auto got = vscale::remotecall_fetch(ws[0], [](const IntVector& s, int other) {
+      s[5] = 505;
+      return std::array<int, 2>{vscale::remotecall_fetch(other, [](const IntVector& a) { return a[4] + a[5]; }, s),
+                                read_on(other, s, 4)};
+    }, S, ws[1]);
+    CHECK(got[0] == 909);
+    CHECK(got[1] == 404);
+    // Many times, so that the weight a worker holds runs out and is topped up by the master.
+    // (Each send from a worker halves the weight its mapping holds: 100 sends in one call
+    // exhaust the initial weight.)
+    int ok = vscale::remotecall_fetch(ws[1], [](const IntVector& s, int other) {
+      int n = 0;
+      for (int i = 0; i < 100; ++i) n += read_on(other, s, 5) == 505 ? 1 : 0;
+      return n;
+    }, S, ws[0]);
+    CHECK(ok == 100);
+  }
+  CHECK_MESSAGE(eventually([&] { return resources_here() == before; }),
+                "master: before " << show(before) << ", now " << show(resources_here()));
+  for (std::size_t k = 0; k < ws.size(); ++k)
+    CHECK_MESSAGE(eventually([&] { return resources_on(ws[k]) == wbefore[k]; }),
+                  "worker " << ws[k] << ": before " << show(wbefore[k]) << ", now " << show(resources_on(ws[k])));
 }
 
 TEST_CASE("shared_array.create_on_worker_is_usage_error") {
@@ -404,17 +451,18 @@ TEST_CASE("shared_array.bad_dims.negative") {
     CHECK(m.find("dimension 3") != std::string::npos);
     CHECK(m.find("-5") != std::string::npos);
   }
-  CHECK_THROWS_AS(vscale::SharedArray<int, 1>(-4), vscale::UsageError);
+  CHECK_THROWS_AS((vscale::SharedArray<int, 1>(-4)), vscale::UsageError);
 }
 
 TEST_CASE("shared_array.bad_dims.overflow") {
+  settle();
   const Resources before = resources_here();
-  CHECK_THROWS_AS(vscale::SharedArray<double, 2>({SIZE_MAX / 2, std::size_t(4)}), vscale::UsageError);
-  CHECK_THROWS_AS(vscale::SharedArray<char, 2>({SIZE_MAX / 2, std::size_t(3)}), vscale::UsageError);
-  CHECK_THROWS_AS(vscale::SharedArray<char, 3>({std::size_t(1) << 32, std::size_t(1) << 32, std::size_t(1) << 32}),
+  CHECK_THROWS_AS((vscale::SharedArray<double, 2>({SIZE_MAX / 2, std::size_t(4)})), vscale::UsageError);
+  CHECK_THROWS_AS((vscale::SharedArray<char, 2>({SIZE_MAX / 2, std::size_t(3)})), vscale::UsageError);
+  CHECK_THROWS_AS((vscale::SharedArray<char, 3>({std::size_t(1) << 32, std::size_t(1) << 32, std::size_t(1) << 32})),
                   vscale::UsageError);
   // SIZE_MAX elements of 8 bytes overflow in bytes even though the count itself fits.
-  CHECK_THROWS_AS(vscale::SharedArray<double, 1>(SIZE_MAX), vscale::Error);
+  CHECK_THROWS_AS((vscale::SharedArray<double, 1>(SIZE_MAX)), vscale::Error);
   CHECK(resources_here() == before);
 }
 
@@ -435,6 +483,7 @@ TEST_CASE("shared_array.zero_dims_allowed") {
 }
 
 TEST_CASE("shared_array.too_big_for_memory") {
+  settle();
   const Resources before = resources_here();
   try {
     vscale::SharedArray<char, 1> huge(std::size_t(1) << 50);
@@ -449,6 +498,7 @@ TEST_CASE("shared_array.too_big_for_memory") {
 }
 
 TEST_CASE("shared_array.bad_pid") {
+  settle();
   const Resources before = resources_here();
   try {
     IntVector a(4, vscale::pids({99}));
@@ -456,13 +506,14 @@ TEST_CASE("shared_array.bad_pid") {
   } catch (const vscale::Error& e) {
     CHECK(std::string(e.what()).find("99") != std::string::npos);
   }
-  CHECK_THROWS_AS(IntVector(4, vscale::pids({vscale::workers().at(0), 0})), vscale::Error);
-  CHECK_THROWS_AS(IntVector(4, vscale::pids({-2})), vscale::Error);
+  CHECK_THROWS_AS((IntVector(4, vscale::pids({vscale::workers().at(0), 0}))), vscale::Error);
+  CHECK_THROWS_AS((IntVector(4, vscale::pids({-2}))), vscale::Error);
   CHECK(resources_here() == before);
 }
 
 TEST_CASE("shared_array.init_exception") {
   auto ws = vscale::workers();
+  settle();
   const Resources before = resources_here();
   std::vector<Resources> wbefore;
   for (int w : ws) wbefore.push_back(resources_on(w));
@@ -484,6 +535,7 @@ TEST_CASE("shared_array.init_exception") {
 }
 
 TEST_CASE("shared_array.init_exception_on_master") {
+  settle();
   const Resources before = resources_here();
   CHECK_THROWS(IntVector(30, vscale::pids({1}), vscale::init([](const IntVector&) { throw std::runtime_error("boom"); })));
   CHECK(eventually([&] { return resources_here() == before; }));
@@ -513,8 +565,7 @@ TEST_CASE("shared_array.out_of_range") {
 TEST_CASE("shared_array.no_leaks.10000_arrays") {
   auto ws = vscale::workers();
   const int shm_before = count_dev_shm();
-  // Let earlier tests' arrays go first.
-  for (int w : ws) REQUIRE(eventually([&] { return resources_on(w).maps == 0; }));
+  settle();
   const Resources before = resources_here();
   std::vector<Resources> wbefore;
   for (int w : ws) wbefore.push_back(resources_on(w));
@@ -543,7 +594,7 @@ TEST_CASE("shared_array.no_leaks.10000_arrays") {
 
 TEST_CASE("shared_array.memory_released.256MiB") {
   auto ws = vscale::workers();
-  for (int w : ws) REQUIRE(eventually([&] { return resources_on(w).maps == 0; }));
+  settle();
   const Resources before = resources_here();
   std::vector<Resources> wbefore;
   for (int w : ws) wbefore.push_back(resources_on(w));
