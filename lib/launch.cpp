@@ -459,8 +459,7 @@ void Launcher::reap(Worker& w) {
   for (int id = 1; id <= n; ++id) {
     auto& s = rt_.segment().slot(id);
     if (s.state.load() == std::uint32_t(SlotState::Unused)) break;
-    s.doorbell.fetch_add(1);
-    futex_wake(s.doorbell, INT_MAX);
+    ring_doorbell(s.doorbell);
   }
   if (w.joined && !w.removing)
     std::fprintf(stderr, "vscale: worker %d (pid %d) died: %s\n", w.id, static_cast<int>(w.pid), why.c_str());

@@ -6,10 +6,13 @@
 #include <linux/falloc.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+
+#include "vscale/cluster.hpp"
 
 namespace vscale::detail {
 
@@ -166,7 +169,11 @@ void BulkArea::cancel(std::int64_t off) {
 
 // ---------------------------------------------------------------- Runtime: life cycle
 
-Runtime::Runtime(int self, bool master) : self_(self), master_(master), spin_(spin_from_env()) {}
+Runtime::Runtime(int self, bool master)
+    : self_(self),
+      master_(master),
+      spin_(spin_from_env()),
+      ncpu_(static_cast<std::int32_t>(usable_cpus())) {}
 
 Runtime::~Runtime() {
   // Handles destroyed from here on do not message anyone: the job is ending.
@@ -206,11 +213,6 @@ void Runtime::stop() {
   auto& slot = seg_.slot(self_);
   slot.doorbell.fetch_add(1);
   futex_wake(slot.doorbell, INT_MAX);
-  notify_local();
-  {
-    std::lock_guard lk(q_m_);
-  }
-  q_cv_.notify_all();
   if (progress_.joinable()) progress_.join();
   std::lock_guard lk(exec_m_);
   for (auto& t : executors_)
@@ -265,6 +267,7 @@ void Runtime::handle_membership() {
     }
     if (id != self_) peers_.push_back(id);
   }
+  nprocs_.store(static_cast<std::int32_t>(peers_.size() + 1), std::memory_order_relaxed);
   if (newly_dead.empty()) return;
   // What a dead process wrote completely before dying is still valid (a kCallRef whose
   // Future it already handed on, say): read it once.
@@ -333,18 +336,15 @@ bool Runtime::flush_overflow(int dest, Out& o) {
     overflow_pending_.fetch_sub(1);
     wrote = true;
   }
-  if (wrote) wake_peer(dest);
+  if (wrote) wake_peer(dest, kBellExec | kBellWait);
   return o.overflow.empty();
 }
 
-void Runtime::wake_peer(int dest) {
+void Runtime::wake_peer(int dest, std::uint32_t bits) {
   messages_sent_.fetch_add(1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_seq_cst);
   auto& slot = seg_.slot(dest);
-  if (slot.awake.load(std::memory_order_seq_cst) == 0) {
-    slot.doorbell.fetch_add(1, std::memory_order_seq_cst);
-    futex_wake(slot.doorbell, INT_MAX);
-  }
+  if (slot.awake.load(std::memory_order_seq_cst) == 0) ring_doorbell(slot.doorbell, bits);
 }
 
 void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, const void* b, std::size_t nb,
@@ -381,7 +381,7 @@ void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, 
     futex_wait(ring.space_seq, seq, &ts);
     ring.writer_waiting.fetch_sub(1);
   }
-  wake_peer(dest);
+  wake_peer(dest, bell_bits_for(kind));
 }
 
 std::shared_ptr<Request> Runtime::new_request(int dest, std::uint64_t& id) {
@@ -445,11 +445,7 @@ void Runtime::kick_self_if_pending() {
       if (seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_) pending = true;
     }
   }
-  if (pending) {
-    auto& slot = seg_.slot(self_);
-    slot.doorbell.fetch_add(1, std::memory_order_seq_cst);
-    futex_wake(slot.doorbell, INT_MAX);
-  }
+  if (pending) ring_doorbell(seg_.slot(self_).doorbell);
 }
 
 bool Runtime::poll_once() {
@@ -520,12 +516,18 @@ void Runtime::drain_ring(int peer) {
   }
 }
 
-void Runtime::notify_local() {
-  {
-    std::lock_guard lk(ev_m_);
-    ++ev_gen_;
+void Runtime::wake_local(std::atomic<int>& sleepers, std::uint32_t bits, int count) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (sleepers.load(std::memory_order_seq_cst) > 0) {
+    auto& bell = seg_.slot(self_).doorbell;
+    bell.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake_bits(bell, count, bits);
   }
-  ev_cv_.notify_all();
+}
+
+void Runtime::notify_local() {
+  // An answer or a value arrived here: wake the threads waiting for one (they re-check).
+  wake_local(wait_sleepers_, kBellWait, INT_MAX);
 }
 
 void Runtime::progress_loop() {
@@ -536,8 +538,7 @@ void Runtime::progress_loop() {
     std::uint32_t seq = slot.doorbell.load(std::memory_order_seq_cst);
     if (poll_once()) continue;
     const bool starving = q_size_.load() > 0 && busy_.load() >= nexec_.load();
-    timespec ts{0, (overflow_pending_.load() > 0 || starving) ? 2000000L : 100000000L};
-    futex_wait(slot.doorbell, seq, &ts);
+    futex_wait_bits(slot.doorbell, seq, kBellProgress, (overflow_pending_.load() > 0 || starving) ? 2000000L : 100000000L);
     maybe_grow_executors();
     auto now = std::chrono::steady_clock::now();
     if (!master_ && now - last_check > std::chrono::milliseconds(100)) {
@@ -662,8 +663,7 @@ void Runtime::push_task(Task&& t) {
     q_.push_back(std::move(t));
     q_size_.fetch_add(1, std::memory_order_release);
   }
-  q_cv_.notify_one();
-  notify_local();  // an executor waiting inside a call may help
+  wake_local(exec_sleepers_, kBellExec, 1);  // an idle executor, or one waiting inside a call, takes it
 }
 
 void Runtime::maybe_grow_executors() {
@@ -759,24 +759,29 @@ void Runtime::executor_loop() {
   tl_executor = true;
   while (!stopping_.load()) {
     if (run_one_task()) continue;
-    {
-      AwakeScope awake(*this);
-      const auto until = std::chrono::steady_clock::now() + spin_;
-      unsigned n = 0;
+    if (try_spin()) {
       bool got = false;
-      while (!stopping_.load()) {
-        if (q_size_.load(std::memory_order_acquire) > 0) {
-          got = true;
-          break;
+      {
+        AwakeScope awake(*this);
+        const auto until = std::chrono::steady_clock::now() + spin_;
+        unsigned n = 0;
+        while (!stopping_.load()) {
+          if (q_size_.load(std::memory_order_acquire) > 0) {
+            got = true;
+            break;
+          }
+          if (poll_once()) continue;
+          cpu_relax();
+          if ((++n & 63) == 0) {
+            if (std::chrono::steady_clock::now() > until) break;
+            sched_yield();  // a thread woken on this CPU (a caller waiting for us) runs now
+          }
         }
-        if (poll_once()) continue;
-        cpu_relax();
-        if ((++n & 63) == 0 && std::chrono::steady_clock::now() > until) break;
       }
+      leave_spin();
       if (got) continue;
     }
-    std::unique_lock lk(q_m_);
-    q_cv_.wait_for(lk, std::chrono::milliseconds(100), [&] { return !q_.empty() || stopping_.load(); });
+    doze([&] { return q_size_.load() > 0 || stopping_.load(); }, kBellExec, 100'000'000L);
   }
 }
 

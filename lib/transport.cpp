@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
+#include <ctime>
 #include <cstring>
 #include <new>
 #include <string>
@@ -94,6 +96,31 @@ bool ring_try_write(const Segment& seg, RingHeader& r, const MsgHeader& h, const
 int futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const timespec* timeout) {
   return static_cast<int>(
       syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT, expected, timeout, nullptr, 0));
+}
+
+int futex_wait_bits(std::atomic<std::uint32_t>& word, std::uint32_t expected, std::uint32_t bits, long timeout_ns) {
+  // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline.
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  ts.tv_sec += timeout_ns / 1000000000L;
+  ts.tv_nsec += timeout_ns % 1000000000L;
+  if (ts.tv_nsec >= 1000000000L) {
+    ts.tv_sec += 1;
+    ts.tv_nsec -= 1000000000L;
+  }
+  return static_cast<int>(syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAIT_BITSET, expected, &ts,
+                                  nullptr, bits));
+}
+
+int futex_wake_bits(std::atomic<std::uint32_t>& word, int count, std::uint32_t bits) {
+  return static_cast<int>(
+      syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_BITSET, count, nullptr, nullptr, bits));
+}
+
+void ring_doorbell(std::atomic<std::uint32_t>& doorbell, std::uint32_t bits) {
+  doorbell.fetch_add(1, std::memory_order_seq_cst);
+  if (bits == kBellProgress || futex_wake_bits(doorbell, bits == kBellExec ? 1 : INT_MAX, bits) <= 0)
+    futex_wake_bits(doorbell, 1, kBellProgress);
 }
 
 int futex_wake(std::atomic<std::uint32_t>& word, int count) {

@@ -2,6 +2,8 @@
 // answers, the executor that runs incoming calls, and the store of values kept for others.
 #pragma once
 
+#include <sched.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -140,6 +142,15 @@ class Runtime {
   void release_weight(const RefId& id, std::uint64_t weight);
   std::uint64_t next_seq() { return seq_.fetch_add(1, std::memory_order_relaxed) + 1; }
 
+  /// Join the job's spinners if there is a CPU to spare; leave_spin() when done.
+  bool try_spin() noexcept {
+    auto& n = seg_.header().spinners;
+    if (n.fetch_add(1, std::memory_order_relaxed) < ncpu_) return true;
+    n.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  void leave_spin() noexcept { seg_.header().spinners.fetch_sub(1, std::memory_order_relaxed); }
+
   Stats stats() const;
   Segment& segment() noexcept { return seg_; }
   std::atomic<bool>& exit_requested() noexcept { return exit_requested_; }
@@ -156,7 +167,7 @@ class Runtime {
   };
   bool try_emit(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb);
   bool flush_overflow(int dest, Out& o);  // with o.m held; true when empty afterwards
-  void wake_peer(int dest);
+  void wake_peer(int dest, std::uint32_t bits);
   void kick_self_if_pending();
   void dispatch(Inbound&& m);
   void drain_ring(int peer);  // with poll_m_ held
@@ -184,12 +195,15 @@ class Runtime {
   std::atomic<std::uint64_t> next_req_{0};
   std::atomic<std::uint64_t> seq_{0};
 
-  std::mutex ev_m_;
-  std::condition_variable ev_cv_;
-  std::uint64_t ev_gen_ = 0;
+  // Threads of this process asleep on the doorbell, by what they wait for.
+  std::atomic<int> exec_sleepers_{0}, wait_sleepers_{0};
+  /// Sleep on the doorbell (as `bits`) until it rings or `timeout_ns` passes, unless `ready()`
+  /// already holds or the rings have something (then handle it and return at once).
+  template <class Ready>
+  void doze(Ready ready, std::uint32_t bits, long timeout_ns);
+  void wake_local(std::atomic<int>& sleepers, std::uint32_t bits, int count);
 
   std::mutex q_m_;
-  std::condition_variable q_cv_;  // idle executors sleep here (only new tasks wake them)
   std::deque<Task> q_;
   std::atomic<std::size_t> q_size_{0};
 
@@ -223,6 +237,8 @@ class Runtime {
   std::vector<std::thread> executors_;
   std::atomic<std::uint64_t> messages_sent_{0};
   std::chrono::nanoseconds spin_;
+  std::int32_t ncpu_ = 1;
+  std::atomic<std::int32_t> nprocs_{1};  // processes in the job (refreshed on membership change)
 
  public:
   friend struct FutureCore;
@@ -239,7 +255,9 @@ struct AwakeScope {
 template <class Pred>
 void Runtime::wait_until(Pred pred) {
   if (pred()) return;
-  {
+  // With more processes than CPUs, the CPUs are better spent on the workers' idle executors
+  // (so that calls start at once) than on this waiter: it sleeps and is woken once.
+  if (nprocs_.load(std::memory_order_relaxed) <= ncpu_ && try_spin()) {
     AwakeScope awake(*this);
     const auto until = std::chrono::steady_clock::now() + spin_;
     unsigned n = 0;
@@ -247,21 +265,31 @@ void Runtime::wait_until(Pred pred) {
       if (poll_once()) continue;
       if (tl_executor && run_one_task()) continue;
       cpu_relax();
-      if ((++n & 63) == 0 && std::chrono::steady_clock::now() > until) break;
+      if ((++n & 63) == 0) {
+        if (std::chrono::steady_clock::now() > until) break;
+        sched_yield();  // a thread woken on this CPU (the one we may be waiting for) runs now
+      }
     }
+    leave_spin();
   }
   while (!pred()) {
     if (tl_executor && run_one_task()) continue;
-    std::unique_lock lk(ev_m_);
-    std::uint64_t g = ev_gen_;
-    if (pred() || (tl_executor && q_size_.load() > 0)) continue;
-    if (!ev_cv_.wait_for(lk, std::chrono::milliseconds(50), [&] { return ev_gen_ != g; })) {
-      // Nothing happened for a while: poll once ourselves, in case nobody else is (shutdown).
-      lk.unlock();
-      AwakeScope awake(*this);
-      poll_once();
-    }
+    doze([&] { return pred() || (tl_executor && q_size_.load() > 0); }, tl_executor ? kBellWait | kBellExec : kBellWait,
+         50'000'000L);
   }
+}
+
+template <class Ready>
+void Runtime::doze(Ready ready, std::uint32_t bits, long timeout_ns) {
+  auto& bell = seg_.slot(self_).doorbell;
+  const std::uint32_t seq = bell.load(std::memory_order_seq_cst);
+  if (bits & kBellExec) exec_sleepers_.fetch_add(1, std::memory_order_seq_cst);
+  if (bits & kBellWait) wait_sleepers_.fetch_add(1, std::memory_order_seq_cst);
+  // We are not awake: a sender rings the bell. Look once more before sleeping, so that
+  // nothing that arrived before we counted ourselves is missed.
+  if (!ready() && !poll_once()) futex_wait_bits(bell, seq, bits, timeout_ns);
+  if (bits & kBellExec) exec_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+  if (bits & kBellWait) wait_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 }  // namespace vscale::detail

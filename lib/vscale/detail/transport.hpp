@@ -44,6 +44,10 @@ struct alignas(64) SegHeader {
   std::uint64_t bulk_bytes;  // per sender
   std::uint64_t slots_off, rings_off, bulk_off, total_bytes;
   alignas(64) std::atomic<std::uint32_t> epoch;  // bumped by the master on every membership change
+  // Threads of the whole job spinning right now. Spinning only pays while there are idle
+  // CPUs: a spinner that gets descheduled still counts as awake, and nobody wakes its
+  // process until it runs again.
+  alignas(64) std::atomic<std::int32_t> spinners;
 };
 
 struct RingHeader {
@@ -127,6 +131,24 @@ bool ring_try_write(const Segment& seg, RingHeader& r, const MsgHeader& h, const
 // Futex on shared memory (no private flag: waiter and waker may be different processes).
 int futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const timespec* timeout);
 int futex_wake(std::atomic<std::uint32_t>& word, int count);
+// The doorbell's sleepers say what they sleep for: idle executors (kBellExec: a call to run),
+// threads waiting on an answer (kBellWait), and the progress thread (kBellProgress), which a
+// sender wakes only when there was no executor or waiter to wake.
+inline constexpr std::uint32_t kBellExec = 1, kBellProgress = 2, kBellWait = 4;
+int futex_wait_bits(std::atomic<std::uint32_t>& word, std::uint32_t expected, std::uint32_t bits, long timeout_ns);
+int futex_wake_bits(std::atomic<std::uint32_t>& word, int count, std::uint32_t bits);
+/// Ring a process's doorbell: wake its threads sleeping for `bits`, or else its progress thread.
+void ring_doorbell(std::atomic<std::uint32_t>& doorbell, std::uint32_t bits = kBellExec | kBellWait);
+/// Who a message of this kind concerns at the receiver.
+inline std::uint32_t bell_bits_for(std::uint16_t kind) {
+  switch (kind) {
+    case kCallFetch:
+    case kCallRef:
+    case kCallDo: return kBellExec;
+    case kResult: return kBellWait;
+    default: return kBellProgress;  // store queries, references, exit: any poller answers
+  }
+}
 
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
