@@ -138,7 +138,7 @@ class SpanBuf : public std::streambuf {
   std::streamsize xsgetn(char* s, std::streamsize n) override {
     std::streamsize avail = end_ - pos_;
     if (n > avail) n = avail;
-    std::memcpy(s, pos_, static_cast<std::size_t>(n));
+    if (n > 0) std::memcpy(s, pos_, static_cast<std::size_t>(n));  // (s may be null when n is 0)
     pos_ += n;
     return n;
   }
@@ -190,7 +190,7 @@ class Reader {
 
   void read_raw(void* p, std::size_t n) {
     if (static_cast<std::size_t>(end_ - pos_) < n) throw Error("vscale: truncated message (internal error)");
-    std::memcpy(p, pos_, n);
+    if (n) std::memcpy(p, pos_, n);
     pos_ += n;
   }
   std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - pos_); }
