@@ -972,10 +972,13 @@ std::shared_ptr<FutureCore> call_ref(int pid, CodeRef invoker, Writer& args) {
   return core;
 }
 
-void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& result) {
-  Runtime& rt = Runtime::get("remotecall_fetch");
+namespace {
+/// Send a kCallFetch and return its request (`on_done`, if any, runs when the answer is in).
+std::shared_ptr<Request> start_call(Runtime& rt, int pid, CodeRef invoker, Writer& args,
+                                    std::function<void(Request&)> on_done = {}) {
   std::uint64_t req;
   auto r = rt.new_request(pid, req);
+  r->on_done = std::move(on_done);
   char head[sizeof(std::uint64_t) + sizeof(CodeRef)];
   std::memcpy(head, &req, sizeof req);
   std::memcpy(head + sizeof req, &invoker, sizeof invoker);
@@ -985,6 +988,13 @@ void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& resul
     rt.drop_request(req);
     throw;
   }
+  return r;
+}
+}  // namespace
+
+void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& result) {
+  Runtime& rt = Runtime::get("remotecall_fetch");
+  auto r = start_call(rt, pid, invoker, args);
   rt.await_request(*r);
   if (!r->ok) r->error.raise();
   result.assign(r->payload, r->payload + r->payload_len);
@@ -993,23 +1003,12 @@ void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& resul
 std::shared_ptr<FutureCore> call_push(int pid, CodeRef invoker, Writer& args) {
   Runtime& rt = Runtime::get("remotecall");
   auto core = new_local_core();
-  std::uint64_t req;
-  auto r = rt.new_request(pid, req);
-  r->on_done = [core](Request& q) {
+  start_call(rt, pid, invoker, args, [core](Request& q) {
     if (q.ok)
       core->complete_bytes(std::vector<char>(q.payload, q.payload + q.payload_len));
     else
       core->complete_error(q.error);
-  };
-  char head[sizeof(std::uint64_t) + sizeof(CodeRef)];
-  std::memcpy(head, &req, sizeof req);
-  std::memcpy(head + sizeof req, &invoker, sizeof invoker);
-  try {
-    rt.send(pid, kCallFetch, head, sizeof head, args.bytes().data(), args.bytes().size());
-  } catch (...) {
-    rt.drop_request(req);
-    throw;
-  }
+  });
   return core;
 }
 
