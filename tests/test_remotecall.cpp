@@ -758,3 +758,17 @@ TEST_CASE("remotecall.zz_nothing_left_stored") {
     }));
   }
 }
+
+// Regression: a call to one's own id passed the caller's lvalue straight to a parameter taking
+// `T&&`, which did not compile; it now gets a copy, as a remote call does.
+int take_rvalue_vector(std::vector<int>&& v) {
+  std::vector<int> mine = std::move(v);
+  return static_cast<int>(mine.size());
+}
+
+TEST_CASE("remotecall.own_id_rvalue_parameter_gets_a_copy") {
+  std::vector<int> v{1, 2, 3};
+  CHECK(vscale::remotecall_fetch(1, take_rvalue_vector, v) == 3);
+  CHECK(vscale::remotecall_fetch(vscale::workers().front(), take_rvalue_vector, v) == 3);
+  CHECK(v.size() == 3);  // the caller's vector is untouched either way
+}

@@ -138,8 +138,10 @@ auto remotecall_fetch(int pid, F&& f, Args&&... args) -> detail::call_result_t<s
   detail::require_session("remotecall_fetch");
   if (pid == detail::self_id()) {
     try {
-      Fd fn(f);  // a copy, as a remote call would get: the caller's callable is never changed
-      return std::invoke(fn, std::forward<Args>(args)...);
+      // Copies, as a remote call would get: the caller's callable and arguments are never
+      // changed, and a parameter taking `T&&` works as it does remotely.
+      Fd fn(f);
+      return std::invoke(fn, std::decay_t<Args>(std::forward<Args>(args))...);
     } catch (...) {
       detail::ErrorInfo::from_current_exception(pid).raise();
     }
