@@ -384,9 +384,10 @@ void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, 
   wake_peer(dest, bell_bits_for(kind));
 }
 
-std::shared_ptr<Request> Runtime::new_request(int dest, std::uint64_t& id) {
+std::shared_ptr<Request> Runtime::new_request(int dest, std::uint64_t& id, std::function<void(Request&)> on_done) {
   auto r = std::make_shared<Request>();
   r->dest = dest;
+  r->on_done = std::move(on_done);  // before the request is visible to the poller
   id = next_req_.fetch_add(1, std::memory_order_relaxed) + 1;
   std::lock_guard lk(req_m_);
   reqs_.emplace(id, r);
@@ -977,8 +978,7 @@ namespace {
 std::shared_ptr<Request> start_call(Runtime& rt, int pid, CodeRef invoker, Writer& args,
                                     std::function<void(Request&)> on_done = {}) {
   std::uint64_t req;
-  auto r = rt.new_request(pid, req);
-  r->on_done = std::move(on_done);
+  auto r = rt.new_request(pid, req, std::move(on_done));
   char head[sizeof(std::uint64_t) + sizeof(CodeRef)];
   std::memcpy(head, &req, sizeof req);
   std::memcpy(head + sizeof req, &invoker, sizeof invoker);

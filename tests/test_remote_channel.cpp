@@ -241,6 +241,7 @@ TEST_CASE("remote_channel.closed_channel_errors") {
   CHECK(!empty.valid());
   CHECK_THROWS_AS(empty.put(1), vscale::UsageError);
   CHECK_THROWS_AS(vscale::RemoteChannel<int>(0), vscale::UsageError);
+  CHECK_THROWS_AS(vscale::RemoteChannel<int>(4, 999), vscale::ProcessExitedException);  // no such process
 }
 
 TEST_CASE("remote_channel.iteration_until_closed") {
@@ -355,7 +356,7 @@ TEST_CASE("remote_channel.owner_killed") {
   } catch (const vscale::ProcessExitedException& e) {
     CHECK(e.pid() == w);
     CHECK(!e.reason().empty());
-    MESSAGE("after SIGKILL: ", e.what());
+    MESSAGE("after SIGKILL: " << std::string(e.what()));
   }
   CHECK_THROWS_AS(ch.close(), vscale::ProcessExitedException);
   CHECK_THROWS_AS((void)ch.isready(), vscale::ProcessExitedException);
@@ -415,4 +416,15 @@ TEST_CASE("remote_channel.remote_value") {
 
 TEST_CASE("remote_channel.no_leaked_state") {
   CHECK(all_freed());
+}
+
+// Last in the file on purpose: a worker stays blocked in a take on a master-owned channel that
+// is never closed. The master's executor thread serving that take must give up once the worker
+// is stopped, or the end of the session (which joins executors) would hang.
+TEST_CASE("remote_channel.zz_unclosed_channel_at_session_end") {
+  vscale::RemoteChannel<int> never(1);
+  auto blocked = vscale::remotecall(w1(), [never] { return never.take(); });
+  std::this_thread::sleep_for(100ms);
+  CHECK(!blocked.isready());
+  CHECK(vscale::detail::live_remote_objects() == 1);  // lives until the session ends
 }

@@ -7,4 +7,5 @@
 #include "vscale/future.hpp"
 #include "vscale/remotecall.hpp"
 #include "vscale/distributed_for.hpp"
+#include "vscale/remote_channel.hpp"
 #include "vscale/shared_array.hpp"

@@ -119,7 +119,7 @@ class Runtime {
   /// blocks (what does not fit waits in an overflow queue, sent in order later).
   void send(int dest, std::uint16_t kind, const void* a, std::size_t na, const void* b = nullptr,
             std::size_t nb = 0, bool may_block = true);
-  std::shared_ptr<Request> new_request(int dest, std::uint64_t& id);
+  std::shared_ptr<Request> new_request(int dest, std::uint64_t& id, std::function<void(Request&)> on_done = {});
   void drop_request(std::uint64_t id);
   void await_request(Request& r);
   void reply_result(int dest, std::uint64_t req, bool ok, const void* data, std::size_t len, bool may_block);
