@@ -6,6 +6,12 @@
 //   julia> fetch(a)+fetch(b)                            a.fetch().heads + b.fetch().heads
 //   100001564
 //
+// The manual then generalizes to any number of workers with a reducing parallel loop:
+//
+//   julia> nheads = @distributed (+) for i = 1:200000000     long nheads = vscale::distributed_for(
+//              Int(rand(Bool))                                    {0, 2 * n}, flip_one, std::plus<>{});
+//          end
+//
 // Julia needs `@everywhere include(...)` so that the workers know count_heads; here every
 // worker is the same binary, so a plain function is already there.
 // Run: ./count_heads -p 2 [--n N]   (N coins per worker, default 100000000)
@@ -15,6 +21,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <random>
 #include <string>
@@ -36,6 +43,26 @@ long count_heads(long n) {
   for (long i = 0; i < n / 64; ++i) c += std::popcount(gen());
   if (long rest = n % 64) c += std::popcount(gen() & ((std::uint64_t{1} << rest) - 1));
   return c;
+}
+
+// One coin of the distributed_for form: 1 for heads. The generator is per thread of each
+// process, seeded as in count_heads.
+long flip_one(long /*i*/) {
+  thread_local std::mt19937_64 gen = [] {
+    std::random_device rd;
+    std::seed_seq seed{rd(), rd(), rd(), rd(), static_cast<unsigned>(vscale::myid())};
+    return std::mt19937_64(seed);
+  }();
+  thread_local std::uint64_t bits = 0;
+  thread_local int left = 0;
+  if (left == 0) {
+    bits = gen();
+    left = 64;
+  }
+  --left;
+  const long head = static_cast<long>(bits & 1);
+  bits >>= 1;
+  return head;
 }
 
 // What a trial reports: who ran it, and what it counted.
@@ -98,6 +125,16 @@ int main(int argc, char** argv) {
   }
   if (std::abs(z) > 6.0) {
     std::cout << "WRONG: the total is more than 6 standard deviations from n\n";
+    ++failures;
+  }
+
+  // The distributed_for (+) form: 2n coins over all the workers, reduced with +.
+  long nheads = vscale::distributed_for({0, 2 * n}, flip_one, std::plus<>{});
+  double z2 = (static_cast<double>(nheads) - static_cast<double>(n)) / sd;
+  std::cout << "distributed_for({0, " << 2 * n << "}, flip_one, std::plus<>{}) = " << nheads << "   (" << z2
+            << " standard deviations from " << n << ")\n";
+  if (std::abs(z2) > 6.0) {
+    std::cout << "WRONG: the distributed_for total is more than 6 standard deviations from n\n";
     ++failures;
   }
   if (failures) return EXIT_FAILURE;

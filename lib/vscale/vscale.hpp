@@ -8,4 +8,6 @@
 #include "vscale/remotecall.hpp"
 #include "vscale/distributed_for.hpp"
 #include "vscale/remote_channel.hpp"
+#include "vscale/worker_pool.hpp"
+#include "vscale/pmap.hpp"
 #include "vscale/shared_array.hpp"

@@ -1,0 +1,221 @@
+// bench_pmap: the cost per task of pmap, beside a 1-byte socketpair ping-pong measured in the
+// same run (the cheapest round trip the kernel offers between two processes).
+//
+//   ./bench_pmap [-p N] [--json] [--reps R] [--n TASKS]
+//
+// Variants (seconds = median over R reps of the time per task):
+//   socketpair_rtt     1-byte write/read ping-pong with a forked child, per round trip
+//   pmap_batch1        pmap(x -> x + 1, n longs, batch_size = 1); + tasks_per_s and
+//                      ratio_to_socketpair (target on the 2-core machine: <= 1)
+//   pmap_auto          pmap(x -> x + 1, 100 n longs, automatic batch size); + tasks_per_s
+//   pmap_closure_1mb   pmap(closure(f, 1 MiB std::vector<char>), n longs, batch_size = 1);
+//                      + per_task_1kb_s: the same with a 1 KiB vector, measured in the same run,
+//                      and ratio_to_1kb (the captured data travels once per worker, so the
+//                      per-task cost should not grow with its size: ratio near 1)
+//   channel_rate       not here: RemoteChannel is benchmarked by its own program (another
+//                      change adds it); this program has no channel variant.
+// Targets (issue 4): on the 16-core bench host, pmap_batch1 >= 1M tasks/s with 16 workers and
+// pmap_auto >= 20M tasks/s.
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <vscale/vscale.hpp>
+#include <vscale/pmap.hpp>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+struct Result {
+  std::string variant;
+  int procs = 0;
+  long n = 0;
+  double seconds = 0;  // median per task
+  std::optional<double> tasks_per_s;
+  std::optional<double> ratio_to_socketpair;
+  std::optional<double> per_task_1kb_s;
+  std::optional<double> ratio_to_1kb;
+};
+
+void print_json(const Result& r) {
+  std::printf("{\"bench\":\"pmap\",\"variant\":\"%s\",\"procs\":%d,\"threads\":1,\"n\":%ld,\"seconds\":%.9g", r.variant.c_str(),
+              r.procs, r.n, r.seconds);
+  if (r.tasks_per_s) std::printf(",\"tasks_per_s\":%.6g", *r.tasks_per_s);
+  if (r.ratio_to_socketpair) std::printf(",\"ratio_to_socketpair\":%.4g", *r.ratio_to_socketpair);
+  if (r.per_task_1kb_s) std::printf(",\"per_task_1kb_s\":%.9g", *r.per_task_1kb_s);
+  if (r.ratio_to_1kb) std::printf(",\"ratio_to_1kb\":%.4g", *r.ratio_to_1kb);
+  std::printf("}\n");
+  std::fflush(stdout);
+}
+
+std::string human_time(double s) {
+  char buf[64];
+  if (s < 1e-6)
+    std::snprintf(buf, sizeof buf, "%.1f ns", s * 1e9);
+  else if (s < 1e-3)
+    std::snprintf(buf, sizeof buf, "%.2f us", s * 1e6);
+  else if (s < 1)
+    std::snprintf(buf, sizeof buf, "%.2f ms", s * 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.3f s", s);
+  return buf;
+}
+
+[[noreturn]] void die(const std::string& what) {
+  std::cerr << "bench_pmap: " << what << '\n';
+  std::exit(1);
+}
+
+// The reference, as in bench_remotecall: the forked child only reads, writes and _exits.
+double socketpair_rtt(int reps, long calls) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) die(std::string("socketpair: ") + std::strerror(errno));
+  pid_t child = fork();
+  if (child < 0) die(std::string("fork: ") + std::strerror(errno));
+  if (child == 0) {
+    close(sv[0]);
+    char c;
+    while (read(sv[1], &c, 1) == 1)
+      if (write(sv[1], &c, 1) != 1) break;
+    _exit(0);
+  }
+  close(sv[1]);
+  int fd = sv[0];
+  auto ping = [fd](long k) {
+    char c = 'x';
+    for (long i = 0; i < k; ++i)
+      if (write(fd, &c, 1) != 1 || read(fd, &c, 1) != 1) die("socketpair ping-pong failed");
+  };
+  ping(std::max(1000L, calls / 10));
+  std::vector<double> per;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    ping(calls);
+    per.push_back(seconds_since(t0) / static_cast<double>(calls));
+  }
+  close(fd);
+  while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  return median(per);
+}
+
+long plus_one(long x) { return x + 1; }
+
+std::vector<long> inputs(long n) {
+  std::vector<long> v(static_cast<std::size_t>(n));
+  std::iota(v.begin(), v.end(), 0L);
+  return v;
+}
+
+// Median time per task of pmap(f, xs, opt) over `reps` runs (after one warm-up run); checks
+// every result with `check`.
+template <class F, class Check>
+double time_pmap(const F& f, const std::vector<long>& xs, const vscale::PmapOptions& opt, int reps, Check check, const char* what) {
+  auto run = [&] {
+    auto r = vscale::pmap(f, xs, opt);
+    if (r.size() != xs.size()) die(std::string(what) + ": wrong number of results");
+    for (std::size_t i = 0; i < r.size(); ++i)
+      if (!check(xs[i], r[i])) die(std::string(what) + ": wrong result at " + std::to_string(i));
+  };
+  run();
+  std::vector<double> per;
+  for (int k = 0; k < reps; ++k) {
+    auto t0 = Clock::now();
+    run();
+    per.push_back(seconds_since(t0) / static_cast<double>(xs.size()));
+  }
+  return median(per);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  vscale::Session session(argc, argv);
+  bool json = false;
+  int reps = 5;
+  long n = 20000;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> long {
+      if (i + 1 >= argc) die(a + " needs a value");
+      char* end = nullptr;
+      long v = std::strtol(argv[++i], &end, 10);
+      if (*end != '\0' || v <= 0) die(a + " needs a positive integer, got '" + argv[i] + "'");
+      return v;
+    };
+    if (a == "--json")
+      json = true;
+    else if (a == "--reps")
+      reps = static_cast<int>(value());
+    else if (a == "--n")
+      n = value();
+    else
+      die("unknown option '" + a + "'\nusage: bench_pmap [-p N] [--json] [--reps R] [--n TASKS]");
+  }
+  if (vscale::nworkers() == 0) vscale::addprocs(1);
+  const int procs = vscale::nprocs();
+
+  std::vector<Result> results;
+  const double ref = socketpair_rtt(reps, std::max(1000L, n));
+  results.push_back({"socketpair_rtt", 2, std::max(1000L, n), ref, 1.0 / ref, 1.0, {}, {}});
+
+  const auto xs = inputs(n);
+  auto ok_plus = [](long x, long r) { return r == x + 1; };
+  {
+    double s = time_pmap(plus_one, xs, {.batch_size = 1}, reps, ok_plus, "pmap_batch1");
+    results.push_back({"pmap_batch1", procs, n, s, 1.0 / s, s / ref, {}, {}});
+  }
+  {
+    const auto big = inputs(100 * n);
+    double s = time_pmap(plus_one, big, {}, reps, ok_plus, "pmap_auto");
+    results.push_back({"pmap_auto", procs, 100 * n, s, 1.0 / s, {}, {}, {}});
+  }
+  {
+    auto lookup = [](const std::vector<char>& data, long i) { return static_cast<long>(data[static_cast<std::size_t>(i) % data.size()]); };
+    auto ok_byte = [](long, long r) { return r == 7; };
+    const std::vector<char> mb(std::size_t{1} << 20, 7), kb(std::size_t{1} << 10, 7);
+    const long m = std::max(100L, n / 10);
+    const auto few = inputs(m);
+    double s_kb = time_pmap(vscale::closure(lookup, kb), few, {.batch_size = 1}, reps, ok_byte, "pmap_closure_1kb");
+    double s_mb = time_pmap(vscale::closure(lookup, mb), few, {.batch_size = 1}, reps, ok_byte, "pmap_closure_1mb");
+    Result r{"pmap_closure_1mb", procs, m, s_mb, 1.0 / s_mb, {}, s_kb, s_mb / s_kb};
+    results.push_back(r);
+  }
+
+  if (json) {
+    for (const auto& r : results) print_json(r);
+  } else {
+    std::printf("bench_pmap: %d process(es), median of %d reps\n\n", procs, reps);
+    std::printf("%-20s %6s %10s %14s %14s %s\n", "variant", "procs", "n", "time/task", "tasks/s", "notes");
+    for (const auto& r : results) {
+      std::string notes;
+      if (r.ratio_to_socketpair && r.variant != "socketpair_rtt") notes = "x" + std::to_string(*r.ratio_to_socketpair) + " socketpair";
+      if (r.per_task_1kb_s) notes = "1 KiB capture: " + human_time(*r.per_task_1kb_s) + " (x" + std::to_string(*r.ratio_to_1kb) + ")";
+      std::printf("%-20s %6d %10ld %14s %14.4g %s\n", r.variant.c_str(), r.procs, r.n, human_time(r.seconds).c_str(),
+                  r.tasks_per_s.value_or(0), notes.c_str());
+    }
+  }
+  return 0;
+}

@@ -1,0 +1,328 @@
+// pmap and WorkerPool: input order, batch sizes, empty input, no workers, on_error, failures
+// naming the element, retries, pools, progress output; WorkerPool take/put/length/isready and
+// remotecall on a pool.
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <vscale/vscale.hpp>
+#include <vscale/pmap.hpp>
+#include <vscale/worker_pool.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Counts = vscale::SharedArray<int, 1>;
+
+// At least two workers for these tests (ctest runs with -p 2).
+void ensure_two_workers() {
+  if (vscale::nworkers() < 2) vscale::addprocs(2 - vscale::nworkers());
+}
+
+std::vector<long> iota_vec(long n) {
+  std::vector<long> v(static_cast<std::size_t>(n));
+  std::iota(v.begin(), v.end(), 0L);
+  return v;
+}
+
+// Redirects fd 2 into a temporary file for one scope (as tests/test_output.cpp does).
+class StderrCapture {
+ public:
+  StderrCapture() {
+    std::fflush(stderr);
+    char tmpl[] = "/tmp/vscale_test_pmap_XXXXXX";
+    int tmp = ::mkstemp(tmpl);
+    REQUIRE(tmp >= 0);
+    path_ = tmpl;
+    saved_ = ::dup(2);
+    REQUIRE(saved_ >= 0);
+    REQUIRE(::dup2(tmp, 2) >= 0);
+    ::close(tmp);
+  }
+  ~StderrCapture() { restore(); }
+  void restore() {
+    if (saved_ < 0) return;
+    std::fflush(stderr);
+    ::dup2(saved_, 2);
+    ::close(saved_);
+    saved_ = -1;
+  }
+  std::string contents() {
+    std::fflush(stderr);
+    std::ifstream in(path_, std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  StderrCapture(const StderrCapture&) = delete;
+  StderrCapture& operator=(const StderrCapture&) = delete;
+
+ private:
+  std::string path_;
+  int saved_ = -1;
+};
+
+}  // namespace
+
+TEST_CASE("pmap.order_and_batch_sizes") {
+  ensure_two_workers();
+  const auto xs = iota_vec(1000);
+  for (std::size_t bs : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{5000}}) {
+    CAPTURE(bs);
+    auto r = vscale::pmap([](long x) { return x * x + 1; }, xs, {.batch_size = bs});
+    REQUIRE(r.size() == xs.size());
+    for (std::size_t i = 0; i < xs.size(); ++i) CHECK(r[i] == xs[i] * xs[i] + 1);
+  }
+}
+
+TEST_CASE("pmap.work_is_spread_over_workers") {
+  ensure_two_workers();
+  auto who = vscale::pmap([](long) { return vscale::myid(); }, iota_vec(400), {.batch_size = 1});
+  std::set<int> seen(who.begin(), who.end());
+  for (int p : seen) CHECK(p >= 2);
+  CHECK(seen.size() >= 1);
+}
+
+TEST_CASE("pmap.strings_structs_and_closures") {
+  ensure_two_workers();
+  struct P {
+    int a;
+    double b;
+  };
+  std::vector<P> ps;
+  for (int i = 0; i < 50; ++i) ps.push_back({i, i * 0.5});
+  auto sums = vscale::pmap([](const P& p) { return p.a + p.b; }, ps);
+  for (int i = 0; i < 50; ++i) CHECK(sums[static_cast<std::size_t>(i)] == doctest::Approx(i * 1.5));
+
+  std::vector<std::string> words{"a", "bb", "ccc", "", "eeeee"};
+  auto lens = vscale::pmap([](const std::string& s) { return s + "!"; }, words, {.batch_size = 2});
+  CHECK(lens == std::vector<std::string>{"a!", "bb!", "ccc!", "!", "eeeee!"});
+
+  // A closure with captured data (shipped once per worker and cached there).
+  std::vector<double> table(1000);
+  for (std::size_t i = 0; i < table.size(); ++i) table[i] = static_cast<double>(i) * 2;
+  auto looked = vscale::pmap(vscale::closure([](const std::vector<double>& t, long i) { return t[static_cast<std::size_t>(i)]; }, table),
+                             iota_vec(1000), {.batch_size = 3});
+  for (std::size_t i = 0; i < looked.size(); ++i) CHECK(looked[i] == table[i]);
+}
+
+TEST_CASE("pmap.empty_collection") {
+  ensure_two_workers();
+  auto r = vscale::pmap([](long x) { return x; }, std::vector<long>{});
+  CHECK(r.empty());
+}
+
+TEST_CASE("pmap.no_workers_runs_on_master") {
+  ensure_two_workers();
+  const int before = vscale::nworkers();
+  vscale::rmprocs(vscale::workers());
+  REQUIRE(vscale::nworkers() == 0);
+  auto who = vscale::pmap([](long x) { return x * 10 + vscale::myid(); }, iota_vec(20), {.batch_size = 3});
+  for (std::size_t i = 0; i < who.size(); ++i) CHECK(who[i] == static_cast<long>(i) * 10 + 1);
+  vscale::addprocs(before);
+  CHECK(vscale::nworkers() == before);
+  auto again = vscale::pmap([](long x) { return vscale::myid() + 0 * x; }, iota_vec(20), {.batch_size = 1});
+  for (int p : again) CHECK(p >= 2);
+}
+
+TEST_CASE("pmap.on_error_replaces_failed_elements") {
+  ensure_two_workers();
+  for (std::size_t bs : {std::size_t{1}, std::size_t{4}, std::size_t{0}}) {
+    CAPTURE(bs);
+    int calls = 0;
+    auto r = vscale::pmap(
+        [](long x) {
+          if (x % 10 == 3) throw std::runtime_error("bad element " + std::to_string(x));
+          return x;
+        },
+        iota_vec(50),
+        {.batch_size = bs, .on_error = [&calls](std::exception_ptr e) -> std::any {
+           ++calls;
+           try {
+             std::rethrow_exception(e);
+           } catch (const vscale::RemoteException& re) {
+             CHECK(re.message().find("bad element") != std::string::npos);
+           }
+           return -1L;
+         }});
+    CHECK(calls == 5);
+    for (long i = 0; i < 50; ++i) CHECK(r[static_cast<std::size_t>(i)] == (i % 10 == 3 ? -1 : i));
+  }
+}
+
+TEST_CASE("pmap.failure_propagates_and_names_the_index") {
+  ensure_two_workers();
+  try {
+    (void)vscale::pmap(
+        [](long x) {
+          if (x == 37) throw std::invalid_argument("thirty-seven");
+          return x;
+        },
+        iota_vec(100), {.batch_size = 5});
+    FAIL("pmap should have thrown");
+  } catch (const vscale::PmapError& e) {
+    CHECK(e.index() == 37);
+    CHECK(std::string(e.what()).find("element 37") != std::string::npos);
+    CHECK(std::string(e.what()).find("thirty-seven") != std::string::npos);
+    CHECK_THROWS_AS(std::rethrow_exception(e.cause()), vscale::RemoteException);
+  }
+}
+
+TEST_CASE("pmap.retry_succeeds") {
+  ensure_two_workers();
+  Counts attempts(30);
+  auto f = vscale::closure(
+      [](const Counts& a, long i) {
+        // Elements divisible by 4 fail on their first attempt only.
+        int k = __atomic_fetch_add(&a[static_cast<std::size_t>(i)], 1, __ATOMIC_SEQ_CST);
+        if (i % 4 == 0 && k == 0) throw std::runtime_error("first attempt fails");
+        return i * 3;
+      },
+      attempts);
+  using namespace std::chrono_literals;
+  auto r = vscale::pmap(f, iota_vec(30), {.batch_size = 1, .retry_delays = {1ms, 1ms}});
+  for (long i = 0; i < 30; ++i) CHECK(r[static_cast<std::size_t>(i)] == i * 3);
+  for (long i = 0; i < 30; ++i) CHECK(attempts[static_cast<std::size_t>(i)] == (i % 4 == 0 ? 2 : 1));
+
+  // A retry_check that refuses: the failure goes to on_error without retrying.
+  Counts attempts2(8);
+  auto g = vscale::closure(
+      [](const Counts& a, long i) {
+        __atomic_fetch_add(&a[static_cast<std::size_t>(i)], 1, __ATOMIC_SEQ_CST);
+        if (i == 5) throw std::runtime_error("always");
+        return i;
+      },
+      attempts2);
+  auto r2 = vscale::pmap(g, iota_vec(8),
+                         {.batch_size = 1,
+                          .on_error = [](std::exception_ptr) -> std::any { return -7L; },
+                          .retry_delays = {1ms, 1ms, 1ms},
+                          .retry_check = [](std::exception_ptr) { return false; }});
+  CHECK(r2[5] == -7);
+  CHECK(attempts2[5] == 1);
+}
+
+TEST_CASE("pmap.retry_on_another_worker") {
+  ensure_two_workers();
+  const int bad = vscale::workers().front();
+  auto r = vscale::pmap(
+      [bad](long x) {
+        if (vscale::myid() == bad) throw std::runtime_error("bad worker");
+        return vscale::myid() + 0 * x;
+      },
+      iota_vec(20), {.batch_size = 1, .retry_delays = std::vector<std::chrono::duration<double>>(10, std::chrono::milliseconds(1))});
+  for (int p : r) CHECK(p != bad);
+}
+
+TEST_CASE("pmap.pool_restricts_workers") {
+  ensure_two_workers();
+  const int only = vscale::workers().back();
+  vscale::WorkerPool pool({only});
+  auto who = vscale::pmap([](long) { return vscale::myid(); }, iota_vec(100), {.batch_size = 1, .pool = &pool});
+  for (int p : who) CHECK(p == only);
+  CHECK(pool.isready());  // the worker went back
+  CHECK(pool.length() == 1);
+}
+
+TEST_CASE("pmap.progress_prints_when_not_a_terminal") {
+  ensure_two_workers();
+  StderrCapture cap;
+  auto r = vscale::pmap([](long x) { return x; }, iota_vec(100), {.batch_size = 10, .progress = true});
+  std::string out = cap.contents();
+  cap.restore();
+  CHECK(r.size() == 100);
+  CHECK(out.find("pmap: 100/100") != std::string::npos);
+  CHECK(out.find('\r') == std::string::npos);
+
+  StderrCapture quiet;
+  (void)vscale::pmap([](long x) { return x; }, iota_vec(100), {.batch_size = 10});
+  CHECK(quiet.contents().empty());
+}
+
+TEST_CASE("worker_pool.take_put_length_isready") {
+  ensure_two_workers();
+  auto ws = vscale::workers();
+  vscale::WorkerPool pool({ws[0], ws[1]});
+  CHECK(pool.length() == 2);
+  CHECK(pool.isready());
+  int a = pool.take();
+  int b = pool.take();
+  CHECK(a != b);
+  CHECK(!pool.isready());
+  CHECK(pool.length() == 2);  // taken workers are still members
+  CHECK(!pool.try_take());
+  pool.put(a);
+  CHECK(pool.isready());
+  CHECK(pool.take() == a);
+  pool.put(a);
+  pool.put(b);
+  CHECK(pool.workers() == std::vector<int>{std::min(a, b), std::max(a, b)});
+
+  // take waits until another thread puts a worker back.
+  int x = pool.take(), y = pool.take();
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    pool.put(x);
+  });
+  CHECK(pool.take() == x);
+  t.join();
+  pool.put(x);
+  pool.put(y);
+
+  vscale::WorkerPool empty;
+  CHECK(empty.length() == 0);
+  CHECK_THROWS_AS(empty.take(), vscale::UsageError);
+}
+
+TEST_CASE("worker_pool.remotecall_on_a_pool") {
+  ensure_two_workers();
+  const int only = vscale::workers().front();
+  vscale::WorkerPool pool({only});
+  CHECK(vscale::remotecall_fetch(pool, [](int v) { return v * 2 + vscale::myid() * 0; }, 21) == 42);
+  CHECK(vscale::remotecall_fetch(pool, [] { return vscale::myid(); }) == only);
+  CHECK(pool.isready());
+  auto fut = vscale::remotecall(pool, [] { return vscale::myid(); });
+  CHECK(fut.fetch() == only);
+  // The worker goes back once the call has finished.
+  CHECK(pool.take() == only);
+  pool.put(only);
+  CHECK_THROWS_AS(vscale::remotecall_fetch(pool, [] { return 1 / (vscale::myid() < 0 ? 1 : throw std::runtime_error("x")); }),
+                  vscale::RemoteException);
+  CHECK(pool.isready());
+
+  auto& def = vscale::default_worker_pool();
+  CHECK(def.workers() == vscale::workers());
+}
+
+TEST_CASE("pmap.retry_after_a_worker_dies") {
+  ensure_two_workers();
+  const int before = vscale::nworkers();
+  Counts attempts(40);
+  auto f = vscale::closure(
+      [](const Counts& a, long i) {
+        int k = __atomic_fetch_add(&a[static_cast<std::size_t>(i)], 1, __ATOMIC_SEQ_CST);
+        if (i == 5 && k == 0) std::_Exit(3);  // the worker dies in the middle of the pmap
+        return i + 100;
+      },
+      attempts);
+  using namespace std::chrono_literals;
+  auto r = vscale::pmap(f, iota_vec(40), {.batch_size = 1, .retry_delays = {1ms, 10ms}});
+  for (long i = 0; i < 40; ++i) CHECK(r[static_cast<std::size_t>(i)] == i + 100);
+  CHECK(attempts[5] == 2);
+  CHECK(vscale::nworkers() == before - 1);
+  vscale::addprocs(1);
+  auto again = vscale::pmap([](long x) { return x; }, iota_vec(10));
+  CHECK(again.size() == 10);
+}
