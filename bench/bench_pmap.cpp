@@ -12,8 +12,9 @@
 //                      + per_task_1kb_s: the same with a 1 KiB vector, measured in the same run,
 //                      and ratio_to_1kb (the captured data travels once per worker, so the
 //                      per-task cost should not grow with its size: ratio near 1)
-//   channel_rate       not here: RemoteChannel is benchmarked by its own program (another
-//                      change adds it); this program has no channel variant.
+//   channel_rate       items per second through a RemoteChannel<long> (capacity 1024) owned by
+//                      the master, put by a worker in a loop and taken by the master; seconds
+//                      = per item; + tasks_per_s (items per second)
 // Targets (issue 4): on the 16-core bench host, pmap_batch1 >= 1M tasks/s with 16 workers and
 // pmap_auto >= 20M tasks/s.
 #include <sys/socket.h>
@@ -202,6 +203,27 @@ int main(int argc, char** argv) {
     double s_mb = time_pmap(vscale::closure(lookup, mb), few, {.batch_size = 1}, reps, ok_byte, "pmap_closure_1mb");
     Result r{"pmap_closure_1mb", procs, m, s_mb, 1.0 / s_mb, {}, s_kb, s_mb / s_kb};
     results.push_back(r);
+  }
+
+  {
+    // A worker puts m items into a master-owned channel while the master takes them.
+    const long m = std::max(1000L, n);
+    vscale::RemoteChannel<long> ch(1024, 1);
+    std::vector<double> per;
+    for (int rep = 0; rep < reps; ++rep) {
+      auto t0 = Clock::now();
+      auto producer = vscale::remotecall(vscale::workers().front(), [](vscale::RemoteChannel<long> c, long count) {
+        for (long i = 0; i < count; ++i) c.put(i);
+      }, ch, m);
+      long sum = 0;
+      for (long i = 0; i < m; ++i) sum += ch.take();
+      producer.wait();
+      per.push_back(seconds_since(t0) / static_cast<double>(m));
+      if (sum != m * (m - 1) / 2) die("channel_rate: wrong items received");
+    }
+    ch.close();
+    double s = median(per);
+    results.push_back({"channel_rate", 2, m, s, 1.0 / s, {}, {}, {}});
   }
 
   if (json) {
