@@ -56,19 +56,16 @@
 #include <advection.hpp>
 #include <vscale/vscale.hpp>
 
+#include "bench_util.hpp"
+
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using bench_util::Clock;
 using Array = vscale::SharedArray<double, 3>;
 namespace kn = vscale::kernels;
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
+using bench_util::median;
+using bench_util::seconds_since;
 
 [[noreturn]] void die(const std::string& what) {
   std::cerr << "bench_advection: " << what << '\n';

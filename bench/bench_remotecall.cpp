@@ -34,17 +34,14 @@
 
 #include <vscale/vscale.hpp>
 
+#include "bench_util.hpp"
+
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  std::size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
+using bench_util::Clock;
+using bench_util::human_time;
+using bench_util::median;
+using bench_util::seconds_since;
 
 struct Result {
   std::string variant;
@@ -64,19 +61,6 @@ void print_json(const Result& r) {
   std::fflush(stdout);
 }
 
-std::string human_time(double s) {
-  char buf[64];
-  if (s < 1e-6)
-    std::snprintf(buf, sizeof buf, "%.1f ns", s * 1e9);
-  else if (s < 1e-3)
-    std::snprintf(buf, sizeof buf, "%.2f us", s * 1e6);
-  else if (s < 1)
-    std::snprintf(buf, sizeof buf, "%.2f ms", s * 1e3);
-  else
-    std::snprintf(buf, sizeof buf, "%.3f s", s);
-  return buf;
-}
-
 [[noreturn]] void die(const std::string& what) {
   std::cerr << "bench_remotecall: " << what << '\n';
   std::exit(1);
@@ -87,37 +71,7 @@ std::string human_time(double s) {
 // The child is forked from a process that has threads (the runtime's), so it only does
 // async-signal-safe things: read, write, _exit.
 Result socketpair_rtt(int reps, long calls) {
-  int sv[2];
-  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) die(std::string("socketpair: ") + std::strerror(errno));
-  pid_t child = fork();
-  if (child < 0) die(std::string("fork: ") + std::strerror(errno));
-  if (child == 0) {
-    close(sv[0]);
-    char c;
-    while (read(sv[1], &c, 1) == 1)
-      if (write(sv[1], &c, 1) != 1) break;
-    _exit(0);
-  }
-  close(sv[1]);
-  int fd = sv[0];
-  auto ping = [fd](long k) {
-    char c = 'x';
-    for (long i = 0; i < k; ++i) {
-      if (write(fd, &c, 1) != 1 || read(fd, &c, 1) != 1) die("socketpair ping-pong failed");
-    }
-  };
-  ping(std::max(1000L, calls / 10));  // warm up
-  std::vector<double> per;
-  for (int r = 0; r < reps; ++r) {
-    auto t0 = Clock::now();
-    ping(calls);
-    per.push_back(seconds_since(t0) / static_cast<double>(calls));
-  }
-  close(fd);  // the child's read returns 0 and it exits
-  // The runtime may reap children of its own; a failed waitpid here is harmless.
-  while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
-  }
-  Result res{"socketpair_rtt", 2, calls, median(per), {}, 1.0};
+  Result res{"socketpair_rtt", 2, calls, bench_util::socketpair_rtt("bench_remotecall", reps, calls), {}, 1.0};
   res.per_s = 1.0 / res.seconds;
   return res;
 }

@@ -1,0 +1,86 @@
+// What every vscale benchmark needs: timing, medians, readable times, and the reference that
+// remote calls are measured against (a 1-byte round trip over a Unix socketpair).
+#pragma once
+
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace bench_util {
+
+using Clock = std::chrono::steady_clock;
+
+inline double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+inline double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  std::size_t m = v.size() / 2;
+  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
+}
+
+/// "1.69 us", "8.2 ms", ...
+inline std::string human_time(double s) {
+  char buf[64];
+  if (s < 1e-6)
+    std::snprintf(buf, sizeof buf, "%.1f ns", s * 1e9);
+  else if (s < 1e-3)
+    std::snprintf(buf, sizeof buf, "%.2f us", s * 1e6);
+  else if (s < 1)
+    std::snprintf(buf, sizeof buf, "%.2f ms", s * 1e3);
+  else
+    std::snprintf(buf, sizeof buf, "%.3f s", s);
+  return buf;
+}
+
+[[noreturn]] inline void fail(const char* program, const std::string& what) {
+  std::fprintf(stderr, "%s: %s\n", program, what.c_str());
+  std::exit(1);
+}
+
+/// Median seconds per 1-byte round trip between this process and a forked child over a Unix
+/// socketpair: `reps` runs of `calls` round trips after a warm-up. The child is forked from a
+/// process that has threads (the runtime's), so it only reads, writes and _exits.
+inline double socketpair_rtt(const char* program, int reps, long calls) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0)
+    fail(program, std::string("socketpair: ") + std::strerror(errno));
+  pid_t child = fork();
+  if (child < 0) fail(program, std::string("fork: ") + std::strerror(errno));
+  if (child == 0) {
+    close(sv[0]);
+    char c;
+    while (read(sv[1], &c, 1) == 1)
+      if (write(sv[1], &c, 1) != 1) break;
+    _exit(0);
+  }
+  close(sv[1]);
+  int fd = sv[0];
+  auto ping = [&](long k) {
+    char c = 'x';
+    for (long i = 0; i < k; ++i)
+      if (write(fd, &c, 1) != 1 || read(fd, &c, 1) != 1) fail(program, "socketpair ping-pong failed");
+  };
+  ping(std::max(1000L, calls / 10));  // warm up
+  std::vector<double> per;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    ping(calls);
+    per.push_back(seconds_since(t0) / static_cast<double>(calls));
+  }
+  close(fd);  // the child's read returns 0 and it exits
+  // The runtime may reap children of its own; a failed waitpid here is harmless.
+  while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  return median(per);
+}
+
+}  // namespace bench_util
