@@ -5,6 +5,8 @@
 
 #include <vscale/vscale.hpp>
 
+#include "test_util.hpp"
+
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -26,6 +28,8 @@
 
 namespace {
 
+using test_util::eventually;
+
 std::string lower(std::string s) {
   for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
@@ -33,15 +37,6 @@ std::string lower(std::string s) {
 
 bool ascending(const std::vector<int>& v) { return std::is_sorted(v.begin(), v.end()) &&
                                                    std::adjacent_find(v.begin(), v.end()) == v.end(); }
-
-template <class Pred>
-bool eventually(Pred pred) {
-  for (int i = 0; i < 3000; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return pred();
-}
 
 // Every worker answers a call with its own id.
 void check_all_workers_answer() {

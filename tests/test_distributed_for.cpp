@@ -5,6 +5,8 @@
 
 #include <vscale/vscale.hpp>
 
+#include "test_util.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -18,17 +20,9 @@
 
 namespace {
 
-using Counts = vscale::SharedArray<int, 1>;
+using test_util::eventually;
 
-// Poll `pred` until it holds or about 30 s have passed (loaded machines are slow).
-template <class Pred>
-bool eventually(Pred pred) {
-  for (int i = 0; i < 3000; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return pred();
-}
+using Counts = vscale::SharedArray<int, 1>;
 
 // Which worker ran each index of [0, n), as a vector (0 where none did).
 std::vector<int> owners_of(long n) {

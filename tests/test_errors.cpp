@@ -5,6 +5,8 @@
 
 #include <vscale/vscale.hpp>
 
+#include "test_util.hpp"
+
 #include <signal.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -28,14 +30,7 @@ struct MyError : std::exception {
 
 namespace {
 
-template <class Pred>
-bool eventually(Pred pred, int seconds = 30) {
-  for (int i = 0; i < seconds * 100; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return pred();
-}
+using test_util::eventually;
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 

@@ -6,6 +6,8 @@
 #include <vscale/remote_channel.hpp>
 #include <vscale/vscale.hpp>
 
+#include "test_util.hpp"
+
 #include <signal.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -23,20 +25,12 @@
 
 namespace {
 
+using test_util::eventually;
+
 using namespace std::chrono_literals;
 
-// Poll `pred` until it holds or about 30 s have passed (loaded machines are slow).
-template <class Pred>
-bool eventually(Pred pred) {
-  for (int i = 0; i < 3000; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return pred();
-}
-
-int w1() { return vscale::workers().at(0); }
-int w2() { return vscale::workers().at(1); }
+using test_util::w1;
+using test_util::w2;
 
 std::size_t live_on(int pid) {
   return vscale::remotecall_fetch(pid, [] { return vscale::detail::live_remote_objects(); });

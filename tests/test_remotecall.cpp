@@ -5,6 +5,8 @@
 
 #include <vscale/vscale.hpp>
 
+#include "test_util.hpp"
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -23,18 +25,10 @@
 
 namespace {
 
-// Poll `pred` until it holds or about 30 s have passed (loaded machines are slow).
-template <class Pred>
-bool eventually(Pred pred) {
-  for (int i = 0; i < 3000; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return pred();
-}
+using test_util::eventually;
 
-int w1() { return vscale::workers().at(0); }
-int w2() { return vscale::workers().at(1); }
+using test_util::w1;
+using test_util::w2;
 
 }  // namespace
 

@@ -9,6 +9,8 @@
 
 #include <vscale/vscale.hpp>
 
+#include "test_util.hpp"
+
 #include <algorithm>
 #include <array>
 #include <chrono>
@@ -24,18 +26,10 @@
 
 namespace {
 
+using test_util::eventually;
+
 using IntMatrix = vscale::SharedArray<int, 2>;
 using IntVector = vscale::SharedArray<int, 1>;
-
-// Poll `pred` until it holds or about 30 s have passed (loaded machines are slow).
-template <class Pred>
-bool eventually(Pred pred) {
-  for (int i = 0; i < 3000; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return pred();
-}
 
 // Entries of /proc/self/fd (the directory iterator's own fd is counted every time alike).
 int count_fds() {

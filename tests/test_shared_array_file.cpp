@@ -6,6 +6,8 @@
 
 #include <vscale/vscale.hpp>
 
+#include "test_util.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -20,20 +22,12 @@
 
 namespace {
 
+using test_util::eventually;
+
 namespace fs = std::filesystem;
 using vscale::FileMode;
 using Doubles = vscale::SharedArray<double, 1>;
 using Ints = vscale::SharedArray<int, 1>;
-
-// Poll `pred` until it holds or about 30 s have passed (loaded machines are slow).
-template <class Pred>
-bool eventually(Pred pred) {
-  for (int i = 0; i < 3000; ++i) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return pred();
-}
 
 // A fresh directory under /tmp (mkdtemp), removed with everything in it at the end.
 struct TempDir {
