@@ -199,13 +199,7 @@ int main(int argc, char** argv) {
   int cores = vscale::usable_cpus();
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
-    auto value = [&]() -> long {
-      if (i + 1 >= argc) die(a + " needs a value");
-      char* end = nullptr;
-      long v = std::strtol(argv[++i], &end, 10);
-      if (*end != '\0' || v <= 0) die(a + " needs a positive integer, got '" + argv[i] + "'");
-      return v;
-    };
+    auto value = [&] { return bench_util::positive_arg("bench_remotecall", argc, argv, i); };
     if (a == "--json")
       json = true;
     else if (a == "--reps")

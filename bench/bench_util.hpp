@@ -46,6 +46,16 @@ inline std::string human_time(double s) {
   std::exit(1);
 }
 
+/// The positive integer after option argv[i] (advancing i), or a clear exit.
+inline long positive_arg(const char* program, int argc, char** argv, int& i) {
+  const std::string opt = argv[i];
+  if (i + 1 >= argc) fail(program, opt + " needs a value");
+  char* end = nullptr;
+  long v = std::strtol(argv[++i], &end, 10);
+  if (*end != '\0' || v <= 0) fail(program, opt + " needs a positive integer, got '" + argv[i] + "'");
+  return v;
+}
+
 /// Median seconds per 1-byte round trip between this process and a forked child over a Unix
 /// socketpair: `reps` runs of `calls` round trips after a warm-up. The child is forked from a
 /// process that has threads (the runtime's), so it only reads, writes and _exits.
