@@ -17,6 +17,7 @@
 namespace vscale::detail {
 
 thread_local bool tl_executor = false;
+thread_local std::uint32_t tl_dozing = 0;
 std::atomic<Runtime*> Runtime::current_{nullptr};
 
 namespace {
@@ -46,7 +47,7 @@ struct AddRefBody {
 
 std::chrono::nanoseconds spin_from_env() {
   const char* e = std::getenv("VSCALE_SPIN_US");
-  long us = e ? std::strtol(e, nullptr, 10) : 50;
+  long us = e ? std::strtol(e, nullptr, 10) : 100;
   if (us < 0) us = 0;
   return std::chrono::microseconds(us);
 }
@@ -519,7 +520,8 @@ void Runtime::drain_ring(int peer) {
 
 void Runtime::wake_local(std::atomic<int>& sleepers, std::uint32_t bits, int count) {
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (sleepers.load(std::memory_order_seq_cst) > 0) {
+  // A thread counted as a sleeper that is still looking (doze's last check) needs no wake-up.
+  if (sleepers.load(std::memory_order_seq_cst) > ((tl_dozing & bits) ? 1 : 0)) {
     auto& bell = seg_.slot(self_).doorbell;
     bell.fetch_add(1, std::memory_order_seq_cst);
     futex_wake_bits(bell, count, bits);
