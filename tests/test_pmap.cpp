@@ -306,6 +306,81 @@ TEST_CASE("worker_pool.remotecall_on_a_pool") {
   CHECK(def.workers() == vscale::workers());
 }
 
+TEST_CASE("worker_pool.shared_across_processes") {
+  ensure_two_workers();
+  auto ws = vscale::workers();
+  vscale::WorkerPool pool({ws[0], ws[1]});
+  // A worker takes from the master's pool: the master sees the id taken.
+  const int taken = vscale::remotecall_fetch(ws[0], [](const vscale::WorkerPool& p) { return p.take(); }, pool);
+  CHECK(pool.length() == 2);
+  const int other = pool.take();
+  CHECK(other != taken);
+  CHECK(!pool.isready());
+  // A take on a worker waits there until the master puts one back.
+  auto waiting = vscale::remotecall(ws[1], [](const vscale::WorkerPool& p) { return p.take(); }, pool);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(!waiting.isready());
+  pool.put(other);
+  CHECK(waiting.fetch() == other);
+  // Give everything back from the workers, then the pool is whole again on the master.
+  vscale::remotecall_fetch(ws[1], [](const vscale::WorkerPool& p, int a, int b) { p.put(a); p.put(b); return 0; }, pool,
+                           taken, other);
+  CHECK(pool.isready());
+  CHECK(pool.try_take().has_value());
+  CHECK(pool.try_take().has_value());
+  CHECK(!pool.try_take());
+  for (int w : ws) pool.put(w);
+  // Copies name the same pool.
+  vscale::WorkerPool copy = pool;
+  CHECK(copy == pool);
+  copy.remove(ws[1]);
+  CHECK(pool.workers() == std::vector<int>{ws[0]});
+}
+
+TEST_CASE("worker_pool.default_pool_on_a_worker_is_the_masters") {
+  ensure_two_workers();
+  const int w = vscale::workers().front();
+  auto seen = vscale::remotecall_fetch(w, [] {
+    const auto& def = vscale::default_worker_pool();
+    return std::vector<int>{def.owner(), static_cast<int>(def.length())};
+  });
+  CHECK(seen == std::vector<int>{1, vscale::nworkers()});
+  // pmap on a worker runs on the master's default pool.
+  auto r = vscale::remotecall_fetch(w, [] {
+    return vscale::pmap([](long x) { return x * 3; }, std::vector<long>{1, 2, 3, 4}, {.batch_size = 1});
+  });
+  CHECK(r == std::vector<long>{3, 6, 9, 12});
+  CHECK(vscale::default_worker_pool().length() == static_cast<std::size_t>(vscale::nworkers()));
+}
+
+TEST_CASE("worker_pool.state_lives_with_the_owners_copies") {
+  ensure_two_workers();
+  const int w = vscale::workers().front();
+  const auto before = vscale::detail::live_remote_objects();
+  auto remote = std::make_unique<vscale::WorkerPool>(std::vector<int>{w});
+  CHECK(vscale::detail::live_remote_objects() == before + 1);
+  // The worker keeps a copy, which does not keep the state alive.
+  vscale::RemoteChannel<int> done(1);
+  auto holder = vscale::remotecall(
+      w,
+      [](const vscale::WorkerPool& p, vscale::RemoteChannel<int> d) {
+        d.take();  // until the master has dropped its copy
+        try {
+          (void)p.length();
+        } catch (const vscale::Error& e) {
+          return std::string(e.what());
+        }
+        return std::string("no error");
+      },
+      *remote, done);
+  remote.reset();
+  CHECK(vscale::detail::live_remote_objects() == before + 1);  // the channel
+  done.put(1);
+  const std::string msg = holder.fetch();
+  CHECK(msg.find("no longer exists") != std::string::npos);
+  CHECK(msg.find("owned by process 1") != std::string::npos);
+}
+
 TEST_CASE("pmap.retry_after_a_worker_dies") {
   ensure_two_workers();
   const int before = vscale::nworkers();

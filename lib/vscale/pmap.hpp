@@ -70,8 +70,8 @@ struct PmapOptions {
   /// Where the elements run; nullptr: default_worker_pool() (the master alone without workers).
   /// pmap takes the pool's free workers (and any that become free while it runs) and puts
   /// them back when it returns; two pmaps at once on one pool share it first come, first
-  /// served. The pool must belong to the calling process (see worker_pool.hpp).
-  WorkerPool* pool = nullptr;
+  /// served, also when they run on different processes (see worker_pool.hpp).
+  const WorkerPool* pool = nullptr;
   /// Progress on stderr: a bar with rate and ETA on a terminal, a line every few seconds
   /// otherwise (and a last line when done).
   bool progress = false;
@@ -238,7 +238,7 @@ auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
   std::vector<std::optional<R>> results(n);
   if (n == 0) return std::vector<R>{};
 
-  WorkerPool& pool = opt.pool ? *opt.pool : default_worker_pool();
+  const WorkerPool& pool = opt.pool ? *opt.pool : default_worker_pool();
   std::size_t bs = opt.batch_size;
   if (bs == 0) bs = std::max<std::size_t>(1, n / (4 * std::max<std::size_t>(1, pool.length())));
   // Batches in flight per worker: 2, so that a worker has the next batch at hand when it

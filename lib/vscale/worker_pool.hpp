@@ -1,18 +1,25 @@
 // WorkerPool: a set of worker ids handed out one at a time (Julia's WorkerPool), the default
 // pool of all workers, and remotecall / remotecall_fetch on "any free worker of this pool".
 //
-// A pool is an object of the process that made it: take/put are thread-safe within that
-// process (a mutex and a condition variable), and any process (master or worker) may build
-// pools of its own, but a pool is not shared between processes: a copy shipped elsewhere
-// would be a separate pool. (Julia's WorkerPool can be used remotely through its channel;
-// here, make the calls from the process that owns the pool.)
+// A pool's state (members, free ids, a mutex and a condition variable) lives on the process
+// that made it, in that process's registry of remote objects (see remote_channel.hpp), like
+// a RemoteChannel's. A WorkerPool is a handle {owner, id}: copy it freely, pass it to remote
+// calls as an argument or through vscale::closure, and every copy on every process names the
+// same pool. On the owner the operations go straight to the state; elsewhere each is a
+// remotecall_fetch to the owner (take() then waits there until a worker is put back).
+//
+// Lifetime: the state lives while a copy of the handle exists on the owner (copies held on
+// other processes do not keep it alive); an operation after that throws vscale::Error naming
+// the pool. default_worker_pool() lives as long as the session, and on a worker it is a handle
+// on the master's default pool, as in Julia.
 #pragma once
 
 #include <algorithm>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
-#include <exception>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -23,172 +30,274 @@
 #include "vscale/cluster.hpp"
 #include "vscale/errors.hpp"
 #include "vscale/future.hpp"
+#include "vscale/remote_channel.hpp"
 #include "vscale/remotecall.hpp"
 
 namespace vscale {
 
-/// A pool of process ids. take() hands out a free one (waiting until one is put back),
-/// put() returns it. Ids of processes that have exited are dropped when they come up.
-/// Example: WorkerPool pool({2, 3}); int w = pool.take(); ... ; pool.put(w);
-class WorkerPool {
- public:
-  WorkerPool() = default;
-  explicit WorkerPool(const std::vector<int>& ids) {
-    for (int id : ids) push(id);
-  }
-  WorkerPool(const WorkerPool&) = delete;
-  WorkerPool& operator=(const WorkerPool&) = delete;
+namespace detail {
 
-  /// Add `id` to the pool, free (Julia's push!). Adding a member again does nothing.
+// The id of the master's default pool: creator 0 never exists, so no other object has it.
+inline constexpr std::uint64_t kDefaultPoolId = 1;
+
+struct PoolState {
+  std::mutex m;
+  std::condition_variable cv;
+  std::set<int> members;
+  std::deque<int> free;
+
   void push(int id) {
     {
-      std::lock_guard lk(m_);
-      if (!members_.insert(id).second) return;
-      free_.push_back(id);
+      std::lock_guard lk(m);
+      if (!members.insert(id).second) return;
+      free.push_back(id);
     }
-    cv_.notify_one();
+    cv.notify_one();
   }
-
-  /// Take a free worker, waiting until one is put back. Throws UsageError when the pool has
-  /// no members at all (it would wait forever).
   int take() {
-    std::unique_lock lk(m_);
+    std::unique_lock lk(m);
     for (;;) {
       drop_dead_free();
-      if (!free_.empty()) {
-        int id = free_.front();
-        free_.pop_front();
+      if (!free.empty()) {
+        int id = free.front();
+        free.pop_front();
         return id;
       }
-      if (members_.empty()) throw UsageError("vscale: take on an empty WorkerPool (it has no workers)");
-      cv_.wait(lk);
+      if (members.empty()) throw UsageError("vscale: take on an empty WorkerPool (it has no workers)");
+      cv.wait(lk);
     }
   }
-
-  /// Take a free worker if one is free now.
-  std::optional<int> try_take() {
-    std::lock_guard lk(m_);
+  int try_take() {  // 0: none free
+    std::lock_guard lk(m);
     drop_dead_free();
-    if (free_.empty()) return std::nullopt;
-    int id = free_.front();
-    free_.pop_front();
+    if (free.empty()) return 0;
+    int id = free.front();
+    free.pop_front();
     return id;
   }
-
-  /// Give back a worker obtained from take(). An id that is no longer a member (removed
-  /// meanwhile) is ignored.
   void put(int id) {
     {
-      std::lock_guard lk(m_);
-      if (!members_.count(id)) return;
-      if (std::find(free_.begin(), free_.end(), id) != free_.end())
+      std::lock_guard lk(m);
+      if (!members.count(id)) return;
+      if (std::find(free.begin(), free.end(), id) != free.end())
         throw UsageError("vscale: WorkerPool::put(" + std::to_string(id) + "): that worker is not taken");
-      free_.push_back(id);
+      free.push_back(id);
     }
-    cv_.notify_one();
+    cv.notify_one();
   }
-
-  /// Remove `id` from the pool (free or taken).
   void remove(int id) {
-    std::lock_guard lk(m_);
-    members_.erase(id);
-    free_.erase(std::remove(free_.begin(), free_.end(), id), free_.end());
-    cv_.notify_all();  // a waiter on a pool that became empty must see it
+    std::lock_guard lk(m);
+    members.erase(id);
+    free.erase(std::remove(free.begin(), free.end(), id), free.end());
+    cv.notify_all();  // a waiter on a pool that became empty must see it
   }
-
-  /// Number of workers in the pool, free or taken (Julia's length(pool)).
-  std::size_t length() const {
-    std::lock_guard lk(m_);
-    return members_.size();
+  std::size_t length() {
+    std::lock_guard lk(m);
+    return members.size();
   }
-  /// True when take() would not wait.
-  bool isready() const {
-    std::lock_guard lk(m_);
-    return !free_.empty();
+  bool isready() {
+    std::lock_guard lk(m);
+    drop_dead_free();
+    return !free.empty();
   }
-  /// The members, ascending.
-  std::vector<int> workers() const {
-    std::lock_guard lk(m_);
-    return {members_.begin(), members_.end()};
+  std::vector<int> list() {
+    std::lock_guard lk(m);
+    return {members.begin(), members.end()};
   }
-
-  /// Make the members exactly `ids` (free ones stay free, new ones are free, missing ones go).
   void sync(const std::vector<int>& ids) {
     {
-      std::lock_guard lk(m_);
+      std::lock_guard lk(m);
       std::set<int> want(ids.begin(), ids.end());
-      for (auto it = members_.begin(); it != members_.end();) {
+      for (auto it = members.begin(); it != members.end();) {
         if (!want.count(*it)) {
-          free_.erase(std::remove(free_.begin(), free_.end(), *it), free_.end());
-          it = members_.erase(it);
+          free.erase(std::remove(free.begin(), free.end(), *it), free.end());
+          it = members.erase(it);
         } else {
           ++it;
         }
       }
       for (int id : want)
-        if (members_.insert(id).second) free_.push_back(id);
+        if (members.insert(id).second) free.push_back(id);
     }
-    cv_.notify_all();
+    cv.notify_all();
   }
 
  private:
-  // Free ids of processes that are gone leave the pool (called with m_ held).
+  // Free ids of processes that are gone leave the pool (called with m held).
   void drop_dead_free() {
-    if (free_.empty()) return;
+    if (free.empty()) return;
     const auto live = procs();
-    for (auto it = free_.begin(); it != free_.end();) {
+    for (auto it = free.begin(); it != free.end();) {
       if (!std::binary_search(live.begin(), live.end(), *it)) {
-        members_.erase(*it);
-        it = free_.erase(it);
+        members.erase(*it);
+        it = free.erase(it);
       } else {
         ++it;
       }
     }
   }
+};
 
-  mutable std::mutex m_;
-  std::condition_variable cv_;
-  std::set<int> members_;
-  std::deque<int> free_;
+// The master's default pool, created on first use, members brought up to date with workers()
+// ({1} when there are none) every time it is looked up.
+inline std::shared_ptr<PoolState> master_default_pool() {
+  static const std::shared_ptr<PoolState> p = [] {
+    auto s = std::make_shared<PoolState>();
+    register_remote_object<PoolState>(kDefaultPoolId, s);
+    return s;
+  }();
+  p->sync(workers());
+  return p;
+}
+
+inline std::string pool_name(int owner, std::uint64_t id) {
+  if (id == kDefaultPoolId) return "the default WorkerPool (owned by process 1)";
+  return "WorkerPool " + remote_object_name(id) + " (owned by process " + std::to_string(owner) + ")";
+}
+
+// The state of pool `id` on this process (its owner).
+inline std::shared_ptr<PoolState> pool_state(std::uint64_t id) {
+  if (id == kDefaultPoolId) return master_default_pool();
+  auto s = find_remote_object<PoolState>(id);
+  if (!s)
+    throw Error("vscale: " + pool_name(self_id(), id) +
+                " no longer exists: every copy of its handle on its owner is gone; keep one there while it is used");
+  return s;
+}
+
+// The operations as plain functions, so that they ship as code addresses.
+inline int pool_take(std::uint64_t id) { return pool_state(id)->take(); }
+inline int pool_try_take(std::uint64_t id) { return pool_state(id)->try_take(); }
+inline void pool_put(std::uint64_t id, int w) { pool_state(id)->put(w); }
+inline void pool_push(std::uint64_t id, int w) { pool_state(id)->push(w); }
+inline void pool_remove(std::uint64_t id, int w) { pool_state(id)->remove(w); }
+inline std::size_t pool_length(std::uint64_t id) { return pool_state(id)->length(); }
+inline bool pool_isready(std::uint64_t id) { return pool_state(id)->isready(); }
+inline std::vector<int> pool_list(std::uint64_t id) { return pool_state(id)->list(); }
+inline void pool_sync(std::uint64_t id, std::vector<int> ids) { pool_state(id)->sync(ids); }
+
+}  // namespace detail
+
+/// A pool of process ids, usable from any process. take() hands out a free one (waiting until
+/// one is put back), put() returns it. Ids of processes that have exited are dropped when
+/// they come up.
+/// Example: WorkerPool pool({2, 3}); int w = pool.take(); ... ; pool.put(w);
+class WorkerPool {
+ public:
+  /// A new, empty pool owned by this process.
+  WorkerPool() : WorkerPool(std::vector<int>{}) {}
+  /// A new pool of `ids` (all free) owned by this process.
+  explicit WorkerPool(const std::vector<int>& ids) : owner_(myid()), id_(detail::new_remote_object_id()) {
+    auto s = std::make_shared<detail::PoolState>();
+    for (int w : ids) s->push(w);
+    detail::register_remote_object<detail::PoolState>(id_, s);
+    const std::uint64_t id = id_;
+    keep_ = std::shared_ptr<void>(nullptr, [id](void*) { detail::erase_remote_object(id); });
+  }
+
+  /// Add `id` to the pool, free (Julia's push!). Adding a member again does nothing.
+  void push(int id) const { op(&detail::pool_push, id); }
+  /// Take a free worker, waiting until one is put back. Throws UsageError when the pool has
+  /// no members at all (it would wait forever).
+  int take() const { return op(&detail::pool_take); }
+  /// Take a free worker if one is free now.
+  std::optional<int> try_take() const {
+    const int w = op(&detail::pool_try_take);
+    return w ? std::optional<int>(w) : std::nullopt;
+  }
+  /// Give back a worker obtained from take(). An id that is no longer a member (removed
+  /// meanwhile) is ignored.
+  void put(int id) const { op(&detail::pool_put, id); }
+  /// Remove `id` from the pool (free or taken).
+  void remove(int id) const { op(&detail::pool_remove, id); }
+  /// Number of workers in the pool, free or taken (Julia's length(pool)).
+  std::size_t length() const { return op(&detail::pool_length); }
+  /// True when take() would not wait.
+  bool isready() const { return op(&detail::pool_isready); }
+  /// The members, ascending.
+  std::vector<int> workers() const { return op(&detail::pool_list); }
+  /// Make the members exactly `ids` (free ones stay free, new ones are free, missing ones go).
+  void sync(const std::vector<int>& ids) const { op(&detail::pool_sync, ids); }
+
+  /// The process that holds the pool's state.
+  int owner() const noexcept { return owner_; }
+  /// "WorkerPool 1.4 (owned by process 1)".
+  std::string name() const { return detail::pool_name(owner_, id_); }
+  friend bool operator==(const WorkerPool& a, const WorkerPool& b) { return a.owner_ == b.owner_ && a.id_ == b.id_; }
+
+  /// Ships the handle (owner and id), never the state. (A received handle starts as a new
+  /// empty pool from the default constructor, dropped here: it holds no state.)
+  template <class A>
+  void save(A& a) const {
+    a(owner_, id_);
+  }
+  template <class A>
+  void load(A& a) {
+    keep_.reset();
+    a(owner_, id_);
+  }
+
+ private:
+  friend WorkerPool& default_worker_pool();
+  struct Remote {};
+  WorkerPool(Remote, int owner, std::uint64_t id) : owner_(owner), id_(id) {}
+
+  template <class R, class... P, class... A>
+  R op(R (*fn)(std::uint64_t, P...), A&&... a) const {
+    if (owner_ == myid()) return fn(id_, std::forward<A>(a)...);
+    return remotecall_fetch(owner_, fn, id_, std::forward<A>(a)...);
+  }
+
+  int owner_ = 0;
+  std::uint64_t id_ = 0;
+  std::shared_ptr<void> keep_;  // on the owner: the last copy there frees the state
 };
 
 /// The pool of all current workers ({1} when there are none), as Julia's
-/// default_worker_pool(). Each call brings its membership up to date with workers(), so
-/// workers added or removed since are taken into account.
+/// default_worker_pool(). On the master its membership is brought up to date with workers()
+/// on every use; on a worker it is a handle on the master's.
 inline WorkerPool& default_worker_pool() {
-  static WorkerPool pool;
-  pool.sync(workers());
+  static WorkerPool pool(WorkerPool::Remote{}, 1, detail::kDefaultPoolId);
+  if (myid() == 1) detail::master_default_pool();
   return pool;
 }
 
 /// Run f(args...) on a free worker of `pool` and return its result; the worker is taken for
 /// the duration of the call and put back afterwards (also when the call throws).
 template <class F, class... Args>
-auto remotecall_fetch(WorkerPool& pool, F&& f, Args&&... args) {
+auto remotecall_fetch(const WorkerPool& pool, F&& f, Args&&... args) {
   const int w = pool.take();
   struct Back {
-    WorkerPool& p;
+    const WorkerPool& p;
     int w;
-    ~Back() { p.put(w); }
+    ~Back() {
+      try {
+        p.put(w);
+      } catch (...) {  // the pool's owner is gone: nothing to give back to
+      }
+    }
   } back{pool, w};
   return remotecall_fetch(w, std::forward<F>(f), std::forward<Args>(args)...);
 }
 
 /// Start f(args...) on a free worker of `pool` (waiting for one) and return its Future; the
-/// worker goes back to the pool when the call has finished. `pool` must outlive the call.
+/// worker goes back to the pool when the call has finished.
 template <class F, class... Args>
-auto remotecall(WorkerPool& pool, F&& f, Args&&... args) {
+auto remotecall(const WorkerPool& pool, F&& f, Args&&... args) {
   const int w = pool.take();
   try {
     auto fut = remotecall(w, std::forward<F>(f), std::forward<Args>(args)...);
     // A local task waits for the call and then puts the worker back (the executor adds a
     // thread when tasks block, so this does not hold up other calls).
-    detail::submit_local([fut, w, p = &pool] {
+    detail::submit_local([fut, w, p = pool] {
       try {
         fut.wait();
       } catch (...) {
       }
-      p->put(w);
+      try {
+        p.put(w);
+      } catch (...) {
+      }
     });
     return fut;
   } catch (...) {
