@@ -16,7 +16,10 @@
 //                         thread that computes them; `omp for schedule(static) nowait` over j
 //                         inside the t loop, i.e. the same t, j, i order as the other variants;
 //                         P threads in one process (its line says procs=1, threads=P)
-//   hybrid                (the threads issue) processes x threads; not implemented yet
+//   hybrid                like shared_chunks, each process splitting its columns over the T
+//                         threads of its arena (run the bench with -t T; T = 1 makes it
+//                         shared_chunks); measured where P x T fits in the usable CPUs, beside
+//                         openmp_reference with P x T threads
 // For each process count P the bench adds or removes workers to have exactly P, and makes q
 // and u SharedArray<double, 3>s whose pids are those P workers.
 //
@@ -174,10 +177,13 @@ void run_distributed_per_step(const Array& q, const Array& u) {
 
 void run_serial(const Array& q, const Array& u) { kn::advection_serial(q, u); }
 
-// hybrid (the threads issue) goes here: one call per process in procs(q), like shared_chunks,
-// each splitting its columns over the process's TBB arena. Add "hybrid" to kVariants, a
-// run_hybrid beside run_shared_chunks, and its line in measure_vscale; the table, JSON, chart
-// and ratios pick it up from there.
+void hybrid_chunk(const Array& q, const Array& u) { kn::advection_hybrid_chunk(q, u); }
+
+void run_hybrid(const Array& q, const Array& u) {
+  std::vector<vscale::Future<void>> calls;
+  for (int p : vscale::procs(q)) calls.push_back(vscale::remotecall(p, hybrid_chunk, q, u));
+  for (auto& c : calls) c.wait();
+}
 
 // --- results ------------------------------------------------------------------------------
 
@@ -194,7 +200,8 @@ struct Result {
   int cores() const { return procs * threads; }
 };
 
-const std::vector<std::string> kVariants = {"serial", "distributed_per_step", "shared_chunks", "openmp_reference"};
+const std::vector<std::string> kVariants = {"serial", "distributed_per_step", "shared_chunks", "hybrid",
+                                            "openmp_reference"};
 
 double gb_per_s(std::size_t n, std::size_t steps, double seconds) {
   return 24.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(steps - 1) / seconds / 1e9;
@@ -439,7 +446,9 @@ const char* kUsage =
     "  --steps S    time slices, the third dimension (default N)\n"
     "  --procs L    process counts (default 1, 2, 4, ... up to and with the usable CPUs)\n"
     "  --reps R     timed runs per variant; the median is reported (default 5)\n"
-    "  --variants L serial, distributed_per_step, shared_chunks, openmp_reference (default all)\n"
+    "  --variants L serial, distributed_per_step, shared_chunks, hybrid, openmp_reference (default all;\n"
+    "               hybrid only with -t T > 1)\n"
+    "  -t T         threads per process (the session's flag): hybrid runs P processes x T threads\n"
     "  --svg FILE   also write the figures as an SVG bar chart\n";
 
 // Takes `--procs LIST` / `--procs=LIST` out of argv before the Session sees it: there
@@ -475,6 +484,7 @@ int main(int argc, char** argv) {
   int reps = 5;
   std::vector<int> proc_counts;
   std::vector<std::string> variants = kVariants;
+  bool procs_list_variants_default = true;  // hybrid is left out by default when -t is 1
   std::string svg;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -492,8 +502,8 @@ int main(int argc, char** argv) {
       reps = static_cast<int>(parse_positive(a, value()));
     } else if (a == "--variants") {
       variants = split_commas(value());
+      procs_list_variants_default = false;
       for (const auto& v : variants) {
-        if (v == "hybrid") die("variant 'hybrid' is not implemented yet (it comes with the threads issue)");
         if (std::find(kVariants.begin(), kVariants.end(), v) == kVariants.end())
           die("unknown variant '" + v + "'\n" + kUsage);
       }
@@ -523,6 +533,8 @@ int main(int argc, char** argv) {
       if (std::find(seen.begin(), seen.end(), p) == seen.end()) seen.push_back(p);
     proc_counts = seen;
   }
+  const int threads = vscale::nthreads();
+  if (threads == 1 && procs_list_variants_default) variants.erase(std::find(variants.begin(), variants.end(), "hybrid"));
   auto wants = [&](const std::string& v) { return std::find(variants.begin(), variants.end(), v) != variants.end(); };
 #ifndef _OPENMP
   if (wants("openmp_reference")) {
@@ -555,13 +567,17 @@ int main(int argc, char** argv) {
 #ifdef _OPENMP
     // Its own arrays, freed before the SharedArrays exist: never more than two big arrays.
     if (wants("openmp_reference")) {
-      Result r = measure_openmp(n, steps, p, reps);
-      openmp_seconds[p] = r.seconds;
-      emit(std::move(r));
+      for (int cores : {p, p * threads}) {
+        if (openmp_seconds.count(cores) || (cores != p && !(wants("hybrid") && cores <= vscale::usable_cpus()))) continue;
+        Result r = measure_openmp(n, steps, cores, reps);
+        openmp_seconds[cores] = r.seconds;
+        emit(std::move(r));
+      }
     }
 #endif
-    const bool need_arrays =
-        wants("distributed_per_step") || wants("shared_chunks") || (wants("serial") && !serial_done);
+    const bool hybrid_fits = wants("hybrid") && p * threads <= std::max(vscale::usable_cpus(), threads);
+    const bool need_arrays = wants("distributed_per_step") || wants("shared_chunks") || hybrid_fits ||
+                             (wants("serial") && !serial_done);
     if (!need_arrays) continue;
     const std::vector<int> w = set_workers(p);
     Array q, u;
@@ -572,8 +588,8 @@ int main(int argc, char** argv) {
       die(std::string("cannot make the SharedArrays: ") + e.what());
     }
     auto reset = [&] { reset_all(q); };
-    auto measure = [&](const std::string& variant, int procs, auto run) {
-      Result r{variant, procs, 1, n, steps, reps, 0, 0, 0, {}};
+    auto measure = [&](const std::string& variant, int procs, auto run, int nthreads = 1) {
+      Result r{variant, procs, nthreads, n, steps, reps, 0, 0, 0, {}};
       r.seconds = time_reps(reps, reset, [&] { run(q, u); });
       r.max_abs_diff = diff_all(q);
       r.gb_per_s = gb_per_s(n, steps, r.seconds);
@@ -585,6 +601,7 @@ int main(int argc, char** argv) {
     }
     if (wants("distributed_per_step")) measure("distributed_per_step", p, run_distributed_per_step);
     if (wants("shared_chunks")) measure("shared_chunks", p, run_shared_chunks);
+    if (hybrid_fits) measure("hybrid", p, run_hybrid, threads);
   }
 
   if (!json) {
@@ -596,13 +613,17 @@ int main(int argc, char** argv) {
       std::printf("%-22s %9d %8d %12s %9.2f %14s %10.3g\n", r.variant.c_str(), r.procs, r.threads,
                   human_time(r.seconds).c_str(), r.gb_per_s, ratio, r.max_abs_diff);
     }
-    std::printf("(vs OpenMP: time / openmp_reference time with as many threads as the variant uses processes)\n");
+    std::printf("(vs OpenMP: time / openmp_reference time with as many threads as the variant uses cores)\n");
     for (int p : proc_counts) {
-      const Result *sc = nullptr, *ps = nullptr;
+      const Result *sc = nullptr, *ps = nullptr, *hy = nullptr;
       for (const auto& r : results) {
         if (r.variant == "shared_chunks" && r.procs == p) sc = &r;
         if (r.variant == "distributed_per_step" && r.procs == p) ps = &r;
+        if (r.variant == "hybrid" && r.procs == p) hy = &r;
       }
+      if (hy && hy->ratio)
+        std::printf("%2d processes x %d threads: hybrid / openmp_reference = %.2f (target <= 1.15 on 2 cores, <= 1.05 on 16)\n",
+                    p, hy->threads, *hy->ratio);
       if (sc && sc->ratio)
         std::printf("%2d processes: shared_chunks / openmp_reference = %.2f (target <= 1.15 on 2 cores, <= 1.05 on 16)\n",
                     p, *sc->ratio);

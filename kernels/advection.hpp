@@ -6,6 +6,7 @@
 //   julia> advection_shared_chunk!(q, u)                    advection_shared_chunk(q, u)
 //   julia> advection_serial!(q, u)                          advection_serial(q, u)
 //   (the body of advection_parallel!'s @distributed loop)   advection_column(q, u, j, t)
+//   (hybrid: advection_shared_chunk! over the threads)      advection_hybrid_chunk(q, u)
 //
 // The array type is a template parameter: a vscale::SharedArray<T, 3>, or a Grid3 view over
 // memory you own (the serial and OpenMP references). Ranges are 0-based and half-open.
@@ -16,6 +17,10 @@
 #include <cstddef>
 #include <type_traits>
 #include <utility>
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/partitioner.h>
 
 #include <vscale/vscale.hpp>
 
@@ -91,6 +96,22 @@ template <class Q, class U>
 void advection_shared_chunk(const Q& q, const U& u) {
   auto [irange, jrange] = myrange(q);
   advection_chunk(q, u, irange, jrange, time_steps(q));
+}
+
+/// The hybrid variant's per-process work: this process's columns (myrange), split over the
+/// threads of its arena (-t), each thread taking one contiguous block of columns for all time
+/// steps (static partition: the same columns every run, so the pages stay where they were
+/// first touched).
+template <class Q, class U>
+void advection_hybrid_chunk(const Q& q, const U& u) {
+  auto [irange, jrange] = myrange(q);
+  if (jrange.empty()) return;
+  tbb::parallel_for(
+      tbb::blocked_range<std::size_t>(jrange.first, jrange.last),
+      [&, irange = irange](const tbb::blocked_range<std::size_t>& r) {
+        advection_chunk(q, u, irange, IndexRange{r.begin(), r.end()}, time_steps(q));
+      },
+      tbb::static_partitioner{});
 }
 
 /// The manual's advection_serial!: everything, in this process.

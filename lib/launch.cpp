@@ -26,6 +26,7 @@
 #include <climits>
 #include <cmath>
 #include <condition_variable>
+#include <deque>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -40,6 +41,7 @@
 #include <vector>
 
 #include "vscale/cluster.hpp"
+#include "vscale/placement.hpp"
 #include "vscale/detail/fd_passing.hpp"
 #include "vscale/detail/runtime.hpp"
 
@@ -186,6 +188,13 @@ class Launcher {
   ~Launcher() { shutdown(); }
 
   LaunchResult launch(int n, const std::string& exe, const std::string& cookie, std::chrono::milliseconds timeout);
+  /// Threads per worker, and the CPUs the next workers are pinned to (in start order; workers
+  /// started after the list is used up are not pinned).
+  void set_plan(int threads, std::vector<std::vector<int>> cpus) {
+    std::lock_guard lk(m_);
+    threads_ = threads;
+    cpu_plan_.assign(cpus.begin(), cpus.end());
+  }
   void push_fd(int id, FdKey key, int fd);
   void remove(const std::vector<int>& ids, std::chrono::milliseconds timeout);
   void shutdown();
@@ -228,6 +237,8 @@ class Launcher {
   std::map<int, Worker> workers_;  // guarded by m_
   std::vector<Batch*> pending_;    // guarded by m_
   int next_id_ = 2;                // guarded by m_
+  int threads_ = 1;                 // guarded by m_
+  std::deque<std::vector<int>> cpu_plan_;  // guarded by m_
   bool quit_ = false;
 };
 
@@ -291,10 +302,16 @@ void Launcher::spawn(Batch& b) {
   envp.push_back(nullptr);
   const int max_procs = static_cast<int>(rt_.segment().max_procs());
   for (int i = 0; i < b.n; ++i) {
-    int id;
+    int id, threads;
+    std::vector<int> cpus;
     {
       std::lock_guard lk(m_);
       id = next_id_++;
+      threads = threads_;
+      if (!cpu_plan_.empty()) {
+        cpus = std::move(cpu_plan_.front());
+        cpu_plan_.pop_front();
+      }
     }
     Worker w;
     w.id = id;
@@ -335,7 +352,11 @@ void Launcher::spawn(Batch& b) {
     posix_spawn_file_actions_adddup2(&fa, sv[1], 3);
     posix_spawn_file_actions_adddup2(&fa, seg_copy, 4);
     posix_spawn_file_actions_addclosefrom_np(&fa, 5);
-    std::string flag = std::string(kWorkerFlag) + std::to_string(id) + ":3:4:" + std::to_string(getpid());
+    // id:socket fd:segment fd:master pid:threads:cpus ("-" when not pinned)
+    std::string cpu_list;
+    for (int c : cpus) cpu_list += (cpu_list.empty() ? "" : ",") + std::to_string(c);
+    std::string flag = std::string(kWorkerFlag) + std::to_string(id) + ":3:4:" + std::to_string(getpid()) + ":" +
+                       std::to_string(threads) + ":" + (cpu_list.empty() ? std::string("-") : cpu_list);
     std::string argv0 = program_invocation_name;
     char* argv[] = {argv0.data(), flag.data(), nullptr};
     pid_t pid = -1;
@@ -647,7 +668,6 @@ struct Config {
   std::uint32_t max_procs;
   std::uint64_t ring_bytes;
   std::uint64_t bulk_bytes;
-  int executors;
 };
 
 long env_long(const char* name, long dflt) {
@@ -666,7 +686,6 @@ Config config_from_env() {
   c.max_procs = static_cast<std::uint32_t>(env_long("VSCALE_MAX_PROCS", std::max(256, 8 * usable_cpus())));
   c.ring_bytes = std::uint64_t(env_long("VSCALE_RING_KB", 64)) << 10;
   c.bulk_bytes = std::uint64_t(env_long("VSCALE_BULK_MB", 1024)) << 20;
-  c.executors = 1;
   return c;
 }
 
@@ -677,12 +696,38 @@ std::vector<std::pair<FdKey, int>> g_fds;
 std::unique_ptr<Runtime> g_runtime;
 std::unique_ptr<Launcher> g_launcher;
 std::mutex g_session_m;
+Placement g_placement;  // what the master chose at start (guarded by g_session_m)
+
+void pin_self(const std::vector<int>& cpus) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (int c : cpus)
+    if (c >= 0 && c < CPU_SETSIZE) CPU_SET(c, &set);
+  if (CPU_COUNT(&set) > 0 && sched_setaffinity(0, sizeof set, &set) != 0)
+    std::fprintf(stderr, "vscale: cannot pin the master to CPUs %s: %s\n", format_cpu_list(cpus).c_str(),
+                 std::strerror(errno));
+}
 
 [[noreturn]] void worker_main(const char* spec) {
-  int id = 0, sock = -1, seg = -1, mpid = 0;
-  if (std::sscanf(spec, "%d:%d:%d:%d", &id, &sock, &seg, &mpid) != 4) {
+  int id = 0, sock = -1, seg = -1, mpid = 0, threads = 1, used = 0;
+  if (std::sscanf(spec, "%d:%d:%d:%d:%d:%n", &id, &sock, &seg, &mpid, &threads, &used) != 5 || used == 0) {
     std::fprintf(stderr, "vscale worker: malformed %s%s\n", kWorkerFlag, spec);
     _exit(2);
+  }
+  if (std::strcmp(spec + used, "-") != 0) {
+    // Pin before any thread starts, so that every thread (TBB's included) inherits the mask.
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    for (const char* p = spec + used; *p;) {
+      char* end;
+      long c = std::strtol(p, &end, 10);
+      if (end == p || c < 0 || c >= CPU_SETSIZE) break;
+      CPU_SET(static_cast<int>(c), &set);
+      p = *end == ',' ? end + 1 : end;
+      if (end == p) break;
+    }
+    if (CPU_COUNT(&set) > 0 && sched_setaffinity(0, sizeof set, &set) != 0)
+      std::fprintf(stderr, "vscale worker %d: cannot pin to CPUs %s: %s\n", id, spec + used, std::strerror(errno));
   }
   prctl(PR_SET_PDEATHSIG, SIGKILL);
   std::string name = "vscale-w" + std::to_string(id);  // what ps and top show
@@ -711,7 +756,7 @@ std::mutex g_session_m;
     auto rt = std::make_unique<Runtime>(id, false);
     rt->master_os_pid = mpid;
     rt->segment().attach(seg);
-    rt->start(config_from_env().executors);
+    rt->start(threads);
     g_runtime = std::move(rt);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "vscale worker %d: cannot start: %s\n", id, e.what());
@@ -753,21 +798,26 @@ std::mutex g_session_m;
   _exit(0);
 }
 
-void start_master(int procs, const char* argv0) {
+void start_master(const SessionOptions& o, const char* argv0) {
   std::lock_guard lk(g_session_m);
   if (g_runtime) throw UsageError("vscale: only one vscale::Session may exist in a process");
   (void)argv0;
+  const Placement plan = plan_placement(machine(), o.procs, o.threads, o.bind);
+  for (const auto& w : plan.warnings) std::fprintf(stderr, "vscale: %s\n", w.c_str());
+  if (!plan.master_cpus.empty()) pin_self(plan.master_cpus);
   Config c = config_from_env();
   auto rt = std::make_unique<Runtime>(1, true);
   rt->segment().create(c.max_procs, c.ring_bytes, c.bulk_bytes);
   rt->segment().slot(1).os_pid.store(getpid());
   rt->segment().slot(1).state.store(std::uint32_t(SlotState::Alive));
-  rt->start(c.executors);
+  rt->start(plan.threads);
   g_launcher = std::make_unique<Launcher>(*rt);
+  g_launcher->set_plan(plan.threads, plan.bind ? plan.worker_cpus : std::vector<std::vector<int>>{});
   rt->launcher = g_launcher.get();
   g_runtime = std::move(rt);
-  if (procs > 0) {
-    auto res = g_launcher->launch(procs, {}, {}, std::chrono::seconds(60));
+  g_placement = plan;
+  if (plan.workers > 0) {
+    auto res = g_launcher->launch(plan.workers, {}, {}, std::chrono::seconds(60));
     (void)res;  // failures were reported on stderr; the session goes on with those that joined
   }
 }
@@ -815,61 +865,92 @@ LaunchResult launch(int n, const std::string& exe, const std::string& cookie) {
 
 // ================================================================= public API
 
-int usable_cpus() {
-  cpu_set_t set;
-  int n = 0;
-  if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
-  if (n <= 0) n = static_cast<int>(std::thread::hardware_concurrency());
-  // cgroup v2 CPU quota: "max 100000" or "200000 100000".
-  std::ifstream cg("/proc/self/cgroup");
-  std::string line, path;
-  while (std::getline(cg, line))
-    if (line.rfind("0::", 0) == 0) path = line.substr(3);
-  std::ifstream f("/sys/fs/cgroup" + path + "/cpu.max");
-  std::string quota;
-  long period = 0;
-  if (f >> quota >> period && quota != "max" && period > 0) {
-    long q = std::atol(quota.c_str());
-    if (q > 0) n = std::min(n, static_cast<int>(std::ceil(double(q) / double(period))));
+int usable_cpus() { return machine().usable_cpus; }
+
+int nthreads() { return detail::Runtime::get("nthreads").threads(); }
+
+std::string describe() {
+  std::string out = describe_machine(machine());
+  Placement plan;
+  {
+    std::lock_guard lk(detail::g_session_m);
+    plan = detail::g_placement;
   }
-  return std::max(1, n);
+  out += "placement: " + plan.how + "\n";
+  for (const auto& w : plan.warnings) out += "  warning: " + w + "\n";
+  auto* rt = detail::Runtime::current();
+  if (!rt) return out + "  (no session running)\n";
+  for (int id : rt->alive_ids()) {
+    const int pid = static_cast<int>(rt->segment().slot(id).os_pid.load());
+    std::string cpus = "?";
+    std::ifstream st("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(st, line);)
+      if (line.rfind("Cpus_allowed_list:", 0) == 0) {
+        cpus = line.substr(line.find_first_not_of(" \t", 18));
+        break;
+      }
+    // Workers not pinned keep the master's mask; the master is pinned only by the plan.
+    const bool pinned = id == 1 ? !plan.master_cpus.empty() : (cpus != "?" && parse_cpu_list(cpus) != machine().affinity);
+    out += "  process " + std::to_string(id) + (id == 1 ? " (master)" : "") + ", pid " + std::to_string(pid) + ": " +
+           std::to_string(rt->threads()) + (rt->threads() == 1 ? " thread" : " threads") + ", cpus " + cpus +
+           (pinned ? " (pinned)" : " (not pinned)") + "\n";
+  }
+  return out;
 }
 
 SessionOptions parse_options(int& argc, char** argv) {
   SessionOptions o;
-  bool given = false;
-  auto parse_count = [&](const std::string& v, const char* flag) {
+  bool procs_given = false, threads_given = false;
+  auto parse_count = [&](const std::string& v, const std::string& flag, bool threads) {
     if (v == "auto") return -1;
     char* end;
     long n = std::strtol(v.c_str(), &end, 10);
-    if (v.empty() || *end || n < 0)
-      throw UsageError(std::string("vscale: ") + flag + " expects a number of workers or `auto`, got `" + v + "`");
+    if (v.empty() || *end || n < 0 || (threads && n == 0) || n > 1'000'000)
+      throw UsageError("vscale: " + flag + " expects " + (threads ? "a number of threads (1 or more)" : "a number of workers") +
+                       " or `auto`, got `" + v + "`");
     return static_cast<int>(n);
   };
   int out = 1;
   for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
+    const std::string a = argv[i];
+    // -p N, --procs N, --procs=N, -pN; the same for -t/--threads.
+    auto match = [&](const char* s, const char* l, std::string& val, int& consumed) {
+      const std::string lo = std::string(l) + "=";
+      if (a == s || a == l) {
+        if (i + 1 >= argc)
+          throw UsageError("vscale: " + a + " needs a value: " + (a == "-t" || a == "--threads" ? "a number of threads" : "a number of workers") + " or `auto`");
+        val = argv[i + 1];
+        consumed = 2;
+      } else if (a.rfind(lo, 0) == 0) {
+        val = a.substr(lo.size());
+        consumed = 1;
+      } else if (a.size() > 2 && a.rfind(s, 0) == 0 && (std::isdigit(static_cast<unsigned char>(a[2])) || a.substr(2) == "auto")) {
+        val = a.substr(2);
+        consumed = 1;
+      }
+      return consumed > 0;
+    };
     std::string val;
-    const char* flag = nullptr;
     int consumed = 0;
-    if ((a == "-p" || a == "--procs") && i + 1 >= argc)
-      throw UsageError(std::string("vscale: ") + a + " needs a value: a number of workers or `auto`");
-    if (a == "-p" || a == "--procs") {
-      flag = argv[i];
-      val = argv[i + 1];
-      consumed = 2;
-    } else if (a.rfind("--procs=", 0) == 0) {
-      flag = "--procs";
-      val = a.substr(8);
+    if (match("-p", "--procs", val, consumed)) {
+      o.procs = parse_count(val, a.rfind("--", 0) == 0 ? "--procs" : "-p", false);
+      procs_given = true;
+    } else if (match("-t", "--threads", val, consumed)) {
+      o.threads = parse_count(val, a.rfind("--", 0) == 0 ? "--threads" : "-t", true);
+      threads_given = true;
+    } else if (a == "--bind") {
+      o.bind = 1;
       consumed = 1;
-    } else if (a.size() > 2 && a.rfind("-p", 0) == 0 && std::isdigit(static_cast<unsigned char>(a[2]))) {
-      flag = "-p";
-      val = a.substr(2);
+    } else if (a == "--bind=none") {
+      o.bind = 0;
+      consumed = 1;
+    } else if (a.rfind("--bind=", 0) == 0) {
+      throw UsageError("vscale: --bind takes no value, or `--bind=none` to turn binding off; got `" + a + "`");
+    } else if (a == "--vscale-info") {
+      o.info = true;
       consumed = 1;
     }
     if (consumed) {
-      o.procs = parse_count(val, flag);
-      given = true;
       i += consumed - 1;
       continue;
     }
@@ -879,23 +960,24 @@ SessionOptions parse_options(int& argc, char** argv) {
     argv[out] = nullptr;
     argc = out;
   }
-  if (!given) {
-    if (const char* e = std::getenv("VSCALE_PROCS"); e && *e) o.procs = parse_count(e, "VSCALE_PROCS");
-  }
+  if (!procs_given)
+    if (const char* e = std::getenv("VSCALE_PROCS"); e && *e) o.procs = parse_count(e, "VSCALE_PROCS", false);
+  if (!threads_given)
+    if (const char* e = std::getenv("VSCALE_THREADS"); e && *e) o.threads = parse_count(e, "VSCALE_THREADS", true);
   return o;
 }
 
 Session::Session(int& argc, char** argv) {
   if (argc >= 2 && std::strncmp(argv[1], detail::kWorkerFlag, sizeof detail::kWorkerFlag - 1) == 0)
     detail::worker_main(argv[1] + sizeof detail::kWorkerFlag - 1);
-  SessionOptions o = parse_options(argc, argv);
-  int procs = o.procs < 0 ? usable_cpus() : o.procs;
-  detail::start_master(procs, argc > 0 ? argv[0] : nullptr);
+  const SessionOptions o = parse_options(argc, argv);
+  detail::start_master(o, argc > 0 ? argv[0] : nullptr);
+  if (o.info) std::fputs(describe().c_str(), stdout);
 }
 
 Session::Session(SessionOptions options, const char* argv0) {
-  int procs = options.procs < 0 ? usable_cpus() : options.procs;
-  detail::start_master(procs, argv0);
+  detail::start_master(options, argv0);
+  if (options.info) std::fputs(describe().c_str(), stdout);
 }
 
 Session::~Session() { detail::stop_master(); }

@@ -192,7 +192,7 @@ Runtime& Runtime::get(const char* what) {
   return *rt;
 }
 
-void Runtime::start(int executors) {
+void Runtime::start(int threads) {
   const std::uint32_t n = seg_.max_procs();
   out_.clear();
   for (std::uint32_t i = 0; i < n; ++i) out_.push_back(std::make_unique<Out>());
@@ -201,12 +201,18 @@ void Runtime::start(int executors) {
   bulk_.init(seg_.bulk(self_), h.bulk_bytes, seg_.fd(), h.bulk_off + std::uint64_t(self_ - 1) * h.bulk_bytes);
   current_.store(this, std::memory_order_release);
   if (const char* e = std::getenv("VSCALE_MAX_EXECUTORS")) max_exec_ = std::max(1, std::atoi(e));
+  threads_ = std::max(1, threads);
+  // TBB sizes its worker pool from the affinity mask and ignores cgroup quotas (Debian's
+  // 2021.8): set the limit ourselves, high enough for an arena of threads_.
+  const int tbb_default = tbb::this_task_arena::max_concurrency();
+  tbb_limit_ = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism,
+                                                     static_cast<std::size_t>(std::max(threads_, tbb_default)));
+  arena_ = std::make_unique<tbb::task_arena>(threads_, 1);
+  arena_->initialize();
   progress_ = std::thread([this] { progress_loop(); });
   std::lock_guard lk(exec_m_);
-  for (int i = 0; i < executors; ++i) {
-    nexec_.fetch_add(1);
-    executors_.emplace_back([this] { executor_loop(); });
-  }
+  nexec_.fetch_add(1);
+  executors_.emplace_back([this] { arena_->execute([this] { executor_loop(); }); });
 }
 
 void Runtime::stop() {
@@ -219,6 +225,8 @@ void Runtime::stop() {
   for (auto& t : executors_)
     if (t.joinable()) t.join();
   executors_.clear();
+  // Runners still queued in the arena find stopping_ set and return at once.
+  while (runners_.load() > 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
 }
 
 // ---------------------------------------------------------------- membership
@@ -540,7 +548,7 @@ void Runtime::progress_loop() {
     if (poll_once()) continue;
     std::uint32_t seq = slot.doorbell.load(std::memory_order_seq_cst);
     if (poll_once()) continue;
-    const bool starving = q_size_.load() > 0 && busy_.load() >= nexec_.load();
+    const bool starving = q_size_.load() > 0 && busy_.load() >= nexec_.load() + threads_ - 1;
     futex_wait_bits(slot.doorbell, seq, kBellProgress, (overflow_pending_.load() > 0 || starving) ? 2000000L : 100000000L);
     maybe_grow_executors();
     auto now = std::chrono::steady_clock::now();
@@ -667,12 +675,30 @@ void Runtime::push_task(Task&& t) {
     q_size_.fetch_add(1, std::memory_order_release);
   }
   wake_local(exec_sleepers_, kBellExec, 1);  // an idle executor, or one waiting inside a call, takes it
+  maybe_add_runner();
+}
+
+void Runtime::maybe_add_runner() {
+  if (threads_ <= 1 || stopping_.load()) return;
+  // Only when the calls already running (executors and runners) leave work queued.
+  int r = runners_.load();
+  do {
+    if (r >= threads_ - 1 || q_size_.load() == 0 || busy_.load() < r + 1) return;
+  } while (!runners_.compare_exchange_weak(r, r + 1));
+  arena_->enqueue([this] {
+    const bool was = tl_executor;
+    tl_executor = true;  // it helps with queued calls while it waits, as executors do
+    while (!stopping_.load() && run_one_task()) {
+    }
+    tl_executor = was;
+    runners_.fetch_sub(1);
+  });
 }
 
 void Runtime::maybe_grow_executors() {
   using namespace std::chrono;
   const std::int64_t now = duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
-  if (q_size_.load() == 0 || busy_.load() < nexec_.load()) {
+  if (q_size_.load() == 0 || busy_.load() < nexec_.load() + threads_ - 1) {
     queued_since_.store(0);
     return;
   }
@@ -700,6 +726,7 @@ bool Runtime::run_one_task() {
     q_size_.fetch_sub(1, std::memory_order_release);
   }
   busy_.fetch_add(1);
+  if (q_size_.load(std::memory_order_relaxed) > 0) maybe_add_runner();  // more queued than we take
   run_task(t);
   busy_.fetch_sub(1);
   return true;

@@ -74,22 +74,26 @@ struct Argv {
   }
 };
 
-// Set or unset VSCALE_PROCS for one scope, restoring what was there.
-struct EnvProcs {
+// Set or unset an environment variable for one scope, restoring what was there.
+struct EnvVar {
+  std::string name;
   std::optional<std::string> old;
-  explicit EnvProcs(const char* value) {
-    if (const char* o = std::getenv("VSCALE_PROCS")) old = o;
+  EnvVar(std::string n, const char* value) : name(std::move(n)) {
+    if (const char* o = std::getenv(name.c_str())) old = o;
     if (value)
-      ::setenv("VSCALE_PROCS", value, 1);
+      ::setenv(name.c_str(), value, 1);
     else
-      ::unsetenv("VSCALE_PROCS");
+      ::unsetenv(name.c_str());
   }
-  ~EnvProcs() {
+  ~EnvVar() {
     if (old)
-      ::setenv("VSCALE_PROCS", old->c_str(), 1);
+      ::setenv(name.c_str(), old->c_str(), 1);
     else
-      ::unsetenv("VSCALE_PROCS");
+      ::unsetenv(name.c_str());
   }
+};
+struct EnvProcs : EnvVar {
+  explicit EnvProcs(const char* value) : EnvVar("VSCALE_PROCS", value) {}
 };
 
 }  // namespace
@@ -342,11 +346,53 @@ TEST_CASE("cluster.parse_options.auto") {
 
 TEST_CASE("cluster.parse_options.no_flag") {
   EnvProcs env(nullptr);
-  Argv a({"prog", "--threads", "2", "y"});
+  EnvVar t("VSCALE_THREADS", nullptr);
+  Argv a({"prog", "--other", "2", "y"});
   auto o = vscale::parse_options(a.argc, a.ptrs.data());
   CHECK(o.procs == 0);
+  CHECK(o.threads == 0);
+  CHECK(o.bind == -1);
+  CHECK(!o.info);
   CHECK(a.argc == 4);
-  CHECK(a.remaining() == std::vector<std::string>{"prog", "--threads", "2", "y"});
+  CHECK(a.remaining() == std::vector<std::string>{"prog", "--other", "2", "y"});
+}
+
+TEST_CASE("cluster.parse_options.threads_bind_info") {
+  EnvProcs env(nullptr);
+  EnvVar t("VSCALE_THREADS", nullptr);
+  {
+    Argv a({"prog", "-t", "4", "x", "-p2", "--bind", "--vscale-info"});
+    auto o = vscale::parse_options(a.argc, a.ptrs.data());
+    CHECK(o.threads == 4);
+    CHECK(o.procs == 2);
+    CHECK(o.bind == 1);
+    CHECK(o.info);
+    CHECK(a.remaining() == std::vector<std::string>{"prog", "x"});
+  }
+  {
+    Argv a({"prog", "--threads=auto", "-p", "auto", "--bind=none"});
+    auto o = vscale::parse_options(a.argc, a.ptrs.data());
+    CHECK(o.threads == -1);
+    CHECK(o.procs == -1);
+    CHECK(o.bind == 0);
+    CHECK(a.argc == 1);
+  }
+  {
+    Argv a({"prog", "-t3"});
+    CHECK(vscale::parse_options(a.argc, a.ptrs.data()).threads == 3);
+  }
+  {
+    EnvVar e("VSCALE_THREADS", "6");
+    Argv a({"prog"});
+    CHECK(vscale::parse_options(a.argc, a.ptrs.data()).threads == 6);
+    Argv b({"prog", "-t", "2"});  // the command line wins
+    CHECK(vscale::parse_options(b.argc, b.ptrs.data()).threads == 2);
+  }
+  for (auto bad : {std::vector<std::string>{"prog", "-t", "0"}, {"prog", "-t", "x"}, {"prog", "--threads"},
+                   {"prog", "--bind=yes"}, {"prog", "-p", "-1"}}) {
+    Argv a(bad);
+    CHECK_THROWS_AS(vscale::parse_options(a.argc, a.ptrs.data()), vscale::UsageError);
+  }
 }
 
 TEST_CASE("cluster.parse_options.env") {

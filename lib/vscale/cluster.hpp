@@ -9,14 +9,18 @@ namespace vscale {
 
 /// How a Session starts. Usually filled from the command line by Session(argc, argv).
 struct SessionOptions {
-  int procs = 0;  ///< workers to start; -1 = one per usable CPU ("auto")
+  int procs = 0;    ///< workers to start; -1 = "auto" (see placement.hpp)
+  int threads = 0;  ///< threads per process (TBB arena size); 0 = 1, -1 = "auto"
+  int bind = -1;    ///< pin processes to cores: -1 = on with auto, 1 = --bind, 0 = --bind=none
+  bool info = false;  ///< --vscale-info: print the machine and the placement at start
 };
 
 /// The runtime of one process. Construct it first thing in `main`:
 ///
 ///     int main(int argc, char** argv) { vscale::Session s(argc, argv); ... }
 ///
-/// On the master it reads `-p N`, `--procs N`, `-p auto` (or VSCALE_PROCS), starts the
+/// On the master it reads `-p N|auto` / `--procs` (or VSCALE_PROCS), `-t N|auto` /
+/// `--threads` (or VSCALE_THREADS), `--bind`, `--bind=none` and `--vscale-info`, starts the
 /// workers and returns; it removes those flags from argv. In a worker (the same program,
 /// re-executed with a hidden flag) it serves remote calls and never returns into `main`.
 /// Destroying it on the master stops every worker.
@@ -29,7 +33,8 @@ class Session {
   Session& operator=(const Session&) = delete;
 };
 
-/// Parse -p/--procs from argv (removing them) and VSCALE_PROCS; exposed for testing.
+/// Parse the flags above from argv (removing them) and VSCALE_PROCS / VSCALE_THREADS;
+/// exposed for testing.
 SessionOptions parse_options(int& argc, char** argv);
 
 /// This process's id: 1 on the master, 2, 3, ... on workers (never reused).
@@ -52,7 +57,14 @@ inline void rmprocs(int id, std::chrono::milliseconds timeout = std::chrono::sec
   rmprocs(std::vector<int>{id}, timeout);
 }
 
-/// Number of CPUs this process may use (affinity mask and cgroup CPU quota).
+/// Number of CPUs this process may use (affinity mask, cgroup cpuset and CPU quota).
 int usable_cpus();
+
+/// Threads of this process's TBB arena, in which incoming calls run (-t).
+int nthreads();
+
+/// What was detected (cores, affinity, cgroup quota and memory limit, NUMA nodes) and where
+/// each live process runs, one line per process: the text --vscale-info prints.
+std::string describe();
 
 }  // namespace vscale

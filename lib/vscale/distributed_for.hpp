@@ -1,9 +1,15 @@
 // distributed_for: Julia's `@distributed for` (waitable) and `@distributed (op) for`.
 #pragma once
 
+#include <algorithm>
 #include <exception>
+#include <optional>
 #include <type_traits>
 #include <vector>
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/parallel_reduce.h>
 
 #include "vscale/cluster.hpp"
 #include "vscale/future.hpp"
@@ -15,6 +21,12 @@ namespace vscale {
 struct Range {
   long first = 0, last = 0;
 };
+
+/// Tag for distributed_for's threads mode: each worker splits its chunk over its own threads
+/// (tbb::parallel_for in the process's -t arena). Example:
+/// distributed_for(vscale::threaded, {0, n}, body).wait();
+struct Threaded {};
+inline constexpr Threaded threaded{};
 
 /// What distributed_for without a reducer returns: wait() blocks until every chunk is done
 /// (rethrowing the first failure, after all have finished).
@@ -63,20 +75,86 @@ inline std::vector<Range> splitrange(long first, long last, long np) {
 }
 }  // namespace detail
 
+namespace detail {
+// One worker's chunk, in order (one thread) or over the process's arena.
+template <class Body>
+void run_chunk(const Body& b, long lo, long hi, bool threaded) {
+  if (!threaded) {
+    for (long i = lo; i < hi; ++i) b(i);
+    return;
+  }
+  tbb::parallel_for(tbb::blocked_range<long>(lo, hi), [&](const tbb::blocked_range<long>& br) {
+    for (long i = br.begin(); i != br.end(); ++i) b(i);
+  });
+}
+
+// One worker's reduction. With threads, parallel_deterministic_reduce over a grain fixed by
+// the chunk and the arena size, so that a run gives the same floating-point result every time.
+template <class R, class Body, class Reducer>
+R reduce_chunk(const Body& b, const Reducer& red, long lo, long hi, bool threaded) {
+  if (!threaded || hi - lo < 2) {
+    R acc = b(lo);
+    for (long i = lo + 1; i < hi; ++i) acc = red(std::move(acc), b(i));
+    return acc;
+  }
+  const long grain = std::max(1L, (hi - lo) / (8L * tbb::this_task_arena::max_concurrency()));
+  std::optional<R> acc = tbb::parallel_deterministic_reduce(
+      tbb::blocked_range<long>(lo, hi, static_cast<std::size_t>(grain)), std::optional<R>{},
+      [&](const tbb::blocked_range<long>& br, std::optional<R> a) {
+        for (long i = br.begin(); i != br.end(); ++i) a = a ? red(std::move(*a), b(i)) : b(i);
+        return a;
+      },
+      [&](std::optional<R> x, std::optional<R> y) -> std::optional<R> {
+        if (!x) return y;
+        if (!y) return x;
+        return red(std::move(*x), std::move(*y));
+      });
+  return std::move(*acc);
+}
+
+template <class Body>
+Waitable distributed_for_impl(Range r, Body body, bool threaded) {
+  static_assert(std::is_invocable_v<const Body&, long>, "vscale: distributed_for's body must be callable as body(long i)");
+  const auto ws = workers();
+  std::vector<Future<void>> parts;
+  for (const Range& c : splitrange(r.first, r.last, static_cast<long>(ws.size())))
+    parts.push_back(remotecall_push(ws[parts.size()], [](const Body& b, long lo, long hi, bool th) {
+      run_chunk(b, lo, hi, th);
+    }, body, c.first, c.last, threaded));
+  return Waitable(std::move(parts));
+}
+
+template <class Body, class Reducer>
+auto distributed_reduce_impl(Range r, Body body, Reducer reducer, bool threaded) {
+  static_assert(std::is_invocable_v<const Body&, long>, "vscale: distributed_for's body must be callable as body(long i)");
+  using R = std::decay_t<std::invoke_result_t<const Body&, long>>;
+  static_assert(!std::is_void_v<R>, "vscale: a distributed_for with a reducer needs a body that returns a value");
+  const auto ws = workers();
+  std::vector<Future<R>> parts;
+  for (const Range& c : splitrange(r.first, r.last, static_cast<long>(ws.size())))
+    parts.push_back(remotecall_push(ws[parts.size()], [](const Body& b, const Reducer& red, long lo, long hi, bool th) {
+      return reduce_chunk<R>(b, red, lo, hi, th);
+    }, body, reducer, c.first, c.last, threaded));
+  if (parts.empty()) return R{};
+  R acc = parts[0].fetch();
+  for (std::size_t k = 1; k < parts.size(); ++k) acc = reducer(std::move(acc), parts[k].fetch());
+  return acc;
+}
+}  // namespace detail
+
 /// Run body(i) for every i in `r`, one contiguous chunk per worker (the master alone when
 /// there are none). Returns at once; wait() on the result. `body` must be shippable: a lambda
 /// with trivially copyable captures, or vscale::closure(f, shared_arrays...) to use arrays.
 /// Example: distributed_for({0, n}, closure([](const SharedArray<double, 1>& a, long i) { a[i] = i; }, a)).wait();
 template <class Body>
 Waitable distributed_for(Range r, Body body) {
-  static_assert(std::is_invocable_v<const Body&, long>, "vscale: distributed_for's body must be callable as body(long i)");
-  const auto ws = workers();
-  std::vector<Future<void>> parts;
-  for (const Range& c : detail::splitrange(r.first, r.last, static_cast<long>(ws.size())))
-    parts.push_back(detail::remotecall_push(ws[parts.size()], [](const Body& b, long lo, long hi) {
-      for (long i = lo; i < hi; ++i) b(i);
-    }, body, c.first, c.last));
-  return Waitable(std::move(parts));
+  return detail::distributed_for_impl(r, std::move(body), false);
+}
+
+/// The same, each worker splitting its chunk over its threads (-t).
+template <class Body>
+Waitable distributed_for(Threaded, Range r, Body body) {
+  return detail::distributed_for_impl(r, std::move(body), true);
 }
 
 /// Reduce body(i) over every i in `r` with `reducer` (e.g. std::plus<>{}): each worker reduces
@@ -84,21 +162,14 @@ Waitable distributed_for(Range r, Body body) {
 /// `@distributed (+) for`). An empty range gives a value-initialized result.
 template <class Body, class Reducer>
 auto distributed_for(Range r, Body body, Reducer reducer) {
-  static_assert(std::is_invocable_v<const Body&, long>, "vscale: distributed_for's body must be callable as body(long i)");
-  using R = std::decay_t<std::invoke_result_t<const Body&, long>>;
-  static_assert(!std::is_void_v<R>, "vscale: a distributed_for with a reducer needs a body that returns a value");
-  const auto ws = workers();
-  std::vector<Future<R>> parts;
-  for (const Range& c : detail::splitrange(r.first, r.last, static_cast<long>(ws.size())))
-    parts.push_back(detail::remotecall_push(ws[parts.size()], [](const Body& b, const Reducer& red, long lo, long hi) {
-      R acc = b(lo);
-      for (long i = lo + 1; i < hi; ++i) acc = red(std::move(acc), b(i));
-      return acc;
-    }, body, reducer, c.first, c.last));
-  if (parts.empty()) return R{};
-  R acc = parts[0].fetch();
-  for (std::size_t k = 1; k < parts.size(); ++k) acc = reducer(std::move(acc), parts[k].fetch());
-  return acc;
+  return detail::distributed_reduce_impl(r, std::move(body), std::move(reducer), false);
+}
+
+/// The same, each worker reducing its chunk over its threads (-t); `reducer` must be
+/// associative (the grouping differs from the one-thread form).
+template <class Body, class Reducer>
+auto distributed_for(Threaded, Range r, Body body, Reducer reducer) {
+  return detail::distributed_reduce_impl(r, std::move(body), std::move(reducer), true);
 }
 
 }  // namespace vscale

@@ -45,6 +45,8 @@
 #include <utility>
 #include <vector>
 
+#include <tbb/parallel_for.h>
+
 #include "vscale/cluster.hpp"
 #include "vscale/errors.hpp"
 #include "vscale/future.hpp"
@@ -75,6 +77,9 @@ struct PmapOptions {
   /// Progress on stderr: a bar with rate and ETA on a terminal, a line every few seconds
   /// otherwise (and a last line when done).
   bool progress = false;
+  /// Each worker runs the elements of a batch in parallel on its threads (its -t arena, with
+  /// tbb::parallel_for) instead of one after the other; results keep their order.
+  bool threads = false;
 };
 
 /// pmap's failure without on_error: element `index()` failed with `cause()`.
@@ -159,8 +164,16 @@ template <class F>
 inline constexpr bool cache_callable_v = !(FunctionPointer<F> || (MemcpyShippable<F> && sizeof(F) <= 256));
 
 template <class R, class F, class T>
-ShipVec<R> apply_batch(const F& f, const std::vector<T>& xs) {
+ShipVec<R> apply_batch(const F& f, const std::vector<T>& xs, bool threaded) {
   ShipVec<R> out;
+  if (threaded && xs.size() > 1) {
+    // The batch's elements over this process's arena (the call runs inside it).
+    std::vector<std::optional<R>> tmp(xs.size());
+    tbb::parallel_for(std::size_t(0), xs.size(), [&](std::size_t k) { tmp[k].emplace(std::invoke(f, xs[k])); });
+    out.v.reserve(xs.size());
+    for (auto& r : tmp) out.v.push_back(std::move(*r));
+    return out;
+  }
   out.v.reserve(xs.size());
   for (const T& x : xs) out.v.push_back(std::invoke(f, x));
   return out;
@@ -240,7 +253,8 @@ auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
 
   const WorkerPool& pool = opt.pool ? *opt.pool : default_worker_pool();
   std::size_t bs = opt.batch_size;
-  if (bs == 0) bs = std::max<std::size_t>(1, n / (4 * std::max<std::size_t>(1, pool.length())));
+  // Automatic: about 4 batches per worker (2 with threads, each split over the worker's arena).
+  if (bs == 0) bs = std::max<std::size_t>(1, n / ((opt.threads ? 2 : 4) * std::max<std::size_t>(1, pool.length())));
   // Batches in flight per worker: 2, so that a worker has the next batch at hand when it
   // finishes one; 8 once batches turn out to take well under a millisecond (the master may
   // then be asleep for longer than a batch takes; a deeper queue costs at most 8 short
@@ -319,14 +333,15 @@ auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
     Future<detail::ShipVec<R>> fut;
     try {
       if constexpr (cache) {
-        fut = detail::remotecall_push(w, [](std::uint64_t id, const detail::ShipVec<T>& v) {
+        fut = detail::remotecall_push(w, [](std::uint64_t id, bool threaded, const detail::ShipVec<T>& v) {
           auto fn = detail::FnRegistry<F>::get().find(id);
           if (!fn) throw Error("vscale::pmap: the function was not installed on this worker (internal error)");
-          return detail::apply_batch<R>(*fn, v.v);
-        }, fid, std::move(xs));
+          return detail::apply_batch<R>(*fn, v.v, threaded);
+        }, fid, opt.threads, std::move(xs));
       } else {
-        fut = detail::remotecall_push(w, [](const F& fn, const detail::ShipVec<T>& v) { return detail::apply_batch<R>(fn, v.v); }, f,
-                                      std::move(xs));
+        fut = detail::remotecall_push(w, [](const F& fn, bool threaded, const detail::ShipVec<T>& v) {
+          return detail::apply_batch<R>(fn, v.v, threaded);
+        }, f, opt.threads, std::move(xs));
       }
     } catch (const ProcessExitedException& e) {
       if (e.pid() != w) throw;

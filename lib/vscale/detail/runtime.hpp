@@ -18,6 +18,9 @@
 #include <unordered_map>
 #include <vector>
 
+#include <tbb/global_control.h>
+#include <tbb/task_arena.h>
+
 #include "vscale/detail/core.hpp"
 #include "vscale/detail/transport.hpp"
 
@@ -104,8 +107,12 @@ class Runtime {
   static Runtime* current() noexcept { return current_.load(std::memory_order_acquire); }
   static Runtime& get(const char* what);
 
-  void start(int executors);
+  /// Start polling and executing, with a TBB arena of `threads` threads for incoming calls.
+  void start(int threads);
   void stop();
+  int threads() const noexcept { return threads_; }
+  /// The arena incoming calls run in (threads() slots).
+  tbb::task_arena& arena() noexcept { return *arena_; }
 
   // --- identity and membership
   int self() const noexcept { return self_; }
@@ -230,6 +237,16 @@ class Runtime {
   // every executor busy (a call blocked in sleep or on a lock must not starve the call that
   // would unblock it; Julia's tasks give the same guarantee). Capped by VSCALE_MAX_EXECUTORS.
   void maybe_grow_executors();
+  // Threads: the first executor lives inside arena_ (its reserved slot); when calls queue
+  // while it is busy, up to threads_ - 1 runners are enqueued into the arena, where TBB's
+  // workers pick them up, so that threads_ calls run at once and a tbb::parallel_for inside
+  // a call stays in the arena and gets its idle threads. Grown executors run outside the
+  // arena (the arena may be full of blocked calls: that is why they were grown).
+  void maybe_add_runner();
+  int threads_ = 1;
+  std::unique_ptr<tbb::global_control> tbb_limit_;
+  std::unique_ptr<tbb::task_arena> arena_;
+  std::atomic<int> runners_{0};
   std::mutex exec_m_;
   std::atomic<int> nexec_{0};
   std::atomic<int> busy_{0};
