@@ -4,6 +4,7 @@
 #include "vscale/errors.hpp"
 #include "vscale/serialize.hpp"
 #include "vscale/cluster.hpp"
+#include "vscale/placement.hpp"
 #include "vscale/future.hpp"
 #include "vscale/remotecall.hpp"
 #include "vscale/distributed_for.hpp"
