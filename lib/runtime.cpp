@@ -202,6 +202,9 @@ void Runtime::start(int threads) {
   current_.store(this, std::memory_order_release);
   if (const char* e = std::getenv("VSCALE_MAX_EXECUTORS")) max_exec_ = std::max(1, std::atoi(e));
   threads_ = std::max(1, threads);
+  // The spin budget is job-wide: every process uses the master's CPU count, also a worker
+  // pinned to fewer CPUs.
+  if (h.job_cpus > 0) ncpu_ = static_cast<std::int32_t>(h.job_cpus);
   // TBB sizes its worker pool from the affinity mask and ignores cgroup quotas (Debian's
   // 2021.8): set the limit ourselves, high enough for an arena of threads_.
   const int tbb_default = tbb::this_task_arena::max_concurrency();

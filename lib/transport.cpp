@@ -1,6 +1,8 @@
 // Control segment and rings (see vscale/detail/transport.hpp for the layout and protocol).
 #include "vscale/detail/transport.hpp"
 
+#include "vscale/cluster.hpp"
+
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -14,6 +16,7 @@
 #include <new>
 #include <string>
 
+#include "vscale/cluster.hpp"
 #include "vscale/errors.hpp"
 
 namespace vscale::detail {
@@ -45,6 +48,7 @@ void Segment::create(std::uint32_t max_procs, std::uint64_t ring_bytes, std::uin
   SegHeader h{};
   h.magic = kSegMagic;
   h.max_procs = max_procs;
+  h.job_cpus = static_cast<std::uint32_t>(usable_cpus());
   h.ring_bytes = ring_bytes;
   h.ring_stride = round_up(kRingHeaderBytes + ring_bytes, 4096);
   h.bulk_bytes = round_up(bulk_bytes, 1 << 21);

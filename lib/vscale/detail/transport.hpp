@@ -38,7 +38,7 @@ struct alignas(64) ProcSlot {
 struct alignas(64) SegHeader {
   std::uint64_t magic;
   std::uint32_t max_procs;
-  std::uint32_t reserved;
+  std::uint32_t job_cpus;  // the master's usable CPUs: the job's spin budget (workers may be pinned to fewer)
   std::uint64_t ring_bytes;  // data bytes per ring
   std::uint64_t ring_stride;
   std::uint64_t bulk_bytes;  // per sender
