@@ -471,6 +471,7 @@ void Launcher::reap(Worker& w) {
   }
   if (w.removing) why = "was removed by rmprocs";
   if (!w.joined && w.failure.empty()) w.failure = why;
+  const std::size_t pending = rt_.pending_requests_to(w.id);  // before they are failed below
   auto& slot = rt_.segment().slot(w.id);
   copy_str(slot.reason, sizeof slot.reason, why);
   slot.state.store(std::uint32_t(SlotState::Dead));
@@ -483,7 +484,8 @@ void Launcher::reap(Worker& w) {
     ring_doorbell(s.doorbell);
   }
   if (w.joined && !w.removing)
-    std::fprintf(stderr, "vscale: worker %d (pid %d) died: %s\n", w.id, static_cast<int>(w.pid), why.c_str());
+    std::fprintf(stderr, "vscale: worker %d (pid %d) died: %s; %zu pending call%s failed\n", w.id,
+                 static_cast<int>(w.pid), why.c_str(), pending, pending == 1 ? "" : "s");
   for (int* fd : {&w.sock, &w.pidfd}) {
     if (*fd >= 0) close(*fd);
     *fd = -1;
@@ -679,6 +681,10 @@ long env_long(const char* name, long dflt) {
   return v;
 }
 
+std::chrono::milliseconds default_start_timeout() {
+  return std::chrono::milliseconds(env_long("VSCALE_START_TIMEOUT_MS", 60'000));
+}
+
 Config config_from_env() {
   Config c;
   // Ids are never reused, and each id has its slot, rings and bulk area in the (sparse)
@@ -817,7 +823,7 @@ void start_master(const SessionOptions& o, const char* argv0) {
   g_runtime = std::move(rt);
   g_placement = plan;
   if (plan.workers > 0) {
-    auto res = g_launcher->launch(plan.workers, {}, {}, std::chrono::seconds(60));
+    auto res = g_launcher->launch(plan.workers, {}, {}, default_start_timeout());
     (void)res;  // failures were reported on stderr; the session goes on with those that joined
   }
 }
@@ -857,8 +863,8 @@ int take_pushed_fd(FdKey key, std::chrono::milliseconds timeout) {
   return fd;
 }
 
-LaunchResult launch(int n, const std::string& exe, const std::string& cookie) {
-  return launcher_for("addprocs").launch(n, exe, cookie, std::chrono::seconds(60));
+LaunchResult launch(int n, const std::string& exe, const std::string& cookie, std::chrono::milliseconds timeout) {
+  return launcher_for("addprocs").launch(n, exe, cookie, timeout.count() > 0 ? timeout : default_start_timeout());
 }
 
 }  // namespace detail
@@ -993,9 +999,11 @@ std::vector<int> workers() {
   return ids;
 }
 
-std::vector<int> addprocs(int n) {
+std::vector<int> addprocs(int n) { return addprocs(n, std::chrono::milliseconds(0)); }
+
+std::vector<int> addprocs(int n, std::chrono::milliseconds start_timeout) {
   if (n < 0) throw UsageError("vscale: addprocs(" + std::to_string(n) + "): the count must not be negative");
-  return detail::launch(n).joined;
+  return detail::launch(n, {}, {}, start_timeout).joined;
 }
 
 void rmprocs(const std::vector<int>& ids, std::chrono::milliseconds timeout) {

@@ -18,6 +18,15 @@ namespace vscale::detail {
 
 thread_local bool tl_executor = false;
 thread_local std::uint32_t tl_dozing = 0;
+thread_local bool tl_in_call = false;
+thread_local std::uint32_t tl_call_gen = 0;
+thread_local int tl_no_interrupt = 0;
+
+void throw_interrupted() {
+  Runtime* rt = Runtime::current();
+  throw InterruptedException("vscale: the call running on process " + std::to_string(rt ? rt->self() : 0) +
+                             " was interrupted (vscale::interrupt)");
+}
 std::atomic<Runtime*> Runtime::current_{nullptr};
 
 namespace {
@@ -406,13 +415,20 @@ std::shared_ptr<Request> Runtime::new_request(int dest, std::uint64_t& id, std::
   return r;
 }
 
+std::size_t Runtime::pending_requests_to(int id) {
+  std::lock_guard lk(req_m_);
+  std::size_t n = 0;
+  for (const auto& [k, r] : reqs_) n += r->dest == id;
+  return n;
+}
+
 void Runtime::drop_request(std::uint64_t id) {
   std::lock_guard lk(req_m_);
   reqs_.erase(id);
 }
 
-void Runtime::await_request(Request& r) {
-  wait_until([&] { return r.done.load(std::memory_order_acquire) != 0; });
+void Runtime::await_request(Request& r, bool interruptible) {
+  wait_until([&] { return r.done.load(std::memory_order_acquire) != 0; }, interruptible);
 }
 
 void Runtime::reply_result(int dest, std::uint64_t req, bool ok, const void* data, std::size_t len, bool may_block) {
@@ -624,6 +640,13 @@ void Runtime::dispatch(Inbound&& m) {
       exit_requested_.store(true);
       notify_local();
       return;
+    case kInterrupt:
+      // Every call in flight here sees it at its next check_interrupt() or remote wait:
+      // wake all our sleepers so that they look.
+      seg_.slot(self_).interrupts.fetch_add(1, std::memory_order_acq_rel);
+      wake_local(wait_sleepers_, kBellWait, INT_MAX);
+      wake_local(exec_sleepers_, kBellExec, INT_MAX);
+      return;
     default:
       std::fprintf(stderr, "vscale: process %d got an unknown message kind %u from %d\n", self_, m.kind, m.src);
   }
@@ -755,6 +778,14 @@ void Runtime::run_task(Task& t) {
   Writer out;
   bool ok = true;
   ErrorInfo err;
+  // This thread runs a call now (vscale::interrupt cancels it); a waiter helping with queued
+  // calls comes back to its own call afterwards.
+  const bool outer_in_call = tl_in_call;
+  const std::uint32_t outer_gen = tl_call_gen;
+  const int outer_no_interrupt = tl_no_interrupt;
+  tl_in_call = true;
+  tl_call_gen = seg_.slot(self_).interrupts.load(std::memory_order_acquire);
+  tl_no_interrupt = 0;
   try {
     auto code = read_pod<CodeRef>(in);
     auto inv = reinterpret_cast<Invoker>(const_cast<void*>(decode_code(code)));
@@ -763,6 +794,9 @@ void Runtime::run_task(Task& t) {
     ok = false;
     err = ErrorInfo::from_current_exception(self_);
   }
+  tl_in_call = outer_in_call;
+  tl_call_gen = outer_gen;
+  tl_no_interrupt = outer_no_interrupt;
   m.release();  // arguments are no longer needed: let the sender reuse its bulk block
   if (kind == kCallFetch) {
     if (ok)
@@ -1027,7 +1061,7 @@ std::shared_ptr<Request> start_call(Runtime& rt, int pid, CodeRef invoker, Write
 void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& result) {
   Runtime& rt = Runtime::get("remotecall_fetch");
   auto r = start_call(rt, pid, invoker, args);
-  rt.await_request(*r);
+  rt.await_request(*r, true);
   if (!r->ok) r->error.raise();
   result.assign(r->payload, r->payload + r->payload_len);
 }
@@ -1062,7 +1096,7 @@ void await_core(FutureCore& core, bool want_value) {
   if (core.state.load(std::memory_order_acquire) != FutureCore::Pending) return;
   Runtime& rt = Runtime::get("fetch");
   if (core.id.owner == rt.self()) {
-    rt.wait_until([&] { return core.state.load(std::memory_order_acquire) != FutureCore::Pending; });
+    rt.wait_until([&] { return core.state.load(std::memory_order_acquire) != FutureCore::Pending; }, true);
     return;
   }
   if (!want_value && core.known_ready.load()) return;
@@ -1078,7 +1112,7 @@ void await_core(FutureCore& core, bool want_value) {
     core.complete_error(ErrorInfo{ErrorInfo::Exited, e.pid(), {}, e.reason()});
     return;
   }
-  rt.await_request(*r);
+  rt.await_request(*r, true);
   if (!r->ok) {
     core.complete_error(r->error);
   } else if (want_value) {

@@ -48,8 +48,12 @@ std::vector<int> procs();
 /// Ids of the workers, ascending; `{1}` when there are none (as in Julia).
 std::vector<int> workers();
 
-/// Start `n` more workers (master only) and return their ids once they have joined.
+/// Start `n` more workers (master only) and return the ids of those that joined. A worker
+/// that has not joined within `start_timeout` (default: VSCALE_START_TIMEOUT_MS, else 60 s)
+/// is killed and reported on stderr with the reason; the others are returned (K8s cluster
+/// managers' pending_timeout).
 std::vector<int> addprocs(int n);
+std::vector<int> addprocs(int n, std::chrono::milliseconds start_timeout);
 /// Stop the given workers (master only): a polite request first, then SIGTERM, then
 /// SIGKILL once `timeout` has passed; returns when all are gone.
 void rmprocs(const std::vector<int>& ids, std::chrono::milliseconds timeout = std::chrono::seconds(10));

@@ -47,4 +47,12 @@ class ProcessExitedException : public Error {
   std::string reason_;
 };
 
+/// The call this code runs in was cancelled by vscale::interrupt (seen at check_interrupt()
+/// or at a wait for a remote result). The caller of the call gets it as a RemoteException
+/// whose type() is "vscale::InterruptedException"; the process goes on serving calls.
+class InterruptedException : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace vscale

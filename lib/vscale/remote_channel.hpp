@@ -48,6 +48,7 @@
 
 #include "vscale/cluster.hpp"
 #include "vscale/errors.hpp"
+#include "vscale/interrupt.hpp"
 #include "vscale/remotecall.hpp"
 
 namespace vscale {
@@ -163,13 +164,35 @@ inline bool process_alive(int pid) {
   return false;
 }
 
-// Wait on `cv` until `pred` holds; give up (throw) if the calling process `caller` is gone.
+// Wait on `cv` until `pred` holds; give up (throw) if the calling process `caller` is gone
+// or was interrupted since the operation began (vscale::interrupt), or if the call running
+// this wait here was: nothing has been taken or put yet, so nothing is lost.
 template <class Pred>
 void channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, int caller, Pred pred) {
+  const bool remote = caller != self_id();
+  const std::uint32_t caller_gen = remote ? interrupts_of(caller) : 0;
   while (!pred()) {
-    if (caller != self_id() && !process_alive(caller))
+    if (remote && !process_alive(caller))
       throw Error("vscale: channel operation abandoned: the calling process " + std::to_string(caller) + " is gone");
+    if (remote && interrupts_of(caller) != caller_gen)
+      throw InterruptedException("vscale: channel operation abandoned: the calling process " + std::to_string(caller) +
+                                 " was interrupted (vscale::interrupt)");
+    check_interrupt();
     cv.wait_for(lk, std::chrono::milliseconds(100));
+  }
+}
+
+// A channel operation on its owner, from another process. The wait here is no cancellation
+// point (the owner abandons the operation itself, see channel_wait); an abandonment comes back
+// as InterruptedException.
+template <class... A>
+auto channel_remote(int owner, A&&... a) {
+  NoInterrupt no_interrupt;
+  try {
+    return remotecall_fetch(owner, std::forward<A>(a)...);
+  } catch (const RemoteException& e) {
+    if (e.type() == "vscale::InterruptedException") throw InterruptedException(e.message());
+    throw;
   }
 }
 
@@ -306,7 +329,7 @@ class RemoteChannel {
   void put(T v) const {
     check("put");
     const bool ok = local() ? detail::ch_put<T>(id_, myid(), std::move(v))
-                            : remotecall_fetch(owner_, &detail::ch_put<T>, id_, myid(), std::move(v));
+                            : detail::channel_remote(owner_, &detail::ch_put<T>, id_, myid(), std::move(v));
     if (!ok) closed_error("put", "the channel is closed");
   }
 
@@ -321,13 +344,13 @@ class RemoteChannel {
   /// Like take(), but an empty optional instead of an exception when closed and empty.
   std::optional<T> try_take() const {
     check("take");
-    return local() ? detail::ch_take<T>(id_, myid()) : remotecall_fetch(owner_, &detail::ch_take<T>, id_, myid());
+    return local() ? detail::ch_take<T>(id_, myid()) : detail::channel_remote(owner_, &detail::ch_take<T>, id_, myid());
   }
 
   /// The oldest value, left in the channel; blocks like take().
   T fetch() const {
     check("fetch");
-    auto v = local() ? detail::ch_fetch<T>(id_, myid()) : remotecall_fetch(owner_, &detail::ch_fetch<T>, id_, myid());
+    auto v = local() ? detail::ch_fetch<T>(id_, myid()) : detail::channel_remote(owner_, &detail::ch_fetch<T>, id_, myid());
     if (!v) closed_error("fetch", "the channel is closed and empty");
     return std::move(*v);
   }
@@ -335,13 +358,13 @@ class RemoteChannel {
   /// Whether a value is there now (take() would not block).
   bool isready() const {
     check("isready");
-    return local() ? detail::ch_isready<T>(id_) : remotecall_fetch(owner_, &detail::ch_isready<T>, id_);
+    return local() ? detail::ch_isready<T>(id_) : detail::channel_remote(owner_, &detail::ch_isready<T>, id_);
   }
 
   /// Block until a value is there. Throws ChannelClosedError when closed and empty.
   void wait() const {
     check("wait");
-    const bool ok = local() ? detail::ch_wait<T>(id_, myid()) : remotecall_fetch(owner_, &detail::ch_wait<T>, id_, myid());
+    const bool ok = local() ? detail::ch_wait<T>(id_, myid()) : detail::channel_remote(owner_, &detail::ch_wait<T>, id_, myid());
     if (!ok) closed_error("wait", "the channel is closed and empty");
   }
 
@@ -350,18 +373,18 @@ class RemoteChannel {
   void close() const {
     check("close");
     if (local()) detail::ch_close<T>(id_);
-    else remotecall_fetch(owner_, &detail::ch_close<T>, id_);
+    else detail::channel_remote(owner_, &detail::ch_close<T>, id_);
   }
 
   bool is_open() const {
     check("is_open");
-    return local() ? detail::ch_is_open<T>(id_) : remotecall_fetch(owner_, &detail::ch_is_open<T>, id_);
+    return local() ? detail::ch_is_open<T>(id_) : detail::channel_remote(owner_, &detail::ch_is_open<T>, id_);
   }
 
   /// Number of values in the channel now.
   std::size_t size() const {
     check("size");
-    return local() ? detail::ch_length<T>(id_) : remotecall_fetch(owner_, &detail::ch_length<T>, id_);
+    return local() ? detail::ch_length<T>(id_) : detail::channel_remote(owner_, &detail::ch_length<T>, id_);
   }
 
   int owner() const noexcept { return owner_; }

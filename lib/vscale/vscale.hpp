@@ -6,6 +6,7 @@
 #include "vscale/cluster.hpp"
 #include "vscale/placement.hpp"
 #include "vscale/future.hpp"
+#include "vscale/interrupt.hpp"
 #include "vscale/remotecall.hpp"
 #include "vscale/distributed_for.hpp"
 #include "vscale/remote_channel.hpp"

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <chrono>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -133,7 +134,8 @@ struct LaunchResult {
   std::vector<int> joined;
   std::vector<std::pair<int, std::string>> failed;  // id, reason
 };
-LaunchResult launch(int n, const std::string& exe = {}, const std::string& cookie = {});
+LaunchResult launch(int n, const std::string& exe = {}, const std::string& cookie = {},
+                    std::chrono::milliseconds timeout = std::chrono::milliseconds(0));  // 0: the default
 
 /// The code address of an invoker, computed once per instantiation.
 template <auto Fn>

@@ -98,6 +98,12 @@ class Launcher;  // master only (launch.cpp)
 /// on a call back into its own process cannot deadlock).
 extern thread_local bool tl_executor;
 extern thread_local std::uint32_t tl_dozing;  // the bits this thread is counted as sleeping on
+// The call this thread is running (for vscale::interrupt): whether there is one, the
+// process's interrupt count when it started, and how many NoInterrupt scopes are open.
+extern thread_local bool tl_in_call;
+extern thread_local std::uint32_t tl_call_gen;
+extern thread_local int tl_no_interrupt;
+[[noreturn]] void throw_interrupted();
 
 class Runtime {
  public:
@@ -129,13 +135,23 @@ class Runtime {
             std::size_t nb = 0, bool may_block = true);
   std::shared_ptr<Request> new_request(int dest, std::uint64_t& id, std::function<void(Request&)> on_done = {});
   void drop_request(std::uint64_t id);
-  void await_request(Request& r);
+  /// Questions of this process to `id` still unanswered (remote calls and fetches waited on).
+  std::size_t pending_requests_to(int id);
+  void await_request(Request& r, bool interruptible = false);
   void reply_result(int dest, std::uint64_t req, bool ok, const void* data, std::size_t len, bool may_block);
   void reply_error(int dest, std::uint64_t req, const ErrorInfo& e, bool may_block);
 
   // --- waiting
+  /// Wait until pred() holds. `interruptible`: give up with InterruptedException when the
+  /// call this thread runs is interrupted (waits for a remote result only; never inside the
+  /// runtime's own protocols).
   template <class Pred>
-  void wait_until(Pred pred);
+  void wait_until(Pred pred, bool interruptible = false);
+  /// Whether the call this thread runs has been interrupted (false outside calls and inside
+  /// NoInterrupt scopes).
+  bool call_interrupted() const noexcept {
+    return tl_in_call && tl_no_interrupt == 0 && seg_.slot(self_).interrupts.load(std::memory_order_acquire) != tl_call_gen;
+  }
   bool poll_once();
   void notify_local();
 
@@ -275,8 +291,11 @@ struct AwakeScope {
 };
 
 template <class Pred>
-void Runtime::wait_until(Pred pred) {
+void Runtime::wait_until(Pred pred, bool interruptible) {
   if (pred()) return;
+  auto check = [&] {
+    if (interruptible && call_interrupted()) throw_interrupted();
+  };
   // Spin first, within the job-wide budget: a waiter that sleeps costs a futex wake-up, and
   // on a VM an idle vCPU takes tens of microseconds to come back. The spinner yields often,
   // so with more processes than CPUs the workers it waits for still get the CPU.
@@ -287,6 +306,7 @@ void Runtime::wait_until(Pred pred) {
     while (!pred()) {
       if (poll_once()) continue;
       if (tl_executor && run_one_task()) continue;
+      check();
       cpu_relax();
       if ((++n & 63) == 0) {
         if (std::chrono::steady_clock::now() > until) break;
@@ -296,6 +316,7 @@ void Runtime::wait_until(Pred pred) {
     leave_spin();
   }
   while (!pred()) {
+    check();
     if (tl_executor && run_one_task()) continue;
     doze([&] { return pred() || (tl_executor && q_size_.load() > 0); }, tl_executor ? kBellWait | kBellExec : kBellWait,
          50'000'000L);

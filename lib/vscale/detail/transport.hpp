@@ -30,6 +30,7 @@ enum class SlotState : std::uint32_t { Unused = 0, Starting = 1, Alive = 2, Dead
 struct alignas(64) ProcSlot {
   std::atomic<std::uint32_t> state;
   std::atomic<std::int32_t> os_pid;
+  std::atomic<std::uint32_t> interrupts;  // bumped by each vscale::interrupt of this process
   char reason[120];  // why it is dead, written by the master before state becomes Dead
   alignas(64) std::atomic<std::uint32_t> doorbell;
   std::atomic<std::uint32_t> awake;
@@ -77,6 +78,7 @@ enum MsgKind : std::uint16_t {
   kAddRef = 8,     // u64 req, RefId, u64 weight (answered by kResult)
   kDelRef = 9,     // RefId, u64 weight
   kExit = 10,      // leave politely
+  kInterrupt = 11, // cancel the calls in flight here (vscale::interrupt)
   kWrap = 0xffff,  // padding to the end of the ring
 };
 inline constexpr std::uint16_t kFlagBulk = 1;
