@@ -587,12 +587,12 @@ void Runtime::dispatch(Inbound&& m) {
       RefId id;
       std::memcpy(&id, m.body, sizeof id);
       store_new(id, kInitialWeight);
-      push_task(Task{std::move(m), {}});
+      push_task(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
       return;
     }
     case kCallFetch:
     case kCallDo:
-      push_task(Task{std::move(m), {}});
+      push_task(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
       return;
     case kResult: {
       ResultHeader rh;
@@ -778,13 +778,14 @@ void Runtime::run_task(Task& t) {
   Writer out;
   bool ok = true;
   ErrorInfo err;
-  // This thread runs a call now (vscale::interrupt cancels it); a waiter helping with queued
-  // calls comes back to its own call afterwards.
+  // This thread runs a call now: vscale::interrupt cancels it if one came after the call
+  // arrived (calls and interrupts from one sender share a ring, so their order is kept). A
+  // waiter helping with queued calls comes back to its own call afterwards.
   const bool outer_in_call = tl_in_call;
   const std::uint32_t outer_gen = tl_call_gen;
   const int outer_no_interrupt = tl_no_interrupt;
   tl_in_call = true;
-  tl_call_gen = seg_.slot(self_).interrupts.load(std::memory_order_acquire);
+  tl_call_gen = t.interrupts;
   tl_no_interrupt = 0;
   try {
     auto code = read_pod<CodeRef>(in);

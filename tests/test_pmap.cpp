@@ -22,6 +22,8 @@
 #include <thread>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace {
 
 using Counts = vscale::SharedArray<int, 1>;
@@ -38,41 +40,6 @@ std::vector<long> iota_vec(long n) {
 }
 
 // Redirects fd 2 into a temporary file for one scope (as tests/test_output.cpp does).
-class StderrCapture {
- public:
-  StderrCapture() {
-    std::fflush(stderr);
-    char tmpl[] = "/tmp/vscale_test_pmap_XXXXXX";
-    int tmp = ::mkstemp(tmpl);
-    REQUIRE(tmp >= 0);
-    path_ = tmpl;
-    saved_ = ::dup(2);
-    REQUIRE(saved_ >= 0);
-    REQUIRE(::dup2(tmp, 2) >= 0);
-    ::close(tmp);
-  }
-  ~StderrCapture() { restore(); }
-  void restore() {
-    if (saved_ < 0) return;
-    std::fflush(stderr);
-    ::dup2(saved_, 2);
-    ::close(saved_);
-    saved_ = -1;
-  }
-  std::string contents() {
-    std::fflush(stderr);
-    std::ifstream in(path_, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-  StderrCapture(const StderrCapture&) = delete;
-  StderrCapture& operator=(const StderrCapture&) = delete;
-
- private:
-  std::string path_;
-  int saved_ = -1;
-};
 
 }  // namespace
 
@@ -238,7 +205,7 @@ TEST_CASE("pmap.pool_restricts_workers") {
 
 TEST_CASE("pmap.progress_prints_when_not_a_terminal") {
   ensure_two_workers();
-  StderrCapture cap;
+  test_util::StderrCapture cap;
   auto r = vscale::pmap([](long x) { return x; }, iota_vec(100), {.batch_size = 10, .progress = true});
   std::string out = cap.contents();
   cap.restore();
@@ -246,7 +213,7 @@ TEST_CASE("pmap.progress_prints_when_not_a_terminal") {
   CHECK(out.find("pmap: 100/100") != std::string::npos);
   CHECK(out.find('\r') == std::string::npos);
 
-  StderrCapture quiet;
+  test_util::StderrCapture quiet;
   (void)vscale::pmap([](long x) { return x; }, iota_vec(100), {.batch_size = 10});
   CHECK(quiet.contents().empty());
 }

@@ -64,6 +64,7 @@ struct Request {
 struct Task {
   Inbound msg;
   std::function<void()> fn;
+  std::uint32_t interrupts = 0;  // the process's interrupt count when the call arrived
 };
 
 /// One sender's bulk area: first-fit blocks, reclaimed once the receiver marks them consumed.
