@@ -13,3 +13,4 @@
 #include "vscale/worker_pool.hpp"
 #include "vscale/pmap.hpp"
 #include "vscale/shared_array.hpp"
+#include "vscale/barrier.hpp"
