@@ -27,13 +27,11 @@ ProcessExitedException::ProcessExitedException(int pid, std::string reason)
 
 namespace detail {
 
-namespace {
 std::string demangle(const char* name) {
   int status = 0;
   std::unique_ptr<char, void (*)(void*)> p(abi::__cxa_demangle(name, nullptr, nullptr, &status), std::free);
   return status == 0 && p ? std::string(p.get()) : std::string(name);
 }
-}  // namespace
 
 void ErrorInfo::raise() const {
   switch (kind) {
@@ -91,6 +89,12 @@ ErrorInfo ErrorInfo::from_current_exception(int pid) {
     e.message = pe.reason();
   } catch (const std::exception& ex) {
     e.message = ex.what();
+  } catch (const char* s) {  // throw "text": keep the text
+    e.type = "const char*";
+    e.message = s ? s : "";
+  } catch (const std::string& s) {
+    e.type = "std::string";
+    e.message = s;
   } catch (...) {
     e.message = "(an exception that is not a std::exception)";
   }

@@ -744,8 +744,18 @@ void pin_self(const std::vector<int>& cpus) {
   if (getppid() != mpid) _exit(1);  // the master died before we got here
   setvbuf(stdout, nullptr, _IOLBF, 0);
   // Keep the cookie out of anything this worker starts.
-  std::string cookie = std::getenv("VSCALE_COOKIE") ? std::getenv("VSCALE_COOKIE") : "";
-  unsetenv("VSCALE_COOKIE");
+  std::string cookie;
+  if (char* c = std::getenv("VSCALE_COOKIE")) {
+    cookie = c;
+    // Out of environ, and wiped in place: /proc/<pid>/environ shows the original block
+    // (which outlives unsetenv), readable by any process of the same user.
+    char* entry = c - std::strlen("VSCALE_COOKIE=");
+    const std::size_t len = std::strlen(entry);
+    unsetenv("VSCALE_COOKIE");
+    std::memset(entry, 0, len);
+  } else {
+    unsetenv("VSCALE_COOKIE");
+  }
   fcntl(sock, F_SETFD, FD_CLOEXEC);
   fcntl(seg, F_SETFD, FD_CLOEXEC);
 

@@ -438,6 +438,10 @@ void Runtime::reply_result(int dest, std::uint64_t req, bool ok, const void* dat
     send(dest, kResult, &rh, sizeof rh, data, len, may_block);
   } catch (const ProcessExitedException&) {
     // The asker died meanwhile: nothing to do.
+  } catch (const Error&) {
+    // The answer cannot travel (larger than the bulk area): the asker gets the reason instead
+    // of waiting forever, and this process goes on.
+    if (ok) reply_error(dest, req, ErrorInfo::from_current_exception(self_), may_block);
   }
 }
 

@@ -48,7 +48,7 @@ std::atomic<std::uint64_t> next_seq{0};
 
 std::string errno_text() { return std::strerror(errno); }
 
-std::string mib(std::size_t b) { return std::to_string((b + (1 << 20) - 1) >> 20) + " MiB"; }
+std::string mib(std::size_t b) { return std::to_string((b >> 20) + ((b & ((1u << 20) - 1)) != 0)) + " MiB"; }  // rounded up, no overflow
 
 /// Memory this process may still use: MemAvailable, and the cgroup limit if lower.
 std::size_t available_memory() {

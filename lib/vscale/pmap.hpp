@@ -390,8 +390,9 @@ auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
         ++done;
         return;
       }
-      e = std::make_exception_ptr(UsageError(std::string("vscale::pmap: on_error returned a ") + v.type().name() +
-                                             ", not the result type of the function (" + typeid(R).name() + ")"));
+      e = std::make_exception_ptr(UsageError("vscale::pmap: on_error returned a " + detail::demangle(v.type().name()) +
+                                             ", not the result type of the function (" + detail::demangle(typeid(R).name()) +
+                                             ")"));
     }
     if (!first_error || b.lo < first_index) {
       first_error = e;

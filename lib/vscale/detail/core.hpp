@@ -121,6 +121,9 @@ std::shared_ptr<FutureCore> import_ref(const WireRef& w);
 int next_any_worker();
 std::vector<int> all_procs();
 
+/// The readable C++ name of a mangled type name (typeid(T).name()).
+std::string demangle(const char* name);
+
 /// Counters for tests and benchmarks (this process only).
 struct Stats {
   std::uint64_t messages_sent = 0;  // ring messages written by this process

@@ -294,33 +294,42 @@ struct AwakeScope {
 template <class Pred>
 void Runtime::wait_until(Pred pred, bool interruptible) {
   if (pred()) return;
-  auto check = [&] {
+  for (bool spin = true; !pred();) {
     if (interruptible && call_interrupted()) throw_interrupted();
-  };
-  // Spin first, within the job-wide budget: a waiter that sleeps costs a futex wake-up, and
-  // on a VM an idle vCPU takes tens of microseconds to come back. The spinner yields often,
-  // so with more processes than CPUs the workers it waits for still get the CPU.
-  if (try_spin()) {
-    AwakeScope awake(*this);
-    const auto until = std::chrono::steady_clock::now() + spin_;
-    unsigned n = 0;
-    while (!pred()) {
-      if (poll_once()) continue;
-      if (tl_executor && run_one_task()) continue;
-      check();
-      cpu_relax();
-      if ((++n & 63) == 0) {
-        if (std::chrono::steady_clock::now() > until) break;
-        sched_yield();  // a thread woken on this CPU (the one we may be waiting for) runs now
-      }
+    // Queued calls run here with no awake mark held: a call that waits in turn and sleeps
+    // must not leave this thread counted as polling, or senders would not wake it (nested
+    // calls then cost a doze timeout per level).
+    if (tl_executor && run_one_task()) {
+      spin = true;
+      continue;
     }
-    leave_spin();
-  }
-  while (!pred()) {
-    check();
-    if (tl_executor && run_one_task()) continue;
-    doze([&] { return pred() || (tl_executor && q_size_.load() > 0); }, tl_executor ? kBellWait | kBellExec : kBellWait,
-         50'000'000L);
+    // Spin first, within the job-wide budget: a waiter that sleeps costs a futex wake-up, and
+    // on a VM an idle vCPU takes tens of microseconds to come back. The spinner yields often,
+    // so with more processes than CPUs the workers it waits for still get the CPU.
+    if (spin && try_spin()) {
+      spin = false;
+      {
+        AwakeScope awake(*this);
+        const auto until = std::chrono::steady_clock::now() + spin_;
+        unsigned n = 0;
+        while (!pred()) {
+          if (poll_once()) continue;
+          if ((tl_executor && q_size_.load(std::memory_order_acquire) > 0) || (interruptible && call_interrupted())) {
+            spin = true;  // handled above, then spin again
+            break;
+          }
+          cpu_relax();
+          if ((++n & 63) == 0) {
+            if (std::chrono::steady_clock::now() > until) break;
+            sched_yield();  // a thread woken on this CPU (the one we may be waiting for) runs now
+          }
+        }
+      }
+      leave_spin();
+      continue;
+    }
+    doze([&] { return pred() || (tl_executor && q_size_.load() > 0) || (interruptible && call_interrupted()); },
+         tl_executor ? kBellWait | kBellExec : kBellWait, 50'000'000L);
   }
 }
 
