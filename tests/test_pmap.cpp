@@ -147,6 +147,60 @@ TEST_CASE("pmap.failure_propagates_and_names_the_index") {
   }
 }
 
+TEST_CASE("pmap.without_retry_a_dead_worker_names_the_lost_elements") {
+  ensure_two_workers();
+  const int before = vscale::nworkers();
+  Counts attempts(40);
+  // Element 5 kills its worker: it is lost, and so is whatever was queued on that worker
+  // with it; the error lists exactly those, and nothing is retried.
+  auto f = vscale::closure(
+      [](const Counts& a, long i) {
+        __atomic_fetch_add(&a[static_cast<std::size_t>(i)], 1, __ATOMIC_SEQ_CST);
+        if (i == 5) std::_Exit(3);
+        return i;
+      },
+      attempts);
+  std::vector<std::size_t> lost;
+  try {
+    (void)vscale::pmap(f, iota_vec(40), {.batch_size = 1});
+    FAIL("pmap should have thrown");
+  } catch (const vscale::PmapError& e) {
+    const std::string what = e.what();
+    CAPTURE(what);
+    lost = e.indices();
+    CHECK(e.index() == 5);
+    CHECK(what.find("element 5") != std::string::npos);
+    CHECK(what.find("exited with code 3") != std::string::npos);
+    CHECK(std::is_sorted(lost.begin(), lost.end()));
+    CHECK_THROWS_AS(std::rethrow_exception(e.cause()), vscale::ProcessExitedException);
+  }
+  REQUIRE(!lost.empty());
+  CHECK(attempts[5] == 1);  // no retry asked for, none made
+  for (std::size_t i = 0; i < 40; ++i) {
+    const bool was_lost = std::find(lost.begin(), lost.end(), i) != lost.end();
+    if (was_lost) CHECK(attempts[i] <= 1);
+    else CHECK(attempts[i] == 1);  // every other element ran exactly once and has its result
+  }
+  vscale::addprocs(before - vscale::nworkers());
+}
+
+TEST_CASE("pmap.several_failures_are_all_named") {
+  ensure_two_workers();
+  try {
+    (void)vscale::pmap(
+        [](long x) {
+          if (x % 10 == 3) throw std::invalid_argument("ends in three");
+          return x;
+        },
+        iota_vec(40), {.batch_size = 4});
+    FAIL("pmap should have thrown");
+  } catch (const vscale::PmapError& e) {
+    CHECK(e.indices() == std::vector<std::size_t>{3, 13, 23, 33});
+    CHECK(e.index() == 3);
+    CHECK(std::string(e.what()).find("4 elements failed (3, 13, 23, 33)") != std::string::npos);
+  }
+}
+
 TEST_CASE("pmap.retry_succeeds") {
   ensure_two_workers();
   Counts attempts(30);

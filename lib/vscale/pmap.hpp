@@ -82,17 +82,28 @@ struct PmapOptions {
   bool threads = false;
 };
 
-/// pmap's failure without on_error: element `index()` failed with `cause()`.
+/// pmap's failure without on_error: the elements `indices()` failed (or were lost with a
+/// worker that died), the first of them, `index()`, with `cause()`.
 class PmapError : public Error {
  public:
-  PmapError(std::size_t index, std::exception_ptr cause, const std::string& what)
-      : Error("vscale::pmap: element " + std::to_string(index) + " failed: " + what), index_(index), cause_(std::move(cause)) {}
-  std::size_t index() const noexcept { return index_; }
-  /// The original exception (RemoteException or ProcessExitedException).
+  PmapError(std::vector<std::size_t> indices, std::exception_ptr cause, const std::string& what)
+      : Error(message(indices, what)), indices_(std::move(indices)), cause_(std::move(cause)) {}
+  std::size_t index() const noexcept { return indices_.front(); }
+  /// Every element that has no result, ascending.
+  const std::vector<std::size_t>& indices() const noexcept { return indices_; }
+  /// The original exception of the first one (RemoteException or ProcessExitedException).
   std::exception_ptr cause() const noexcept { return cause_; }
 
  private:
-  std::size_t index_;
+  static std::string message(const std::vector<std::size_t>& ix, const std::string& what) {
+    if (ix.size() == 1) return "vscale::pmap: element " + std::to_string(ix[0]) + " failed: " + what;
+    std::string list;
+    for (std::size_t k = 0; k < ix.size() && k < 20; ++k) list += (k ? ", " : "") + std::to_string(ix[k]);
+    if (ix.size() > 20) list += ", ...";
+    return "vscale::pmap: " + std::to_string(ix.size()) + " elements failed (" + list + "); the first, element " +
+           std::to_string(ix[0]) + ": " + what;
+  }
+  std::vector<std::size_t> indices_;
   std::exception_ptr cause_;
 };
 
@@ -359,6 +370,7 @@ auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
   std::exception_ptr first_error;
   std::size_t first_index = 0;
   std::string first_what;
+  std::vector<std::size_t> failed;  // elements without a result
   std::size_t done = 0;
   detail::PmapProgress progress(opt.progress, n);
 
@@ -399,6 +411,7 @@ auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
       first_index = b.lo;
       first_what = what_of(e);
     }
+    failed.push_back(b.lo);
     ++done;
   };
 
@@ -504,7 +517,10 @@ auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
   }
   finish();
   progress.update(done, true);
-  if (first_error) throw PmapError(first_index, first_error, first_what);
+  if (first_error) {
+    std::sort(failed.begin(), failed.end());
+    throw PmapError(std::move(failed), first_error, first_what);
+  }
   std::vector<R> out;
   out.reserve(n);
   for (auto& r : results) out.push_back(std::move(*r));
