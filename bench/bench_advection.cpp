@@ -67,8 +67,12 @@ using bench_util::Clock;
 using Array = vscale::SharedArray<double, 3>;
 namespace kn = vscale::kernels;
 
+using bench_util::human_time;
 using bench_util::median;
 using bench_util::seconds_since;
+using bench_util::split_commas;
+using bench_util::time_reps;
+long parse_positive(const std::string& opt, const std::string& v) { return bench_util::parse_positive("bench_advection", opt, v); }
 
 [[noreturn]] void die(const std::string& what) {
   std::cerr << "bench_advection: " << what << '\n';
@@ -207,16 +211,6 @@ double gb_per_s(std::size_t n, std::size_t steps, double seconds) {
   return 24.0 * static_cast<double>(n) * static_cast<double>(n) * static_cast<double>(steps - 1) / seconds / 1e9;
 }
 
-std::string human_time(double s) {
-  char buf[64];
-  if (s < 1e-3)
-    std::snprintf(buf, sizeof buf, "%.1f us", s * 1e6);
-  else if (s < 1)
-    std::snprintf(buf, sizeof buf, "%.2f ms", s * 1e3);
-  else
-    std::snprintf(buf, sizeof buf, "%.3f s", s);
-  return buf;
-}
 
 void print_json(const Result& r) {
   std::printf("{\"bench\":\"advection\",\"variant\":\"%s\",\"procs\":%d,\"threads\":%d,\"n\":%zu,\"seconds\":%.9g,"
@@ -227,21 +221,6 @@ void print_json(const Result& r) {
   std::fflush(stdout);
 }
 
-// Median of `reps` timed runs, after one untimed warm-up run (it maps and faults in the pages
-// in the processes that use them); `reset` runs before each run, outside the timed region.
-template <class Reset, class Run>
-double time_reps(int reps, Reset reset, Run run) {
-  reset();
-  run();
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    reset();
-    auto t0 = Clock::now();
-    run();
-    t.push_back(seconds_since(t0));
-  }
-  return median(t);
-}
 
 // --- the OpenMP reference -------------------------------------------------------------------
 
@@ -425,20 +404,7 @@ void write_svg(const std::string& path, const std::vector<Result>& results, std:
 
 // --- options ------------------------------------------------------------------------------
 
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string part; std::getline(ss, part, ',');)
-    if (!part.empty()) out.push_back(part);
-  return out;
-}
 
-long parse_positive(const std::string& opt, const std::string& v) {
-  char* end = nullptr;
-  long x = std::strtol(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || x <= 0) die(opt + " needs a positive integer, got '" + v + "'");
-  return x;
-}
 
 const char* kUsage =
     "usage: bench_advection [--json] [--n N] [--steps S] [--procs 1,2,4] [--reps R] [--variants a,b] [--svg FILE]\n"

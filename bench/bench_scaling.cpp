@@ -86,6 +86,9 @@ using bench_util::Clock;
 using bench_util::human_time;
 using bench_util::median;
 using bench_util::seconds_since;
+using bench_util::split_commas;
+using bench_util::time_reps;
+long parse_positive(const std::string& opt, const std::string& v) { return bench_util::parse_positive("bench_scaling", opt, v); }
 
 [[noreturn]] void die(const std::string& what) {
   std::cerr << "bench_scaling: " << what << '\n';
@@ -597,22 +600,7 @@ void write_svg(const std::string& path, const Config& c, const Driver& d) {
 
 // --- options ------------------------------------------------------------------------------
 
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string part; std::getline(ss, part, ',');)
-    if (!part.empty()) out.push_back(part);
-  return out;
-}
 
-// Accepts 100000000 as well as 1e8.
-long parse_positive(const std::string& opt, const std::string& v) {
-  char* end = nullptr;
-  const double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0' || !(x >= 1) || x > 9e18 || x != std::floor(x))
-    die(opt + " needs a positive integer, got '" + v + "'");
-  return static_cast<long>(x);
-}
 
 const char* kUsage =
     "usage: bench_scaling [--json] [--cores 1,2,4] [--quick] [--svg FILE] [--reps R] [--workloads a,b]\n"

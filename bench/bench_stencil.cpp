@@ -67,6 +67,9 @@ using bench_util::Clock;
 using bench_util::human_time;
 using bench_util::median;
 using bench_util::seconds_since;
+using bench_util::split_commas;
+using bench_util::time_reps;
+long parse_positive(const std::string& opt, const std::string& v) { return bench_util::parse_positive("bench_stencil", opt, v); }
 using Array = vscale::SharedArray<double, 3>;
 using View = vscale::kernels::Grid3<double>;
 namespace kn = vscale::kernels;
@@ -152,21 +155,6 @@ void print_json(const Result& r) {
   std::fflush(stdout);
 }
 
-// Median of `reps` timed runs, after one untimed warm-up run (it maps and faults in the pages
-// in the processes that use them); `reset` runs before each run, outside the timed region.
-template <class Reset, class Run>
-double time_reps(int reps, Reset reset, Run run) {
-  reset();
-  run();
-  std::vector<double> t;
-  for (int r = 0; r < reps; ++r) {
-    reset();
-    auto t0 = Clock::now();
-    run();
-    t.push_back(seconds_since(t0));
-  }
-  return median(t);
-}
 
 // Memory for an n^3 array, untouched (the first touch is the caller's).
 std::unique_ptr<double[]> raw_array(std::size_t n, const char* who) {
@@ -303,20 +291,7 @@ std::vector<int> set_workers(int p) {
 
 // --- options ------------------------------------------------------------------------------
 
-std::vector<std::string> split_commas(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string part; std::getline(ss, part, ',');)
-    if (!part.empty()) out.push_back(part);
-  return out;
-}
 
-long parse_positive(const std::string& opt, const std::string& v) {
-  char* end = nullptr;
-  long x = std::strtol(v.c_str(), &end, 10);
-  if (v.empty() || *end != '\0' || x <= 0) die(opt + " needs a positive integer, got '" + v + "'");
-  return x;
-}
 
 std::vector<int> parse_counts(const std::string& opt, const std::string& list) {
   std::vector<int> out;

@@ -11,7 +11,9 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -91,6 +93,42 @@ inline double socketpair_rtt(const char* program, int reps, long calls) {
   while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
   }
   return median(per);
+}
+
+/// "1,2,4" -> {"1", "2", "4"} (empty parts dropped): the benchmarks' list options.
+inline std::vector<std::string> split_commas(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string part; std::getline(ss, part, ',');)
+    if (!part.empty()) out.push_back(part);
+  return out;
+}
+
+/// The positive integer `v` given to option `opt` (100000000 and 1e8 alike), or a clear exit.
+inline long parse_positive(const char* program, const std::string& opt, const std::string& v) {
+  char* end = nullptr;
+  const double x = std::strtod(v.c_str(), &end);
+  if (v.empty() || *end != '\0' || !(x >= 1) || x > 9e18 || x != std::floor(x)) {
+    std::fprintf(stderr, "%s: %s needs a positive integer, got '%s'\n", program, opt.c_str(), v.c_str());
+    std::exit(2);
+  }
+  return static_cast<long>(x);
+}
+
+/// Median of `reps` timed runs, after one untimed warm-up run (it maps and faults in the pages
+/// in the processes that use them); `reset` runs before each run, outside the timed region.
+template <class Reset, class Run>
+double time_reps(int reps, Reset reset, Run run) {
+  reset();
+  run();
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    reset();
+    const auto t0 = Clock::now();
+    run();
+    t.push_back(seconds_since(t0));
+  }
+  return median(t);
 }
 
 }  // namespace bench_util

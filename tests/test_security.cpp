@@ -274,45 +274,7 @@ void exercise(const std::string& dir) {
   vscale::rmprocs(added);
 }
 
-// Redirects fd 2 into a temporary file for one scope (as tests/test_output.cpp does).
-class StderrCapture {
- public:
-  StderrCapture() {
-    std::fflush(stderr);
-    char tmpl[] = "/tmp/vscale_test_security_err_XXXXXX";
-    int tmp = ::mkstemp(tmpl);
-    REQUIRE(tmp >= 0);
-    path_ = tmpl;
-    saved_ = ::dup(2);
-    REQUIRE(saved_ >= 0);
-    REQUIRE(::dup2(tmp, 2) >= 0);
-    ::close(tmp);
-  }
-  ~StderrCapture() {
-    restore();
-    ::unlink(path_.c_str());
-  }
-  StderrCapture(const StderrCapture&) = delete;
-  StderrCapture& operator=(const StderrCapture&) = delete;
-  void restore() {
-    if (saved_ < 0) return;
-    std::fflush(stderr);
-    ::dup2(saved_, 2);
-    ::close(saved_);
-    saved_ = -1;
-  }
-  std::string contents() const {
-    std::fflush(stderr);
-    std::ifstream in(path_, std::ios::binary);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
-
- private:
-  std::string path_;
-  int saved_ = -1;
-};
+using test_util::StderrCapture;
 
 std::string self_exe() {
   std::error_code ec;
