@@ -67,7 +67,7 @@ case "$mode" in
     procs=1
     if ((cores > 1)); then procs="1,$cores"; fi
     echo "demo: advection on ${n}^3 doubles, process counts $procs ($cores cores, $((avail >> 20)) MiB available)"
-    build/bench/bench_advection --n "$n" --procs "$procs" --reps 3 --svg build/advection.svg
+    build/bench/bench_advection --n "$n" --procs "$procs" -t "$cores" --reps 3 --svg build/advection.svg
     echo "demo: the chart (time per variant and process count) is in $(pwd)/build/advection.svg"
     ;;
   test)
