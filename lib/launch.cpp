@@ -225,6 +225,14 @@ class Launcher {
   bool on_output(Worker& w, bool err_stream);  // false when nothing was there
   void flush_line(Worker& w, bool err_stream, const std::string& line);
   void reap(Worker& w);
+  // Publishes a worker's death in its slot: the reason first, then the state, once (the
+  // first reason stays: readers in other processes may be reading it). With m_ held.
+  void mark_dead(int id, const std::string& why) {
+    auto& slot = rt_.segment().slot(id);
+    if (slot.state.load() == std::uint32_t(SlotState::Dead)) return;
+    copy_str(slot.reason, sizeof slot.reason, why);
+    slot.state.store(std::uint32_t(SlotState::Dead));
+  }
   void kick() {
     std::uint64_t one = 1;
     (void)!::write(wake_fd_, &one, sizeof one);
@@ -277,15 +285,11 @@ LaunchResult Launcher::launch(int n, const std::string& exe, const std::string& 
     else
       res.failed.emplace_back(id, w.failure.empty() ? "exited before joining" : w.failure);
   }
+  // The slot is marked under m_, as reap() does: the monitor thread may be reaping the same
+  // worker now (we just killed it), and its reason must not be written twice at once.
+  for (auto& [id, why] : res.failed) mark_dead(id, why);
   lk.unlock();
-  for (auto& [id, why] : res.failed) {
-    auto& slot = rt_.segment().slot(id);
-    if (slot.state.load() != std::uint32_t(SlotState::Dead)) {
-      copy_str(slot.reason, sizeof slot.reason, why);
-      slot.state.store(std::uint32_t(SlotState::Dead));
-    }
-    std::fprintf(stderr, "vscale: worker %d failed to start: %s\n", id, why.c_str());
-  }
+  for (auto& [id, why] : res.failed) std::fprintf(stderr, "vscale: worker %d failed to start: %s\n", id, why.c_str());
   if (!res.failed.empty()) {
     rt_.segment().header().epoch.fetch_add(1);
   }
@@ -475,9 +479,7 @@ void Launcher::reap(Worker& w) {
   if (w.removing) why = "was removed by rmprocs";
   if (!w.joined && w.failure.empty()) w.failure = why;
   const std::size_t pending = rt_.pending_requests_to(w.id);  // before they are failed below
-  auto& slot = rt_.segment().slot(w.id);
-  copy_str(slot.reason, sizeof slot.reason, why);
-  slot.state.store(std::uint32_t(SlotState::Dead));
+  mark_dead(w.id, why);
   rt_.segment().header().epoch.fetch_add(1);
   // Wake every process so that each fails what it was waiting for from this one.
   const int n = static_cast<int>(rt_.segment().max_procs());

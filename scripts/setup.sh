@@ -2,7 +2,8 @@
 # Installs what vscale needs on Debian 12 (only what is missing), builds it into build/
 # (Release), then:
 #   scripts/setup.sh demo   runs the demo
-#   scripts/setup.sh test   runs the whole ctest suite and exits with its status
+#   scripts/setup.sh test   runs the whole ctest suite, then again under the sanitizers
+#                           (scripts/sanitizers.sh), and exits non-zero if any of it fails
 #   scripts/setup.sh        only installs and builds
 set -euo pipefail
 
@@ -71,8 +72,18 @@ case "$mode" in
     echo "demo: the chart (time per variant and process count) is in $(pwd)/build/advection.svg"
     ;;
   test)
+    # The suite in the Release build, then again under ASan+UBSan and (a subset) under TSan
+    # (scripts/sanitizers.sh, about 15 more minutes on 2 cores; VSCALE_SKIP_SANITIZERS=1 skips
+    # it for a quick local run). The status is the first failure's.
     status=0
     ctest --test-dir build --output-on-failure -j2 || status=$?
+    if [[ "${VSCALE_SKIP_SANITIZERS:-0}" != 1 ]]; then
+      san=0
+      bash scripts/sanitizers.sh || san=$?
+      if ((status == 0)); then status=$san; fi
+    else
+      echo "setup.sh: VSCALE_SKIP_SANITIZERS=1: the sanitizer builds are skipped"
+    fi
     exit "$status"
     ;;
 esac
