@@ -17,6 +17,10 @@
 namespace vscale::detail {
 
 thread_local bool tl_executor = false;
+// An arena executor's thread, and whether it is inside arena_ now (a call it runs waits and
+// runs another queued call: that one is already inside).
+thread_local bool tl_arena_executor = false;
+thread_local bool tl_in_arena = false;
 thread_local std::uint32_t tl_dozing = 0;
 thread_local bool tl_in_call = false;
 thread_local std::uint32_t tl_call_gen = 0;
@@ -215,16 +219,25 @@ void Runtime::start(int threads) {
   // pinned to fewer CPUs.
   if (h.job_cpus > 0) ncpu_ = static_cast<std::int32_t>(h.job_cpus);
   // TBB sizes its worker pool from the affinity mask and ignores cgroup quotas (Debian's
-  // 2021.8): set the limit ourselves, high enough for an arena of threads_.
+  // 2021.8): set the limit ourselves, high enough for an arena of threads_. An arena with no
+  // reserved slot asks for as many workers as it has slots (threads_), so the limit (workers
+  // plus one) is threads_ + 1, or TBB warns and ignores the request.
   const int tbb_default = tbb::this_task_arena::max_concurrency();
   tbb_limit_ = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism,
-                                                     static_cast<std::size_t>(std::max(threads_, tbb_default)));
-  arena_ = std::make_unique<tbb::task_arena>(threads_, 1);
+                                                     static_cast<std::size_t>(std::max(threads_ + 1, tbb_default)));
+  arena_ = std::make_unique<tbb::task_arena>(threads_, 0);  // no reserved slot: see runtime.hpp
   arena_->initialize();
   progress_ = std::thread([this] { progress_loop(); });
   std::lock_guard lk(exec_m_);
-  nexec_.fetch_add(1);
-  executors_.emplace_back([this] { arena_->execute([this] { executor_loop(); }); });
+  add_executor(true);
+}
+
+void Runtime::add_executor(bool in_arena) {
+  const bool first = nexec_.fetch_add(1) == 0;
+  if (in_arena) arena_execs_.fetch_add(1);
+  // Only the first executor spins when idle: it takes a new call within nanoseconds, and the
+  // others, asleep, cost no CPU and no share of the job's spin budget.
+  executors_.emplace_back([this, in_arena, first] { executor_loop(in_arena, first); });
 }
 
 void Runtime::stop() {
@@ -237,8 +250,6 @@ void Runtime::stop() {
   for (auto& t : executors_)
     if (t.joinable()) t.join();
   executors_.clear();
-  // Runners still queued in the arena find stopping_ set and return at once.
-  while (runners_.load() > 0) std::this_thread::sleep_for(std::chrono::microseconds(100));
 }
 
 // ---------------------------------------------------------------- membership
@@ -571,7 +582,7 @@ void Runtime::progress_loop() {
     if (poll_once()) continue;
     std::uint32_t seq = slot.doorbell.load(std::memory_order_seq_cst);
     if (poll_once()) continue;
-    const bool starving = q_size_.load() > 0 && busy_.load() >= nexec_.load() + threads_ - 1;
+    const bool starving = q_size_.load() > 0 && busy_.load() >= nexec_.load();
     futex_wait_bits(slot.doorbell, seq, kBellProgress, (overflow_pending_.load() > 0 || starving) ? 2000000L : 100000000L);
     maybe_grow_executors();
     auto now = std::chrono::steady_clock::now();
@@ -702,33 +713,29 @@ void Runtime::push_task(Task&& t) {
   {
     std::lock_guard lk(q_m_);
     q_.push_back(std::move(t));
-    q_size_.fetch_add(1, std::memory_order_release);
+    q_size_.fetch_add(1, std::memory_order_seq_cst);
   }
-  wake_local(exec_sleepers_, kBellExec, 1);  // an idle executor, or one waiting inside a call, takes it
-  maybe_add_runner();
+  // An idle executor spinning on the queue takes it; otherwise wake one that sleeps (or a
+  // thread waiting inside a call: it runs it there). The spinner counts itself out before it
+  // looks at the queue a last time and sleeps, so a push it did not see wakes it.
+  if (exec_spinning_.load(std::memory_order_seq_cst) == 0) wake_local(exec_sleepers_, kBellExec, 1);
+  maybe_add_executor();
 }
 
-void Runtime::maybe_add_runner() {
-  if (threads_ <= 1 || stopping_.load()) return;
-  // Only when the calls already running (executors and runners) leave work queued.
-  int r = runners_.load();
-  do {
-    if (r >= threads_ - 1 || q_size_.load() == 0 || busy_.load() < r + 1) return;
-  } while (!runners_.compare_exchange_weak(r, r + 1));
-  arena_->enqueue([this] {
-    const bool was = tl_executor;
-    tl_executor = true;  // it helps with queued calls while it waits, as executors do
-    while (!stopping_.load() && run_one_task()) {
-    }
-    tl_executor = was;
-    runners_.fetch_sub(1);
-  });
+void Runtime::maybe_add_executor() {
+  // Only when the arena executors are all busy and calls are still queued.
+  if (arena_execs_.load() >= threads_ || q_size_.load() == 0 || busy_.load() < arena_execs_.load() ||
+      stopping_.load())
+    return;
+  std::lock_guard lk(exec_m_);
+  if (arena_execs_.load() >= threads_ || stopping_.load()) return;
+  add_executor(true);
 }
 
 void Runtime::maybe_grow_executors() {
   using namespace std::chrono;
   const std::int64_t now = duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
-  if (q_size_.load() == 0 || busy_.load() < nexec_.load() + threads_ - 1) {
+  if (q_size_.load() == 0 || busy_.load() < nexec_.load() || arena_execs_.load() < threads_) {
     queued_since_.store(0);
     return;
   }
@@ -740,8 +747,7 @@ void Runtime::maybe_grow_executors() {
   if (now - since < 5'000'000 || nexec_.load() >= max_exec_ || stopping_.load()) return;
   std::lock_guard lk(exec_m_);
   if (stopping_.load()) return;
-  nexec_.fetch_add(1);
-  executors_.emplace_back([this] { executor_loop(); });
+  add_executor(false);
   queued_since_.store(0);
 }
 
@@ -756,8 +762,17 @@ bool Runtime::run_one_task() {
     q_size_.fetch_sub(1, std::memory_order_release);
   }
   busy_.fetch_add(1);
-  if (q_size_.load(std::memory_order_relaxed) > 0) maybe_add_runner();  // more queued than we take
-  run_task(t);
+  if (q_size_.load(std::memory_order_seq_cst) > 0) {  // more queued than we take: another executor
+    wake_local(exec_sleepers_, kBellExec, 1);
+    maybe_add_executor();
+  }
+  if (tl_arena_executor && !tl_in_arena) {
+    tl_in_arena = true;
+    arena_->execute([&] { run_task(t); });  // run_task lets no exception out
+    tl_in_arena = false;
+  } else {
+    run_task(t);
+  }
   busy_.fetch_sub(1);
   return true;
 }
@@ -768,6 +783,8 @@ void Runtime::run_task(Task& t) {
       t.fn();
     } catch (const std::exception& e) {
       std::fprintf(stderr, "vscale: a local task on process %d failed: %s\n", self_, e.what());
+    } catch (...) {
+      std::fprintf(stderr, "vscale: a local task on process %d failed with an exception not derived from std::exception\n", self_);
     }
     return;
   }
@@ -827,14 +844,16 @@ void Runtime::run_task(Task& t) {
   }
 }
 
-void Runtime::executor_loop() {
+void Runtime::executor_loop(bool in_arena, bool spins) {
   tl_executor = true;
+  tl_arena_executor = in_arena;
   while (!stopping_.load()) {
     if (run_one_task()) continue;
-    if (try_spin()) {
+    if (spins && try_spin()) {
       bool got = false;
       {
         AwakeScope awake(*this);
+        exec_spinning_.fetch_add(1, std::memory_order_seq_cst);
         const auto until = std::chrono::steady_clock::now() + spin_;
         unsigned n = 0;
         while (!stopping_.load()) {
@@ -849,6 +868,7 @@ void Runtime::executor_loop() {
             sched_yield();  // a thread woken on this CPU (a caller waiting for us) runs now
           }
         }
+        exec_spinning_.fetch_sub(1, std::memory_order_seq_cst);  // before the queue's last look
       }
       leave_spin();
       if (got) continue;

@@ -81,6 +81,25 @@ TEST_CASE("threads.parallel_for_inside_a_call_uses_the_arena") {
   CHECK(n <= kThreads);
 }
 
+TEST_CASE("threads.back_to_back_calls_each_get_every_thread") {
+  // A call that arrives while the previous one is finishing must still get the whole arena:
+  // an idle executor parked in an arena slot once kept a TBB worker out, and such a call ran
+  // on kThreads - 1 threads (about one call in ten with -p 1 -t 2).
+  int short_calls = 0;
+  for (int k = 0; k < 30; ++k) {
+    auto n = vscale::remotecall_fetch(w1(), [] {
+      tbb::enumerable_thread_specific<int> seen(0);
+      tbb::parallel_for(0, 40, [&](int) {
+        seen.local() = 1;
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      }, tbb::simple_partitioner());
+      return static_cast<int>(seen.size());
+    });
+    if (n != kThreads) ++short_calls;
+  }
+  CHECK(short_calls == 0);
+}
+
 TEST_CASE("threads.feeder_pattern_from_tbb_tasks") {
   // The manual's feeder: one local task per worker, each fetching the next index from a
   // shared counter and making a remote call for it, until all are done.

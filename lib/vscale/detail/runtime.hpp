@@ -204,7 +204,7 @@ class Runtime {
   void handle_ref_query(Inbound& m);
   void run_task(Task& t);
   void progress_loop();
-  void executor_loop();
+  void executor_loop(bool in_arena, bool spins);
 
   static std::atomic<Runtime*> current_;
   int self_;
@@ -250,23 +250,28 @@ class Runtime {
   std::mutex reg_m_;
   std::unordered_map<RefId, std::weak_ptr<FutureCore>, RefIdHash> registry_;  // non-owned cores here
 
-  // Executors: `base` threads always; one more whenever queued work has waited a few ms with
-  // every executor busy (a call blocked in sleep or on a lock must not starve the call that
-  // would unblock it; Julia's tasks give the same guarantee). Capped by VSCALE_MAX_EXECUTORS.
+  // Executors. Up to threads_ "arena executors" run calls inside arena_ (-t T): the first
+  // at start, another whenever a call is queued while all of them are busy, so that T calls
+  // run at once and a tbb::parallel_for inside a call gets the arena's idle slots. Each
+  // enters the arena per call (tbb::task_arena::execute, ~40 ns) and leaves it when idle:
+  // an idle thread parked in a slot would keep TBB's workers out of it, and a call started
+  // on another thread would then run on one thread (seen with -p 0 -t 2: one rep in ten at
+  // half speed). For the same reason the arena reserves no slot for non-TBB threads.
+  // Beyond those, one more executor whenever queued work has waited a few ms with every
+  // executor busy (a call blocked in sleep or on a lock must not starve the call that would
+  // unblock it; Julia's tasks give the same guarantee); these run outside the arena (it may
+  // be full of blocked calls: that is why they were grown). Capped by VSCALE_MAX_EXECUTORS.
+  void maybe_add_executor();
   void maybe_grow_executors();
-  // Threads: the first executor lives inside arena_ (its reserved slot); when calls queue
-  // while it is busy, up to threads_ - 1 runners are enqueued into the arena, where TBB's
-  // workers pick them up, so that threads_ calls run at once and a tbb::parallel_for inside
-  // a call stays in the arena and gets its idle threads. Grown executors run outside the
-  // arena (the arena may be full of blocked calls: that is why they were grown).
-  void maybe_add_runner();
+  void add_executor(bool in_arena);  // with exec_m_ held
   int threads_ = 1;
   std::unique_ptr<tbb::global_control> tbb_limit_;
   std::unique_ptr<tbb::task_arena> arena_;
-  std::atomic<int> runners_{0};
   std::mutex exec_m_;
-  std::atomic<int> nexec_{0};
+  std::atomic<int> nexec_{0};        // all executors
+  std::atomic<int> arena_execs_{0};  // of which arena executors (<= threads_)
   std::atomic<int> busy_{0};
+  std::atomic<int> exec_spinning_{0};  // idle executors spinning on the queue (no wake-up needed)
   std::atomic<std::int64_t> queued_since_{0};  // steady_clock ns when the queue became non-empty while all were busy
   int max_exec_ = 256;
 
