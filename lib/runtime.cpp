@@ -233,11 +233,11 @@ void Runtime::start(int threads) {
 }
 
 void Runtime::add_executor(bool in_arena) {
-  const bool first = nexec_.fetch_add(1) == 0;
+  nexec_.fetch_add(1);
   if (in_arena) arena_execs_.fetch_add(1);
-  // Only the first executor spins when idle: it takes a new call within nanoseconds, and the
-  // others, asleep, cost no CPU and no share of the job's spin budget.
-  executors_.emplace_back([this, in_arena, first] { executor_loop(in_arena, first); });
+  // Arena executors spin when idle (within the job's spin budget), so that a stream of calls
+  // does not pay a futex wake-up each; grown executors only sleep.
+  executors_.emplace_back([this, in_arena] { executor_loop(in_arena, in_arena); });
 }
 
 void Runtime::stop() {
