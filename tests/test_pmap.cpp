@@ -358,6 +358,67 @@ TEST_CASE("worker_pool.shared_across_processes") {
   CHECK(pool.workers() == std::vector<int>{ws[0]});
 }
 
+TEST_CASE("worker_pool.a_process_that_dies_holding_a_worker_gives_it_back") {
+  ensure_two_workers();
+  auto ws = vscale::workers();
+  vscale::WorkerPool pool({ws[0], ws[1]});
+  const int taker = vscale::addprocs(1).at(0);
+  // The new process takes one and dies without putting it back.
+  const int held = vscale::remotecall_fetch(taker, [](const vscale::WorkerPool& p) { return p.take(); }, pool);
+  vscale::rmprocs({taker});
+  // Both come out again: the held one was given back when its taker was found gone.
+  std::set<int> got{pool.take(), pool.take()};
+  CHECK(got == std::set<int>{ws[0], ws[1]});
+  CHECK(got.count(held) == 1);
+  pool.put(ws[0]);
+  pool.put(ws[1]);
+}
+
+TEST_CASE("worker_pool.a_taken_worker_that_dies_leaves_the_pool") {
+  ensure_two_workers();
+  const int doomed = vscale::addprocs(1).at(0);
+  vscale::WorkerPool pool({doomed});
+  CHECK(pool.take() == doomed);
+  vscale::rmprocs({doomed});
+  CHECK(pool.length() == 0);
+  // Its last member gone, take says so instead of waiting forever.
+  CHECK_THROWS_AS((void)pool.take(), vscale::UsageError);
+  // Likewise for a take already waiting when the member dies.
+  const int doomed2 = vscale::addprocs(1).at(0);
+  vscale::WorkerPool pool2({doomed2});
+  CHECK(pool2.take() == doomed2);
+  std::thread killer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    vscale::rmprocs({doomed2});
+  });
+  CHECK_THROWS_AS((void)pool2.take(), vscale::UsageError);
+  killer.join();
+}
+
+TEST_CASE("worker_pool.a_waiting_take_is_interruptible") {
+  ensure_two_workers();
+  auto ws = vscale::workers();
+  vscale::WorkerPool pool({ws[0]});
+  const int held = pool.take();
+  // Worker 2 waits in take on the master's pool; interrupting it abandons the take there.
+  auto waiting = vscale::remotecall(ws[1], [](const vscale::WorkerPool& p) { return p.take(); }, pool);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(!waiting.isready());
+  vscale::interrupt(ws[1]);
+  try {
+    (void)waiting.fetch();
+    FAIL("the take was not interrupted");
+  } catch (const vscale::RemoteException& e) {
+    CHECK(e.type() == "vscale::InterruptedException");
+    CHECK(std::string(e.what()).find("WorkerPool take") != std::string::npos);
+  }
+  // Nothing was handed out to the abandoned take: the worker put back is free again.
+  pool.put(held);
+  CHECK(pool.try_take() == std::optional<int>(held));
+  pool.put(held);
+  CHECK(vscale::remotecall_fetch(ws[1], [] { return 7; }) == 7);  // and the interrupted worker still works
+}
+
 TEST_CASE("worker_pool.default_pool_on_a_worker_is_the_masters") {
   ensure_two_workers();
   const int w = vscale::workers().front();

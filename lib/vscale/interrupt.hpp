@@ -7,10 +7,11 @@
 //   - a wait for a remote result: remotecall_fetch, Future::fetch / wait (the remote work
 //     itself goes on; its result is dropped);
 //   - a RemoteChannel operation blocked on a channel (on its owner, whichever process owns
-//     it): the operation is abandoned without taking or putting anything (within 100 ms).
+//     it): the operation is abandoned without taking or putting anything (within 100 ms);
+//   - WorkerPool::take waiting for a free worker (abandoned on the pool's owner, as above).
 // The interrupted call then fails on its caller as a RemoteException whose type() is
 // "vscale::InterruptedException". Calls that start after the interrupt run normally.
-// Not cancellation points: plain sleeps, locks and I/O in user code, WorkerPool::take.
+// Not cancellation points: plain sleeps, locks and I/O in user code.
 #pragma once
 
 #include <cstdint>

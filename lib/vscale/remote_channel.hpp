@@ -167,16 +167,19 @@ inline bool process_alive(int pid) {
 // Wait on `cv` until `pred` holds; give up (throw) if the calling process `caller` is gone
 // or was interrupted since the operation began (vscale::interrupt), or if the call running
 // this wait here was: nothing has been taken or put yet, so nothing is lost.
+// (`what` names the operation in those errors.)
 template <class Pred>
-void channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, int caller, Pred pred) {
+void channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, int caller, Pred pred,
+                  const char* what = "channel operation") {
   const bool remote = caller != self_id();
   const std::uint32_t caller_gen = remote ? interrupts_of(caller) : 0;
   while (!pred()) {
     if (remote && !process_alive(caller))
-      throw Error("vscale: channel operation abandoned: the calling process " + std::to_string(caller) + " is gone");
+      throw Error(std::string("vscale: ") + what + " abandoned: the calling process " + std::to_string(caller) +
+                  " is gone");
     if (remote && interrupts_of(caller) != caller_gen)
-      throw InterruptedException("vscale: channel operation abandoned: the calling process " + std::to_string(caller) +
-                                 " was interrupted (vscale::interrupt)");
+      throw InterruptedException(std::string("vscale: ") + what + " abandoned: the calling process " +
+                                 std::to_string(caller) + " was interrupted (vscale::interrupt)");
     check_interrupt();
     cv.wait_for(lk, std::chrono::milliseconds(100));
   }

@@ -18,7 +18,9 @@
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <chrono>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -45,6 +47,7 @@ struct PoolState {
   std::condition_variable cv;
   std::set<int> members;
   std::deque<int> free;
+  std::map<int, int> taken;  // worker -> the process that took it
 
   void push(int id) {
     {
@@ -54,26 +57,23 @@ struct PoolState {
     }
     cv.notify_one();
   }
-  int take() {
+  // Waits until a worker is free, as Julia's take!. The wait looks again every 100 ms: a
+  // process that dies holding workers gives them back, and a taken worker that dies leaves
+  // the pool (so a pool whose members are all gone says so instead of waiting forever). An
+  // interrupt of the taker (or of this call) abandons it, as a channel operation's wait.
+  int take(int taker) {
     std::unique_lock lk(m);
-    for (;;) {
-      drop_dead_free();
-      if (!free.empty()) {
-        int id = free.front();
-        free.pop_front();
-        return id;
-      }
-      if (members.empty()) throw UsageError("vscale: take on an empty WorkerPool (it has no workers)");
-      cv.wait(lk);
-    }
+    channel_wait(lk, cv, taker, [&] {
+      reclaim();
+      return !free.empty() || members.empty();
+    }, "WorkerPool take");
+    if (free.empty()) throw UsageError("vscale: take on an empty WorkerPool (it has no workers)");
+    return hand_out(taker);
   }
-  int try_take() {  // 0: none free
+  int try_take(int taker) {  // 0: none free
     std::lock_guard lk(m);
-    drop_dead_free();
-    if (free.empty()) return 0;
-    int id = free.front();
-    free.pop_front();
-    return id;
+    reclaim();
+    return free.empty() ? 0 : hand_out(taker);
   }
   void put(int id) {
     {
@@ -81,6 +81,7 @@ struct PoolState {
       if (!members.count(id)) return;
       if (std::find(free.begin(), free.end(), id) != free.end())
         throw UsageError("vscale: WorkerPool::put(" + std::to_string(id) + "): that worker is not taken");
+      taken.erase(id);
       free.push_back(id);
     }
     cv.notify_one();
@@ -88,20 +89,23 @@ struct PoolState {
   void remove(int id) {
     std::lock_guard lk(m);
     members.erase(id);
+    taken.erase(id);
     free.erase(std::remove(free.begin(), free.end(), id), free.end());
     cv.notify_all();  // a waiter on a pool that became empty must see it
   }
   std::size_t length() {
     std::lock_guard lk(m);
+    reclaim();
     return members.size();
   }
   bool isready() {
     std::lock_guard lk(m);
-    drop_dead_free();
+    reclaim();
     return !free.empty();
   }
   std::vector<int> list() {
     std::lock_guard lk(m);
+    reclaim();
     return {members.begin(), members.end()};
   }
   void sync(const std::vector<int>& ids) {
@@ -111,6 +115,7 @@ struct PoolState {
       for (auto it = members.begin(); it != members.end();) {
         if (!want.count(*it)) {
           free.erase(std::remove(free.begin(), free.end(), *it), free.end());
+          taken.erase(*it);
           it = members.erase(it);
         } else {
           ++it;
@@ -123,14 +128,33 @@ struct PoolState {
   }
 
  private:
-  // Free ids of processes that are gone leave the pool (called with m held).
-  void drop_dead_free() {
-    if (free.empty()) return;
+  int hand_out(int taker) {  // with m held, free not empty
+    const int id = free.front();
+    free.pop_front();
+    taken[id] = taker;
+    return id;
+  }
+  // With m held: processes that are gone leave the pool, free or taken, and the workers held
+  // by a process that is gone come back free (its put will never come).
+  void reclaim() {
+    if (free.empty() && taken.empty()) return;
     const auto live = procs();
+    auto alive = [&](int p) { return std::binary_search(live.begin(), live.end(), p); };
     for (auto it = free.begin(); it != free.end();) {
-      if (!std::binary_search(live.begin(), live.end(), *it)) {
+      if (!alive(*it)) {
         members.erase(*it);
         it = free.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (auto it = taken.begin(); it != taken.end();) {
+      if (!alive(it->first)) {
+        members.erase(it->first);
+        it = taken.erase(it);
+      } else if (!alive(it->second)) {
+        free.push_back(it->first);
+        it = taken.erase(it);
       } else {
         ++it;
       }
@@ -166,8 +190,8 @@ inline std::shared_ptr<PoolState> pool_state(std::uint64_t id) {
 }
 
 // The operations as plain functions, so that they ship as code addresses.
-inline int pool_take(std::uint64_t id) { return pool_state(id)->take(); }
-inline int pool_try_take(std::uint64_t id) { return pool_state(id)->try_take(); }
+inline int pool_take(std::uint64_t id, int taker) { return pool_state(id)->take(taker); }
+inline int pool_try_take(std::uint64_t id, int taker) { return pool_state(id)->try_take(taker); }
 inline void pool_put(std::uint64_t id, int w) { pool_state(id)->put(w); }
 inline void pool_push(std::uint64_t id, int w) { pool_state(id)->push(w); }
 inline void pool_remove(std::uint64_t id, int w) { pool_state(id)->remove(w); }
@@ -198,11 +222,15 @@ class WorkerPool {
   /// Add `id` to the pool, free (Julia's push!). Adding a member again does nothing.
   void push(int id) const { op(&detail::pool_push, id); }
   /// Take a free worker, waiting until one is put back. Throws UsageError when the pool has
-  /// no members at all (it would wait forever).
-  int take() const { return op(&detail::pool_take); }
+  /// no members at all (it would wait forever). A worker taken by a process that then dies
+  /// goes back to the pool; one that dies while taken leaves it.
+  int take() const {
+    if (owner_ == myid()) return detail::pool_take(id_, owner_);
+    return detail::channel_remote(owner_, &detail::pool_take, id_, myid());  // the owner abandons it on interrupt
+  }
   /// Take a free worker if one is free now.
   std::optional<int> try_take() const {
-    const int w = op(&detail::pool_try_take);
+    const int w = op(&detail::pool_try_take, myid());
     return w ? std::optional<int>(w) : std::nullopt;
   }
   /// Give back a worker obtained from take(). An id that is no longer a member (removed
