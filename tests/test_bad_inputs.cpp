@@ -729,9 +729,12 @@ TEST_CASE("bad_input.closed_channel") {
 }
 
 TEST_CASE("bad_input.channel_bad_construction") {
-  auto e = thrown<vscale::UsageError>("capacity 0", [] { vscale::RemoteChannel<int> c(0); });
+  // (Capacity 0 is an unbuffered channel, not an error; its fetch is.)
+  vscale::RemoteChannel<int> unbuffered(0);
+  auto e = thrown<vscale::UsageError>("fetch on an unbuffered channel", [&] { (void)unbuffered.fetch(); });
+  unbuffered.close();
   REQUIRE(e.has_value());
-  CHECK(contains(e->what(), "capacity"));
+  CHECK(contains(e->what(), "unbuffered"));
   auto e2 = thrown<vscale::ProcessExitedException>("owner 999", [] { vscale::RemoteChannel<int> c(2, 999); });
   REQUIRE(e2.has_value());
   CHECK(e2->pid() == 999);

@@ -234,7 +234,6 @@ TEST_CASE("remote_channel.closed_channel_errors") {
   vscale::RemoteChannel<int> empty;
   CHECK(!empty.valid());
   CHECK_THROWS_AS(empty.put(1), vscale::UsageError);
-  CHECK_THROWS_AS(vscale::RemoteChannel<int>(0), vscale::UsageError);
   CHECK_THROWS_AS(vscale::RemoteChannel<int>(4, 999), vscale::ProcessExitedException);  // no such process
 }
 
@@ -406,6 +405,73 @@ TEST_CASE("remote_channel.remote_value") {
   auto local = vscale::remote_object<Counter>(1, 0);
   CHECK(local.call([](Counter& k) { return k.add(2); }) == 2);
   CHECK(local.free());
+}
+
+TEST_CASE("remote_channel.unbuffered") {
+  // Julia's Channel(0): a put returns once a take has its value.
+  vscale::RemoteChannel<int> ch(0);
+  CHECK(ch.capacity() == 0);
+  auto put = vscale::remotecall(w1(), [ch] { ch.put(7); return vscale::myid(); });
+  CHECK(eventually([&] { return ch.isready(); }));  // the put waits, its value visible
+  std::this_thread::sleep_for(50ms);
+  CHECK(!put.isready());
+  CHECK(ch.size() == 1);
+  CHECK_THROWS_AS((void)ch.fetch(), vscale::UsageError);  // as in Julia
+  CHECK(ch.take() == 7);
+  CHECK(put.fetch() == w1());
+  CHECK(!ch.isready());
+
+  // A take waits for a put, on a channel owned by a worker.
+  vscale::RemoteChannel<long> wch(0, w2());
+  auto taker = vscale::remotecall(w1(), [wch] { return wch.take(); });
+  std::this_thread::sleep_for(50ms);
+  CHECK(!taker.isready());
+  wch.put(42);  // returns once the taker has it
+  CHECK(taker.fetch() == 42);
+
+  // Two producers, one consumer: every value arrives once, each producer's in its order.
+  auto producer = [](vscale::RemoteChannel<long> c, long base) {
+    for (long i = 0; i < 100; ++i) c.put(base + i);
+    return 0;
+  };
+  auto p1 = vscale::remotecall(w1(), producer, wch, 0L);
+  auto p2 = vscale::remotecall(w2(), producer, wch, 1000L);
+  std::vector<long> got;
+  for (int k = 0; k < 200; ++k) got.push_back(wch.take());
+  CHECK(p1.fetch() == 0);
+  CHECK(p2.fetch() == 0);
+  std::vector<long> a, b;
+  for (long v : got) (v < 1000 ? a : b).push_back(v);
+  REQUIRE(a.size() == 100);
+  REQUIRE(b.size() == 100);
+  for (long i = 0; i < 100; ++i) {
+    CHECK(a[static_cast<std::size_t>(i)] == i);
+    CHECK(b[static_cast<std::size_t>(i)] == 1000 + i);
+  }
+
+  // A put interrupted while it waits withdraws its value: nothing is left behind.
+  auto waiting = vscale::remotecall(w1(), [wch] { wch.put(5); return 0; });
+  CHECK(eventually([&] { return wch.isready(); }));
+  vscale::interrupt(w1());
+  CHECK_THROWS_AS((void)waiting.fetch(), vscale::RemoteException);
+  CHECK(eventually([&] { return !wch.isready(); }));
+  CHECK(wch.size() == 0);
+
+  // close() fails a waiting put (its value was not taken) and frees the channel.
+  auto late = vscale::remotecall(w1(), [wch] {
+    try {
+      wch.put(9);
+      return 0;
+    } catch (const vscale::ChannelClosedError&) {
+      return 1;
+    }
+  });
+  CHECK(eventually([&] { return wch.isready(); }));
+  wch.close();
+  CHECK(late.fetch() == 1);
+  CHECK(!wch.try_take().has_value());
+  ch.close();
+  CHECK(eventually([&] { return live_on(w2()) == 0; }));
 }
 
 TEST_CASE("remote_channel.no_leaked_state") {

@@ -29,9 +29,11 @@
 // channels (those already blocked included) throws ProcessExitedException with the owner's id
 // and the reason. A blocked operation whose caller process dies is abandoned by the owner
 // (checked every 100 ms), so a value is not taken on behalf of a process that is gone.
-// Capacity must be at least 1 (Julia's unbuffered Channel(0) is not supported).
+// Capacity 0 makes an unbuffered channel, as Julia's Channel(0): a put returns once a take
+// has its value (isready() and size() count the puts waiting), and fetch is refused.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -210,12 +212,59 @@ struct ChannelState {
   std::deque<T> q;
   std::uint64_t capacity;
   bool open = true;
+  // Unbuffered (capacity 0) only: each value in q is a put still waiting for its taker, and
+  // qid[k] names the put of q[k].
+  std::deque<std::uint64_t> qid;
+  std::uint64_t next_put = 0;
+
+  void pop_front() {
+    q.pop_front();
+    if (capacity == 0) qid.pop_front();
+  }
 };
+
+// An unbuffered put (Julia's Channel(0)): the value waits in the queue until a take gets it,
+// and put returns only then. If the put is abandoned first (channel closed, caller
+// interrupted or gone), its value leaves the queue again: it was delivered or it was not,
+// never both, never lost. A closed channel is freed by the last put to leave it.
+template <class T>
+bool ch_put_unbuffered(std::uint64_t id, ChannelState<T>& s, int caller, T v) {
+  std::unique_lock lk(s.m);
+  if (!s.open) return false;
+  const std::uint64_t my = ++s.next_put;
+  s.q.push_back(std::move(v));
+  s.qid.push_back(my);
+  s.not_empty.notify_all();
+  auto withdraw = [&] {  // true: it was still there (not delivered)
+    auto it = std::find(s.qid.begin(), s.qid.end(), my);
+    if (it == s.qid.end()) return false;
+    s.q.erase(s.q.begin() + (it - s.qid.begin()));
+    s.qid.erase(it);
+    return true;
+  };
+  auto free_if_drained = [&] {
+    const bool drained = !s.open && s.q.empty();
+    lk.unlock();
+    if (drained) erase_remote_object(id);
+  };
+  try {
+    channel_wait(lk, s.not_full, caller,
+                 [&] { return !s.open || std::find(s.qid.begin(), s.qid.end(), my) == s.qid.end(); });
+  } catch (...) {
+    withdraw();
+    free_if_drained();
+    throw;
+  }
+  const bool delivered = !withdraw();
+  free_if_drained();
+  return delivered;
+}
 
 template <class T>
 bool ch_put(std::uint64_t id, int caller, T v) {  // false: closed
   auto s = find_remote_object<ChannelState<T>>(id);
   if (!s) return false;
+  if (s->capacity == 0) return ch_put_unbuffered(id, *s, caller, std::move(v));
   std::unique_lock lk(s->m);
   channel_wait(lk, s->not_full, caller, [&] { return !s->open || s->q.size() < s->capacity; });
   if (!s->open) return false;
@@ -233,10 +282,12 @@ std::optional<T> ch_take(std::uint64_t id, int caller) {  // nullopt: closed and
   channel_wait(lk, s->not_empty, caller, [&] { return !s->open || !s->q.empty(); });
   if (s->q.empty()) return std::nullopt;
   std::optional<T> v(std::move(s->q.front()));
-  s->q.pop_front();
+  s->pop_front();
   const bool drained = !s->open && s->q.empty();
+  const bool unbuffered = s->capacity == 0;
   lk.unlock();
-  s->not_full.notify_one();
+  if (unbuffered) s->not_full.notify_all();  // the put whose value this was returns
+  else s->not_full.notify_one();
   if (drained) erase_remote_object(id);
   return v;
 }
@@ -315,10 +366,9 @@ class RemoteChannel {
   /// An empty handle that names no channel (assign one to it).
   RemoteChannel() = default;
 
-  /// A new channel holding at most `capacity` values, owned by process `owner`.
+  /// A new channel holding at most `capacity` values, owned by process `owner`. Capacity 0
+  /// makes an unbuffered channel (Julia's Channel(0)): put blocks until a take gets its value.
   explicit RemoteChannel(std::size_t capacity, int owner = myid()) : owner_(owner), capacity_(capacity) {
-    if (capacity == 0)
-      throw UsageError("vscale: RemoteChannel capacity must be at least 1 (unbuffered channels are not supported)");
     id_ = detail::new_remote_object_id();
     const std::uint64_t cap = capacity;
     if (owner == myid()) {
@@ -328,7 +378,8 @@ class RemoteChannel {
     }
   }
 
-  /// Append `v`; blocks while the channel is full. Throws ChannelClosedError when it is closed.
+  /// Append `v`; blocks while the channel is full (unbuffered: until a take gets it). Throws
+  /// ChannelClosedError when it is closed (unbuffered: also when closed before a take came).
   void put(T v) const {
     check("put");
     const bool ok = local() ? detail::ch_put<T>(id_, myid(), std::move(v))
@@ -350,9 +401,12 @@ class RemoteChannel {
     return local() ? detail::ch_take<T>(id_, myid()) : detail::channel_remote(owner_, &detail::ch_take<T>, id_, myid());
   }
 
-  /// The oldest value, left in the channel; blocks like take().
+  /// The oldest value, left in the channel; blocks like take(). Not on an unbuffered channel
+  /// (as in Julia: a value there belongs to the put waiting for its taker).
   T fetch() const {
     check("fetch");
+    if (capacity_ == 0)
+      throw UsageError("vscale: fetch on " + name() + ", an unbuffered channel (capacity 0): use take");
     auto v = local() ? detail::ch_fetch<T>(id_, myid()) : detail::channel_remote(owner_, &detail::ch_fetch<T>, id_, myid());
     if (!v) closed_error("fetch", "the channel is closed and empty");
     return std::move(*v);
@@ -384,7 +438,7 @@ class RemoteChannel {
     return local() ? detail::ch_is_open<T>(id_) : detail::channel_remote(owner_, &detail::ch_is_open<T>, id_);
   }
 
-  /// Number of values in the channel now.
+  /// Number of values in the channel now (unbuffered: puts waiting for a take).
   std::size_t size() const {
     check("size");
     return local() ? detail::ch_length<T>(id_) : detail::channel_remote(owner_, &detail::ch_length<T>, id_);
