@@ -14,6 +14,27 @@
 
 #include "vscale/cluster.hpp"
 
+// ThreadSanitizer sees one process at a time. The rings that carry messages live in shared
+// memory, and the order they give (a reply sent by one thread, the next call received by
+// another, with the master in between) passes through another process, where TSan cannot
+// follow it: two calls that run one after the other on different executor threads then
+// show as racing. Under TSan every message sent releases, and every message received
+// acquires, one per-process clock: the ring's cross-process order, as TSan can see it.
+#if defined(__SANITIZE_THREAD__)
+extern "C" void __tsan_acquire(void* addr);
+extern "C" void __tsan_release(void* addr);
+namespace {
+char tsan_message_clock;
+void tsan_message_sent() { __tsan_release(&tsan_message_clock); }
+void tsan_message_received() { __tsan_acquire(&tsan_message_clock); }
+}  // namespace
+#else
+namespace {
+inline void tsan_message_sent() {}
+inline void tsan_message_received() {}
+}  // namespace
+#endif
+
 namespace vscale::detail {
 
 thread_local bool tl_executor = false;
@@ -227,9 +248,13 @@ void Runtime::start(int threads) {
                                                      static_cast<std::size_t>(std::max(threads_ + 1, tbb_default)));
   arena_ = std::make_unique<tbb::task_arena>(threads_, 0);  // no reserved slot: see runtime.hpp
   arena_->initialize();
+  {
+    // The first executor before the progress thread: a call that the progress thread queues
+    // at once must find it counted, or maybe_add_executor would start one more than -t.
+    std::lock_guard lk(exec_m_);
+    add_executor(true);
+  }
   progress_ = std::thread([this] { progress_loop(); });
-  std::lock_guard lk(exec_m_);
-  add_executor(true);
 }
 
 void Runtime::add_executor(bool in_arena) {
@@ -241,7 +266,7 @@ void Runtime::add_executor(bool in_arena) {
 }
 
 void Runtime::stop() {
-  if (stopping_.exchange(true) || !progress_.joinable()) return;  // never started
+  if (stopping_.exchange(true) || (!progress_.joinable() && executors_.empty())) return;  // never started
   auto& slot = seg_.slot(self_);
   slot.doorbell.fetch_add(1);
   futex_wake(slot.doorbell, INT_MAX);
@@ -383,6 +408,7 @@ void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, 
                    bool may_block) {
   if (dest == self_) throw Error("vscale: internal error: message to self");
   check_dest(dest);
+  tsan_message_sent();
   MsgHeader h{};
   h.kind = kind;
   h.src = self_;
@@ -597,6 +623,7 @@ void Runtime::progress_loop() {
 // ---------------------------------------------------------------- dispatch
 
 void Runtime::dispatch(Inbound&& m) {
+  tsan_message_received();
   switch (m.kind) {
     case kCallRef: {
       RefId id;
@@ -973,6 +1000,8 @@ std::shared_ptr<FutureCore> Runtime::import_ref(const WireRef& w) {
 Stats Runtime::stats() const {
   Stats s;
   s.messages_sent = messages_sent_.load();
+  s.arena_executors = arena_execs_.load();
+  s.executors = nexec_.load();
   std::lock_guard lk(store_m_);
   s.stored_values = store_.size();
   return s;

@@ -127,6 +127,19 @@ TEST_CASE("remotecall.closure") {
 
 std::string g_worker_name = "unset";
 
+TEST_CASE("remotecall.a_fresh_worker_runs_calls_on_one_arena_executor") {
+  // Calls sent the moment workers join (-t 1): each worker runs them on one arena executor.
+  // (A call queued by the progress thread before the first executor was counted once made
+  // a second one, so that two calls ran at once on a -t 1 worker.)
+  const auto fresh = vscale::addprocs(2);
+  std::vector<vscale::Future<int>> calls;
+  for (int k = 0; k < 20; ++k)
+    for (int w : fresh) calls.push_back(vscale::remotecall(w, [](int x) { return x + 1; }, k));
+  for (std::size_t i = 0; i < calls.size(); ++i) CHECK(calls[i].fetch() == static_cast<int>(i / fresh.size()) + 1);
+  for (int w : fresh) CHECK(vscale::remotecall_fetch(w, [] { return vscale::detail::stats().arena_executors; }) == 1);
+  vscale::rmprocs(fresh);
+}
+
 TEST_CASE("remotecall.callable_variants") {
   int w = w1();
   // A mutable lambda: each call gets its own copy of the state.

@@ -64,6 +64,8 @@ TEST_CASE("threads.one_worker_serves_several_calls_at_once_in_its_arena") {
     slots.insert(r[0]);
   }
   CHECK(slots.size() == static_cast<std::size_t>(kThreads));  // each in its own arena slot
+  // One executor per thread of the arena, never more.
+  CHECK(vscale::remotecall_fetch(w, [] { return vscale::detail::stats().arena_executors; }) == kThreads);
 }
 
 TEST_CASE("threads.parallel_for_inside_a_call_uses_the_arena") {

@@ -128,6 +128,8 @@ std::string demangle(const char* name);
 struct Stats {
   std::uint64_t messages_sent = 0;  // ring messages written by this process
   std::uint64_t stored_values = 0;  // remote values this process keeps for others
+  int arena_executors = 0;          // executor threads that run calls in the -t arena (<= -t)
+  int executors = 0;                // all executor threads (grown ones included)
 };
 Stats stats();
 
