@@ -99,6 +99,10 @@ if ((asan_status != 0 && status == 0)); then status=$asan_status; fi
 # and channels used from several threads), which synchronise with std::mutex and atomics.
 # Each process runs under its own TSan and sees nothing of the others, so shared memory
 # written by another process shows no race at all: the rings are checked within a process.
+# The order the rings give across processes (a reply sent, the next call received) is
+# handed to TSan as a per-process clock that every send releases and every receive acquires
+# (lib/runtime.cpp), or two calls run one after the other on different executors would show
+# as racing.
 tsan_exclude='^(test_threads|example_threads|test_heat)$'
 begin_phase "TSan build (build-tsan/)"
 tsan_status=0
