@@ -262,7 +262,7 @@ void Runtime::add_executor(bool in_arena) {
   if (in_arena) arena_execs_.fetch_add(1);
   // Arena executors spin when idle (within the job's spin budget), so that a stream of calls
   // does not pay a futex wake-up each; grown executors only sleep.
-  executors_.emplace_back([this, in_arena] { executor_loop(in_arena, in_arena); });
+  executors_.emplace_back([this, in_arena] { executor_loop(in_arena); });
 }
 
 void Runtime::stop() {
@@ -745,6 +745,10 @@ void Runtime::push_task(Task&& t) {
   // An idle executor spinning on the queue takes it; otherwise wake one that sleeps (or a
   // thread waiting inside a call: it runs it there). The spinner counts itself out before it
   // looks at the queue a last time and sleeps, so a push it did not see wakes it.
+  offer_to_executors();
+}
+
+void Runtime::offer_to_executors() {
   if (exec_spinning_.load(std::memory_order_seq_cst) == 0) wake_local(exec_sleepers_, kBellExec, 1);
   maybe_add_executor();
 }
@@ -789,10 +793,7 @@ bool Runtime::run_one_task() {
     q_size_.fetch_sub(1, std::memory_order_release);
   }
   busy_.fetch_add(1);
-  if (q_size_.load(std::memory_order_seq_cst) > 0) {  // more queued than we take: another executor
-    wake_local(exec_sleepers_, kBellExec, 1);
-    maybe_add_executor();
-  }
+  if (q_size_.load(std::memory_order_seq_cst) > 0) offer_to_executors();  // more queued than we take
   if (tl_arena_executor && !tl_in_arena) {
     tl_in_arena = true;
     arena_->execute([&] { run_task(t); });  // run_task lets no exception out
@@ -871,12 +872,12 @@ void Runtime::run_task(Task& t) {
   }
 }
 
-void Runtime::executor_loop(bool in_arena, bool spins) {
+void Runtime::executor_loop(bool in_arena) {
   tl_executor = true;
   tl_arena_executor = in_arena;
   while (!stopping_.load()) {
     if (run_one_task()) continue;
-    if (spins && try_spin()) {
+    if (in_arena && try_spin()) {  // arena executors spin when idle (see add_executor)
       bool got = false;
       {
         AwakeScope awake(*this);

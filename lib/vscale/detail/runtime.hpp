@@ -204,7 +204,7 @@ class Runtime {
   void handle_ref_query(Inbound& m);
   void run_task(Task& t);
   void progress_loop();
-  void executor_loop(bool in_arena, bool spins);
+  void executor_loop(bool in_arena);
 
   static std::atomic<Runtime*> current_;
   int self_;
@@ -262,6 +262,9 @@ class Runtime {
   // unblock it; Julia's tasks give the same guarantee); these run outside the arena (it may
   // be full of blocked calls: that is why they were grown). Capped by VSCALE_MAX_EXECUTORS.
   void maybe_add_executor();
+  // A call was queued: wake an idle executor unless one is spinning on the queue, and start
+  // another arena executor if all are busy.
+  void offer_to_executors();
   void maybe_grow_executors();
   void add_executor(bool in_arena);  // with exec_m_ held
   int threads_ = 1;
