@@ -5,7 +5,8 @@
 long count_heads(long n);  // flips n coins with this process's own generator
 
 int main(int argc, char** argv) {
-  vscale::Session session(argc, argv);           // starts the workers (-p N)
+  vscale::Session session(argc, argv);  // starts the workers (-p N); in them, code above
+                                        // this line runs too and the constructor never returns
   auto a = vscale::spawnat(vscale::any, [] { return count_heads(100'000'000); });
   auto b = vscale::spawnat(vscale::any, [] { return count_heads(100'000'000); });
   std::printf("%ld heads\n", a.fetch() + b.fetch());   // two workers, in parallel

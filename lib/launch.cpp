@@ -7,6 +7,7 @@
 // in the environment. Spawning happens on the master's monitor thread, because
 // PR_SET_PDEATHSIG fires when the *thread* that forked the child exits.
 #include <elf.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <link.h>
 #include <poll.h>
@@ -16,12 +17,14 @@
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <climits>
 #include <cmath>
@@ -33,15 +36,18 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <mutex>
 #include <random>
 #include <sstream>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 #include "vscale/cluster.hpp"
 #include "vscale/placement.hpp"
+#include "vscale/detail/env.hpp"
 #include "vscale/detail/fd_passing.hpp"
 #include "vscale/detail/runtime.hpp"
 
@@ -65,6 +71,13 @@ struct Hello {
 struct Verdict {
   std::int32_t ok;
   char reason[124];
+};
+// The worker's last word of the handshake: its runtime runs (ok), or why it could not start.
+// Only then is it a member: a worker that passed the cookie check but cannot make its threads
+// (ulimit -u) must not be counted as joined.
+struct Ready {
+  std::int32_t ok;
+  char reason[252];
 };
 
 std::string hex(const unsigned char* p, std::size_t n) {
@@ -162,21 +175,80 @@ std::string signal_name(int sig) {
   return abbrev ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
 }
 
-/// The cgroup v2 memory.events oom_kill counter of this process's cgroup (-1 if unknown).
-long oom_kills() {
-  std::ifstream cg("/proc/self/cgroup");
-  std::string line, path;
-  while (std::getline(cg, line))
-    if (line.rfind("0::", 0) == 0) path = line.substr(3);
-  std::ifstream ev("/sys/fs/cgroup" + path + "/memory.events");
-  std::string key;
-  long v;
-  while (ev >> key >> v)
-    if (key == "oom_kill") return v;
-  return -1;
+/// Closes /proc/<pid>/fd, /proc/<pid>/mem and ptrace to other processes of the same user, so
+/// that none can open the control segment and forge a death or a message (the cookie guards
+/// the join only). VSCALE_DEBUGGABLE=1 keeps the process debuggable (gdb -p, perf, core
+/// dumps). Sanitizer builds stay dumpable: LeakSanitizer ptraces its own process at exit.
+void make_private() {
+#if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+  if (env_long("VSCALE_DEBUGGABLE", 0, 0, 1) == 0) prctl(PR_SET_DUMPABLE, 0);
+#endif
 }
 
+/// The memory cgroup's OOM kill counter (v1 or v2: placement's reader), -1 if unknown.
+long oom_kills() { return oom_kill_count(machine()); }
+
 int pidfd_open(pid_t pid) { return static_cast<int>(syscall(SYS_pidfd_open, pid, 0)); }
+
+/// Open file descriptors of this process.
+long open_fds() {
+  long n = 0;
+  if (DIR* d = opendir("/proc/self/fd")) {
+    while (dirent* e = readdir(d))
+      if (e->d_name[0] != '.') ++n;
+    closedir(d);
+    --n;  // the directory's own fd
+  }
+  return n;
+}
+
+/// Tasks (threads) of every process of this real user: what RLIMIT_NPROC counts.
+long user_tasks() {
+  long n = 0;
+  const uid_t uid = getuid();
+  DIR* d = opendir("/proc");
+  if (!d) return 0;
+  while (dirent* e = readdir(d)) {
+    if (!std::isdigit(static_cast<unsigned char>(e->d_name[0]))) continue;
+    std::ifstream st(std::string("/proc/") + e->d_name + "/status");
+    long threads = 0;
+    bool mine = false;
+    for (std::string line; std::getline(st, line);) {
+      if (line.rfind("Uid:", 0) == 0) mine = std::strtoul(line.c_str() + 4, nullptr, 10) == uid;
+      else if (line.rfind("Threads:", 0) == 0) threads = std::strtol(line.c_str() + 8, nullptr, 10);
+    }
+    if (mine) n += threads;
+  }
+  closedir(d);
+  return n;
+}
+
+/// Room for more tasks in this process's cgroup (pids.max - pids.current), if it has a limit.
+std::optional<long> cgroup_tasks_room() {
+  std::ifstream cg("/proc/self/cgroup");
+  for (std::string line; std::getline(cg, line);) {
+    // v2 "0::/path", or v1 "N:pids:/path"
+    std::string dir;
+    if (line.rfind("0::", 0) == 0) dir = "/sys/fs/cgroup" + line.substr(3);
+    else if (auto c = line.find(":pids:"); c != std::string::npos) dir = "/sys/fs/cgroup/pids" + line.substr(c + 6);
+    else continue;
+    std::ifstream mx(dir + "/pids.max"), cur(dir + "/pids.current");
+    std::string max_s;
+    long current = 0;
+    if (!(mx >> max_s) || max_s == "max" || !(cur >> current)) continue;
+    return std::strtol(max_s.c_str(), nullptr, 10) - current;
+  }
+  return std::nullopt;
+}
+
+std::string plural(long n, const char* one, const char* many) {
+  return std::to_string(n) + " " + (n == 1 ? one : many);
+}
+
+// What one worker costs the master and the user, for the up-front check of addprocs.
+constexpr long kFdsPerWorker = 4;     // socket, stdout and stderr pipes, pidfd
+constexpr long kSpawnFds = 8;         // held for a moment while one worker is spawned
+constexpr long kTasksPerWorker = 4;   // main, progress and socket threads, one executor; plus -t
 
 }  // namespace
 
@@ -208,6 +280,7 @@ class Launcher {
     pid_t pid = -1;
     int sock = -1, out = -1, err = -1, pidfd = -1;
     std::string out_buf, err_buf;
+    bool verified = false;  // passed the cookie and build-id check; joined once it is Ready
     bool joined = false, refused = false, exited = false, removing = false;
     std::string failure;  // why it never joined
     int status = 0;
@@ -220,8 +293,10 @@ class Launcher {
   };
 
   void loop();
+  void check_room(int n);  // with m_ held
   void spawn(Batch& b);
   void on_hello(Worker& w);
+  void on_ready(Worker& w);
   bool on_output(Worker& w, bool err_stream);  // false when nothing was there
   void flush_line(Worker& w, bool err_stream, const std::string& line);
   void reap(Worker& w);
@@ -259,6 +334,7 @@ LaunchResult Launcher::launch(int n, const std::string& exe, const std::string& 
   if (n <= 0) return res;
   Batch b{n, exe, cookie, {}, false};
   std::unique_lock lk(m_);
+  check_room(n);  // refuse up front: nothing is started when n cannot all be
   pending_.push_back(&b);
   kick();
   cv_.wait(lk, [&] { return b.spawned; });
@@ -294,6 +370,44 @@ LaunchResult Launcher::launch(int n, const std::string& exe, const std::string& 
     rt_.segment().header().epoch.fetch_add(1);
   }
   return res;
+}
+
+void Launcher::check_room(int n) {
+  const std::string ask = "vscale: cannot start " + plural(n, "more worker", "more workers") + ": ";
+  // Ids: never reused, and each has its slot and rings in the control segment.
+  const long max_procs = static_cast<long>(rt_.segment().max_procs());
+  const long ids_left = max_procs - (next_id_ - 1);
+  if (n > ids_left)
+    throw UsageError(ask + "this session has " + plural(std::max(0L, ids_left), "process id", "process ids") +
+                     " left of its " + std::to_string(max_procs) + " (ids are never reused). " +
+                     (next_id_ - 1L + n <= 65535
+                          ? "Start the program with a larger VSCALE_MAX_PROCS (e.g. VSCALE_MAX_PROCS=" +
+                                std::to_string(next_id_ - 1 + n) + ")"
+                          : std::string("A session can have at most 65535 process ids (VSCALE_MAX_PROCS)")));
+  // File descriptors of the master: each worker keeps kFdsPerWorker open here.
+  rlimit fl{};
+  if (getrlimit(RLIMIT_NOFILE, &fl) == 0 && fl.rlim_cur != RLIM_INFINITY) {
+    const long need = open_fds() + kFdsPerWorker * n + kSpawnFds;
+    if (need > static_cast<long>(fl.rlim_cur))
+      throw Error(ask + "the master would need about " + std::to_string(need) + " open files (" +
+                  std::to_string(kFdsPerWorker) + " per worker) and the limit is " + std::to_string(fl.rlim_cur) +
+                  ". Raise it (ulimit -n " + std::to_string(need + 64) + ") or start fewer workers");
+  }
+  // Processes and threads: RLIMIT_NPROC (not enforced for root) and the cgroup's pids.max.
+  const long tasks = (kTasksPerWorker + threads_) * n;
+  rlimit pl{};
+  if (getuid() != 0 && getrlimit(RLIMIT_NPROC, &pl) == 0 && pl.rlim_cur != RLIM_INFINITY) {
+    const long have = user_tasks();
+    if (have + tasks > static_cast<long>(pl.rlim_cur))
+      throw Error(ask + "they need about " + std::to_string(tasks) + " processes and threads (" +
+                  std::to_string(kTasksPerWorker + threads_) + " each with -t " + std::to_string(threads_) +
+                  "), this user runs " + std::to_string(have) + " and the limit is " + std::to_string(pl.rlim_cur) +
+                  ". Raise it (ulimit -u) or start fewer workers");
+  }
+  if (auto room = cgroup_tasks_room(); room && tasks > *room)
+    throw Error(ask + "they need about " + std::to_string(tasks) + " processes and threads (" +
+                std::to_string(kTasksPerWorker + threads_) + " each) and this cgroup has room for " +
+                std::to_string(std::max(0L, *room)) + " (pids.max). Raise the cgroup's pids limit or start fewer workers");
 }
 
 void Launcher::spawn(Batch& b) {
@@ -332,25 +446,40 @@ void Launcher::spawn(Batch& b) {
     }
     auto& slot = rt_.segment().slot(id);
     slot.state.store(std::uint32_t(SlotState::Starting));
-    int sv[2], po[2], pe[2];
-    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0 || pipe2(po, O_CLOEXEC) != 0 ||
-        pipe2(pe, O_CLOEXEC) != 0) {
-      w.failure = std::string("cannot create pipes: ") + std::strerror(errno);
-      std::lock_guard lk(m_);
-      workers_[id] = std::move(w);
-      continue;
-    }
-    // In the child: socket on fd 3, segment on fd 4, stdout/stderr to our pipes, stdin empty.
-    // Sources are first moved above 10 so that no dup2 below overwrites a later source.
+    // The worker's fds: a socketpair, two pipes and a copy of the segment's fd, each of ours
+    // moved above 10 so that no dup2 in the child overwrites a later source. Any failure
+    // (EMFILE under a low ulimit -n, say) closes what was made and says why.
+    int sv[2] = {-1, -1}, po[2] = {-1, -1}, pe[2] = {-1, -1}, seg_copy = -1;
+    auto close_all = [&] {
+      for (int* fd : {&sv[0], &sv[1], &po[0], &po[1], &pe[0], &pe[1], &seg_copy})
+        if (*fd >= 0) close(*fd), *fd = -1;
+    };
     auto high = [](int& fd) {
       int h = fcntl(fd, F_DUPFD_CLOEXEC, 10);
       close(fd);
       fd = h;
+      return h >= 0;
     };
-    high(sv[1]);
-    high(po[1]);
-    high(pe[1]);
-    int seg_copy = fcntl(rt_.segment().fd(), F_DUPFD_CLOEXEC, 10);
+    const char* step = nullptr;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) step = "a socket pair";
+    else if (pipe2(po, O_CLOEXEC) != 0 || pipe2(pe, O_CLOEXEC) != 0) step = "its output pipes";
+    else if (!high(sv[1]) || !high(po[1]) || !high(pe[1]) ||
+             (seg_copy = fcntl(rt_.segment().fd(), F_DUPFD_CLOEXEC, 10)) < 0)
+      step = "copies of its file descriptors";
+    if (step) {
+      const int err = errno;
+      close_all();
+      w.failure = std::string("cannot create ") + step + ": " + std::strerror(err);
+      if (err == EMFILE || err == ENFILE) {
+        rlimit fl{};
+        getrlimit(RLIMIT_NOFILE, &fl);
+        w.failure += " (the master has " + std::to_string(open_fds()) + " open files; ulimit -n is " +
+                     (fl.rlim_cur == RLIM_INFINITY ? std::string("unlimited") : std::to_string(fl.rlim_cur)) + ")";
+      }
+      std::lock_guard lk(m_);
+      workers_[id] = std::move(w);
+      continue;
+    }
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
@@ -369,14 +498,9 @@ void Launcher::spawn(Batch& b) {
     pid_t pid = -1;
     int rc = posix_spawn(&pid, exe.c_str(), &fa, nullptr, argv, envp.data());
     posix_spawn_file_actions_destroy(&fa);
-    close(seg_copy);
-    close(sv[1]);
-    close(po[1]);
-    close(pe[1]);
+    for (int* fd : {&seg_copy, &sv[1], &po[1], &pe[1]}) close(*fd), *fd = -1;
     if (rc != 0) {
-      close(sv[0]);
-      close(po[0]);
-      close(pe[0]);
+      close_all();
       w.failure = "cannot start " + exe + ": " + std::strerror(rc);
       std::lock_guard lk(m_);
       workers_[id] = std::move(w);
@@ -414,14 +538,28 @@ void Launcher::on_hello(Worker& w) {
   }
   v.ok = w.refused ? 0 : 1;
   copy_str(v.reason, sizeof v.reason, w.failure);
-  if (!w.refused) rt_.segment().slot(w.id).state.store(std::uint32_t(SlotState::Alive));
   (void)write_all(w.sock, &v, sizeof v);
-  if (w.refused) {
+  if (w.refused)
     std::fprintf(stderr, "vscale: worker %d (pid %d) %s\n", w.id, static_cast<int>(w.pid), w.failure.c_str());
-  } else {
-    w.joined = true;
-    rt_.segment().header().epoch.fetch_add(1);
+  else
+    w.verified = true;  // a member once its runtime runs (on_ready)
+}
+
+void Launcher::on_ready(Worker& w) {
+  Ready r{};
+  if (!read_all(w.sock, &r, sizeof r)) {
+    // It died before its runtime ran; its pidfd says how, and reap() records it.
+    close(w.sock);
+    w.sock = -1;
+    return;
   }
+  if (!r.ok) {
+    w.failure = "could not start: " + std::string(r.reason, strnlen(r.reason, sizeof r.reason));
+    return;  // it exits now; reap() keeps this reason
+  }
+  rt_.segment().slot(w.id).state.store(std::uint32_t(SlotState::Alive));
+  w.joined = true;
+  rt_.segment().header().epoch.fetch_add(1);
 }
 
 void Launcher::flush_line(Worker& w, bool err_stream, const std::string& line) {
@@ -544,9 +682,14 @@ void Launcher::loop() {
       Worker& w = it->second;
       switch (src[i].what) {
         case 0:
-          if (!w.joined && !w.refused && (fds[i].revents & POLLIN)) {
+          // A worker already given up on (start timeout) is not heard again: it was reported once.
+          if (!w.verified && !w.refused && w.failure.empty() && (fds[i].revents & POLLIN)) {
             on_hello(w);
             changed = true;
+          } else if (w.verified && !w.joined && w.failure.empty() && (fds[i].revents & POLLIN)) {
+            on_ready(w);
+            changed = true;
+            if (w.sock < 0 && w.pidfd < 0) reap(w);
           } else if (fds[i].revents & (POLLHUP | POLLERR)) {
             close(w.sock);
             w.sock = -1;  // the process is ending; its pidfd (or waitpid below) says how
@@ -609,6 +752,13 @@ void Launcher::remove(const std::vector<int>& ids, std::chrono::milliseconds tim
   std::vector<int> targets;
   {
     std::lock_guard lk(m_);
+    // An id that was never given out is a mistake in the program; one already gone is not
+    // (removing twice, or a worker that died first, is harmless).
+    for (int id : ids)
+      if (id < 2 || id >= next_id_)
+        throw UsageError("vscale: rmprocs(" + std::to_string(id) + "): there is no worker " + std::to_string(id) +
+                         (next_id_ > 2 ? " (the workers' ids so far are 2.." + std::to_string(next_id_ - 1) + ")"
+                                       : " (no worker was ever started)"));
     for (int id : ids) {
       auto it = workers_.find(id);
       if (it == workers_.end() || it->second.exited || !it->second.joined) continue;
@@ -677,26 +827,19 @@ struct Config {
   std::uint64_t bulk_bytes;
 };
 
-long env_long(const char* name, long dflt) {
-  const char* e = std::getenv(name);
-  if (!e || !*e) return dflt;
-  char* end;
-  long v = std::strtol(e, &end, 10);
-  if (*end || v <= 0) throw UsageError(std::string("vscale: ") + name + "=" + e + " is not a positive number");
-  return v;
-}
-
 std::chrono::milliseconds default_start_timeout() {
-  return std::chrono::milliseconds(env_long("VSCALE_START_TIMEOUT_MS", 60'000));
+  return std::chrono::milliseconds(env_long("VSCALE_START_TIMEOUT_MS", 60'000, 1, 86'400'000));
 }
 
 Config config_from_env() {
   Config c;
   // Ids are never reused, and each id has its slot, rings and bulk area in the (sparse)
   // control segment: this is how many processes a session can ever start.
-  c.max_procs = static_cast<std::uint32_t>(env_long("VSCALE_MAX_PROCS", std::max(256, 8 * usable_cpus())));
-  c.ring_bytes = std::uint64_t(env_long("VSCALE_RING_KB", 64)) << 10;
-  c.bulk_bytes = std::uint64_t(env_long("VSCALE_BULK_MB", 1024)) << 20;
+  c.max_procs = static_cast<std::uint32_t>(env_long("VSCALE_MAX_PROCS", std::max(256, 8 * usable_cpus()), 1, 65535));
+  // Any ring size works: a message whose record would not fit a quarter of the ring goes
+  // through the bulk area (Runtime::try_emit), and a bulk descriptor always fits.
+  c.ring_bytes = std::uint64_t(env_long("VSCALE_RING_KB", 64, 1, 1 << 20)) << 10;
+  c.bulk_bytes = std::uint64_t(env_long("VSCALE_BULK_MB", 1024, 1, 1 << 20)) << 20;
   return c;
 }
 
@@ -717,6 +860,25 @@ void pin_self(const std::vector<int>& cpus) {
   if (CPU_COUNT(&set) > 0 && sched_setaffinity(0, sizeof set, &set) != 0)
     std::fprintf(stderr, "vscale: cannot pin the master to CPUs %s: %s\n", format_cpu_list(cpus).c_str(),
                  std::strerror(errno));
+}
+
+void start_socket_thread(int sock);
+
+void flush_output() {
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+}
+
+// The master's exit handler: a program that calls exit() (from main with the Session still
+// alive, from a call, from any thread) stops its workers first, politely. The runtime is
+// left allocated: other threads may still be waiting in it while the process ends.
+void master_on_exit(int, void*) {
+  std::unique_lock lk(g_session_m, std::try_to_lock);
+  if (!lk) return;  // a Session is being built or destroyed right now: that thread finishes it
+  if (g_launcher) g_launcher->shutdown();
+  if (g_runtime) g_runtime->stop();
+  (void)g_runtime.release();
 }
 
 [[noreturn]] void worker_main(const char* spec) {
@@ -741,6 +903,7 @@ void pin_self(const std::vector<int>& cpus) {
       std::fprintf(stderr, "vscale worker %d: cannot pin to CPUs %s: %s\n", id, spec + used, std::strerror(errno));
   }
   prctl(PR_SET_PDEATHSIG, SIGKILL);
+  make_private();
   std::string name = "vscale-w" + std::to_string(id);  // what ps and top show
   prctl(PR_SET_NAME, name.c_str());
   if (getppid() != mpid) _exit(1);  // the master died before we got here
@@ -779,12 +942,38 @@ void pin_self(const std::vector<int>& cpus) {
     rt->segment().attach(seg);
     rt->start(threads);
     g_runtime = std::move(rt);
+    start_socket_thread(sock);
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "vscale worker %d: cannot start: %s\n", id, e.what());
+    // The master reports it as this worker's failure to start (nothing is printed here).
+    Ready r{};
+    std::string why = e.what();
+    if (auto* se = dynamic_cast<const std::system_error*>(&e); se && se->code() == std::errc::resource_unavailable_try_again)
+      why = "cannot create its threads (" + why + "): the limit of processes and threads (ulimit -u) is reached";
+    copy_str(r.reason, sizeof r.reason, why);
+    (void)write_all(sock, &r, sizeof r);
     _exit(4);
   }
-  // The master holds the other end of `sock`: it sends fds on it (push_fd), and EOF means it
-  // is gone, and so must we be.
+  // exit() or quick_exit() from a call, from a thread the user started or from an atexit
+  // handler ends this worker with that status and its output flushed, as the reason the
+  // master reports ("exited with code 3"). Without this, exit() would run the destructors of
+  // the runtime while its threads still run (one of them the caller): an abort.
+  on_exit([](int status, void*) {
+    flush_output();
+    _exit(status);
+  }, nullptr);
+  at_quick_exit(flush_output);
+  Ready ready{};
+  ready.ok = 1;
+  if (!write_all(sock, &ready, sizeof ready)) _exit(1);
+  Runtime& rt = *g_runtime;
+  rt.wait_until([&] { return rt.exit_requested().load(); });
+  flush_output();
+  _exit(0);
+}
+
+// The master holds the other end of `sock`: it sends fds on it (push_fd), and EOF means it
+// is gone, and so must we be.
+void start_socket_thread(int sock) {
   std::thread([sock] {
     while (true) {
       FdKey key;
@@ -811,35 +1000,57 @@ void pin_self(const std::vector<int>& cpus) {
       }
     }
   }).detach();
-  Runtime& rt = *g_runtime;
-  rt.wait_until([&] { return rt.exit_requested().load(); });
-  std::cout.flush();
-  std::cerr.flush();
-  std::fflush(nullptr);
-  _exit(0);
 }
 
 void start_master(const SessionOptions& o, const char* argv0) {
   std::lock_guard lk(g_session_m);
   if (g_runtime) throw UsageError("vscale: only one vscale::Session may exist in a process");
   (void)argv0;
+  make_private();
+  // Threads beyond a multiple of the CPUs only cost memory and switches (and TBB fails at
+  // shutdown past 65,536): refuse them with the bound instead.
+  const int max_threads = std::max(64, 16 * usable_cpus());
+  if (o.threads > max_threads)
+    throw UsageError("vscale: -t " + std::to_string(o.threads) + " (or --threads, VSCALE_THREADS) asks for more threads per process than " +
+                     "this machine can use: at most " + std::to_string(max_threads) + " (16 per usable CPU, " +
+                     std::to_string(usable_cpus()) + " usable here, and at least 64)");
   const Placement plan = plan_placement(machine(), o.procs, o.threads, o.bind);
   for (const auto& w : plan.warnings) std::fprintf(stderr, "vscale: %s\n", w.c_str());
   if (!plan.master_cpus.empty()) pin_self(plan.master_cpus);
   Config c = config_from_env();
-  auto rt = std::make_unique<Runtime>(1, true);
-  rt->segment().create(c.max_procs, c.ring_bytes, c.bulk_bytes);
-  rt->segment().slot(1).os_pid.store(getpid());
-  rt->segment().slot(1).state.store(std::uint32_t(SlotState::Alive));
-  rt->start(plan.threads);
-  g_launcher = std::make_unique<Launcher>(*rt);
-  g_launcher->set_plan(plan.threads, plan.bind ? plan.worker_cpus : std::vector<std::vector<int>>{});
-  rt->launcher = g_launcher.get();
-  g_runtime = std::move(rt);
-  g_placement = plan;
-  if (plan.workers > 0) {
-    auto res = g_launcher->launch(plan.workers, {}, {}, default_start_timeout());
-    (void)res;  // failures were reported on stderr; the session goes on with those that joined
+  const auto timeout = default_start_timeout();
+  static const bool exit_handler = [] { return on_exit(master_on_exit, nullptr) == 0; }();
+  (void)exit_handler;
+  try {
+    auto rt = std::make_unique<Runtime>(1, true);
+    rt->segment().create(c.max_procs, c.ring_bytes, c.bulk_bytes);
+    rt->segment().slot(1).os_pid.store(getpid());
+    rt->segment().slot(1).state.store(std::uint32_t(SlotState::Alive));
+    rt->start(plan.threads);
+    g_launcher = std::make_unique<Launcher>(*rt);
+    g_launcher->set_plan(plan.threads, plan.bind ? plan.worker_cpus : std::vector<std::vector<int>>{});
+    rt->launcher = g_launcher.get();
+    g_runtime = std::move(rt);
+    g_placement = plan;
+    if (plan.workers > 0) {
+      auto res = g_launcher->launch(plan.workers, {}, {}, timeout);
+      (void)res;  // failures were reported on stderr; the session goes on with those that joined
+    }
+  } catch (...) {
+    // Nothing of a failed start stays behind: a later Session may try again.
+    if (g_launcher) g_launcher->shutdown();
+    if (g_runtime) g_runtime->stop();
+    g_launcher.reset();
+    g_runtime.reset();
+    try {
+      throw;
+    } catch (const std::system_error& e) {
+      // std::thread could not start one of the master's threads.
+      throw Error(std::string("vscale: the master cannot start its threads: ") + e.what() +
+                  (e.code() == std::errc::resource_unavailable_try_again
+                       ? " (the limit of processes and threads, ulimit -u, is reached: raise it)"
+                       : ""));
+    }
   }
 }
 
@@ -981,19 +1192,33 @@ SessionOptions parse_options(int& argc, char** argv) {
     argv[out] = nullptr;
     argc = out;
   }
-  if (!procs_given)
-    if (const char* e = std::getenv("VSCALE_PROCS"); e && *e) o.procs = parse_count(e, "VSCALE_PROCS", false);
-  if (!threads_given)
-    if (const char* e = std::getenv("VSCALE_THREADS"); e && *e) o.threads = parse_count(e, "VSCALE_THREADS", true);
+  // The variables are checked even when a flag overrides them: a typo is never silent.
+  if (const char* e = std::getenv("VSCALE_PROCS"); e && *e) {
+    const int v = parse_count(e, "VSCALE_PROCS", false);
+    if (!procs_given) o.procs = v;
+  }
+  if (const char* e = std::getenv("VSCALE_THREADS"); e && *e) {
+    const int v = parse_count(e, "VSCALE_THREADS", true);
+    if (!threads_given) o.threads = v;
+  }
   return o;
 }
 
 Session::Session(int& argc, char** argv) {
   if (argc >= 2 && std::strncmp(argv[1], detail::kWorkerFlag, sizeof detail::kWorkerFlag - 1) == 0)
     detail::worker_main(argv[1] + sizeof detail::kWorkerFlag - 1);
-  const SessionOptions o = parse_options(argc, argv);
-  detail::start_master(o, argc > 0 ? argv[0] : nullptr);
-  if (o.info) std::fputs(describe().c_str(), stdout);
+  // Started from a command line, a bad flag or variable, or a limit that stops the start, ends
+  // the program as any command-line tool does: the message and exit status 2 (1 for a limit
+  // of the machine), not an uncaught exception and a core dump. The other constructor throws.
+  try {
+    const SessionOptions o = parse_options(argc, argv);
+    detail::start_master(o, argc > 0 ? argv[0] : nullptr);
+    if (o.info) std::fputs(describe().c_str(), stdout);
+  } catch (const Error& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "%s\n", e.what());
+    std::exit(dynamic_cast<const UsageError*>(&e) ? 2 : 1);
+  }
 }
 
 Session::Session(SessionOptions options, const char* argv0) {

@@ -89,7 +89,7 @@ std::optional<std::vector<int>> read_cpu_list(const fs::path& p) {
   if (!s) return std::nullopt;
   try {
     return parse_cpu_list(*s);
-  } catch (const std::invalid_argument&) {
+  } catch (const UsageError&) {
     return std::nullopt;  // a file we do not understand tells us nothing
   }
 }
@@ -231,6 +231,8 @@ struct CgroupLimits {
   std::optional<double> cpu_quota;
   std::vector<int> cpuset;
   std::optional<std::uint64_t> memory_limit;
+  std::vector<std::string> memory_dirs;
+  bool memory_v1 = false;
   std::string path;
 };
 
@@ -344,9 +346,16 @@ CgroupLimits detect_cgroups(const std::string& root) {
   }
   if (auto lv = v1_levels("memory")) {
     v1_used = true;
-    for (auto& d : *lv) out.memory_limit = min_limit(out.memory_limit, v1_memory_limit(d));
+    out.memory_v1 = true;
+    for (auto& d : *lv) {
+      out.memory_limit = min_limit(out.memory_limit, v1_memory_limit(d));
+      out.memory_dirs.push_back(d.string());
+    }
   } else {
-    for (auto& d : v2) out.memory_limit = min_limit(out.memory_limit, v2_memory_max(d));
+    for (auto& d : v2) {
+      out.memory_limit = min_limit(out.memory_limit, v2_memory_max(d));
+      out.memory_dirs.push_back(d.string());
+    }
   }
 
   // Hybrid hosts list both kinds; the controllers that limit us live in v1 there.
@@ -399,7 +408,7 @@ std::optional<std::vector<int>> status_affinity(const std::string& root) {
     if (!line.starts_with(key)) continue;
     try {
       return parse_cpu_list(line.substr(key.size()));
-    } catch (const std::invalid_argument&) {
+    } catch (const UsageError&) {
       return std::nullopt;
     }
   }
@@ -603,7 +612,7 @@ std::vector<int> parse_cpu_list(const std::string& s) {
     std::string_view t = trim(item);
     if (t.empty()) continue;  // "" (no CPUs), or a trailing comma
     auto bad = [&] {
-      return std::invalid_argument("vscale: not a CPU list: `" + std::string(trim(s)) + "`");
+      return UsageError("vscale: not a CPU list: `" + std::string(trim(s)) + "`");
     };
     auto dash = t.find('-');
     auto lo = to_int<int>(t.substr(0, dash));
@@ -658,6 +667,8 @@ MachineInfo detect_machine(const std::string& root_in) {
   m.cpu_quota = cg.cpu_quota;
   m.cpuset = sorted_unique(std::move(cg.cpuset));
   m.memory_limit = cg.memory_limit;
+  m.memory_cgroup_dirs = std::move(cg.memory_dirs);
+  m.memory_cgroup_v1 = cg.memory_v1;
   m.cgroup_path = cg.path;
 
   // sched_getaffinity already honours the cpuset on Linux; intersecting guards fake trees and
@@ -831,6 +842,25 @@ Placement plan_placement(const MachineInfo& m, int procs, int threads, int bind)
 
 // ------------------------------------------------------------------------------------------
 // text
+
+long oom_kill_count(const MachineInfo& m) {
+  // v1: memory.oom_control has "oom_kill N" (kernel 4.13+); v2: memory.events "oom_kill N".
+  // Summed over the levels: a kill counts where the limit that was hit is set.
+  long total = 0;
+  bool found = false;
+  for (const auto& d : m.memory_cgroup_dirs) {
+    std::ifstream f(fs::path(d) / (m.memory_cgroup_v1 ? "memory.oom_control" : "memory.events"));
+    std::string key;
+    long v;
+    while (f >> key >> v)
+      if (key == "oom_kill") {
+        total += v;
+        found = true;
+        break;
+      }
+  }
+  return found ? total : -1;
+}
 
 std::string describe_machine(const MachineInfo& m) {
   std::ostringstream o;

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "vscale/cluster.hpp"
+#include "vscale/detail/env.hpp"
 
 // ThreadSanitizer sees one process at a time. The rings that carry messages live in shared
 // memory, and the order they give (a reply sent by one thread, the next call received by
@@ -80,10 +81,7 @@ struct AddRefBody {
 };
 
 std::chrono::nanoseconds spin_from_env() {
-  const char* e = std::getenv("VSCALE_SPIN_US");
-  long us = e ? std::strtol(e, nullptr, 10) : 100;
-  if (us < 0) us = 0;
-  return std::chrono::microseconds(us);
+  return std::chrono::microseconds(env_long("VSCALE_SPIN_US", 100, 0, 10'000'000));
 }
 
 template <class T>
@@ -234,7 +232,7 @@ void Runtime::start(int threads) {
   auto& h = seg_.header();
   bulk_.init(seg_.bulk(self_), h.bulk_bytes, seg_.fd(), h.bulk_off + std::uint64_t(self_ - 1) * h.bulk_bytes);
   current_.store(this, std::memory_order_release);
-  if (const char* e = std::getenv("VSCALE_MAX_EXECUTORS")) max_exec_ = std::max(1, std::atoi(e));
+  max_exec_ = static_cast<int>(env_long("VSCALE_MAX_EXECUTORS", 256, 1, 65536));
   threads_ = std::max(1, threads);
   // The spin budget is job-wide: every process uses the master's CPU count, also a worker
   // pinned to fewer CPUs.
@@ -270,10 +268,19 @@ void Runtime::stop() {
   auto& slot = seg_.slot(self_);
   slot.doorbell.fetch_add(1);
   futex_wake(slot.doorbell, INT_MAX);
-  if (progress_.joinable()) progress_.join();
+  // stop() may run on one of our own threads: exit() called inside a remote call runs the
+  // exit handlers there. That thread is not joined (it is the one ending the process).
+  const auto me = std::this_thread::get_id();
+  auto join = [me](std::thread& t) {
+    if (!t.joinable()) return;
+    if (t.get_id() == me)
+      t.detach();
+    else
+      t.join();
+  };
+  join(progress_);
   std::lock_guard lk(exec_m_);
-  for (auto& t : executors_)
-    if (t.joinable()) t.join();
+  for (auto& t : executors_) join(t);
   executors_.clear();
 }
 
@@ -362,7 +369,10 @@ bool Runtime::try_emit(int dest, const MsgHeader& h0, const void* a, std::size_t
   RingHeader& ring = seg_.ring(dest, self_);
   MsgHeader h = h0;
   const std::size_t body = na + nb;
-  if (body <= kInlineMax) {
+  // Inline only what fits a quarter of the ring: a record of more than half the ring may
+  // never fit however long we wait (the wrap padding before it takes the rest), and a small
+  // VSCALE_RING_KB must still carry every message. A bulk descriptor (32 bytes) always fits.
+  if (body <= kInlineMax && round16(sizeof(MsgHeader) + body) <= seg_.header().ring_bytes / 4) {
     h.len = static_cast<std::uint32_t>(body);
     return ring_try_write(seg_, ring, h, a, na, b, nb);
   }

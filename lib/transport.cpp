@@ -5,6 +5,7 @@
 
 #include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -56,6 +57,16 @@ void Segment::create(std::uint32_t max_procs, std::uint64_t ring_bytes, std::uin
   h.rings_off = round_up(h.slots_off + sizeof(ProcSlot) * max_procs, 1 << 21);
   h.bulk_off = round_up(h.rings_off + h.ring_stride * max_procs * max_procs, 1 << 21);
   h.total_bytes = h.bulk_off + h.bulk_bytes * max_procs;
+  // A file larger than RLIMIT_FSIZE kills us with SIGXFSZ at ftruncate (memfds count too):
+  // refuse with the limit named instead. The file is sparse: only touched pages take memory.
+  rlimit fsize{};
+  if (getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_cur != RLIM_INFINITY && h.total_bytes > fsize.rlim_cur)
+    throw Error("vscale: the control segment is a sparse file of " + std::to_string(h.total_bytes >> 20) +
+                " MiB (VSCALE_MAX_PROCS=" + std::to_string(max_procs) + " processes, rings of " +
+                std::to_string(ring_bytes >> 10) + " KiB per pair, " + std::to_string(h.bulk_bytes >> 20) +
+                " MiB of bulk area per process; little of it is ever touched) and the file-size limit is " +
+                std::to_string(fsize.rlim_cur >> 10) + " KiB (ulimit -f " + std::to_string(fsize.rlim_cur >> 10) +
+                "). Raise it (ulimit -f unlimited) or lower VSCALE_MAX_PROCS, VSCALE_RING_KB or VSCALE_BULK_MB");
   if (ftruncate(fd_, static_cast<off_t>(h.total_bytes)) != 0)
     throw Error("vscale: cannot size the control segment: " + errno_text());
   map(h.total_bytes);
@@ -70,6 +81,11 @@ void Segment::attach(int fd) {
       h.magic != kSegMagic)
     throw Error("vscale worker: the inherited control segment is not a vscale segment");
   map(h.total_bytes);
+}
+
+void Segment::bad_id(int id, const char* what) const {
+  throw Error("vscale: internal error: process id " + std::to_string(id) + " is outside this session's ids 1.." +
+              std::to_string(max_procs()) + " (" + what + " of the control segment)");
 }
 
 bool ring_try_write(const Segment& seg, RingHeader& r, const MsgHeader& h, const void* body1, std::size_t n1,

@@ -176,10 +176,11 @@ struct ChildRun {
 // stdin from /dev/null and stdout+stderr into a file. `fds` may add file actions for fds
 // 3 and up (then it must also close the rest); by default everything from fd 3 is closed.
 // Waits up to `timeout_s` seconds.
+// `shell` (if given) runs first in bash, which then execs this binary: `ulimit -n 32`, say.
 ChildRun run_self(const std::vector<std::string>& args, const std::vector<std::string>& env, int timeout_s,
                   const std::function<void(posix_spawn_file_actions_t&)>& fds = {},
-                  const std::function<void(pid_t)>& while_running = {}) {
-  const std::string exe = self_exe();
+                  const std::function<void(pid_t)>& while_running = {}, const std::string& shell = {}) {
+  const std::string exe = shell.empty() ? self_exe() : std::string("/bin/bash");
   char out_tmpl[] = "/tmp/vscale_test_bad_input_out_XXXXXX";
   int out_fd = ::mkstemp(out_tmpl);
   REQUIRE(out_fd >= 0);
@@ -187,6 +188,9 @@ ChildRun run_self(const std::vector<std::string>& args, const std::vector<std::s
   const std::string out_path = out_tmpl;
 
   std::vector<std::string> argv_store{exe};
+  // (A `shell` that names "$0" itself says how to exec it.)
+  if (!shell.empty())
+    argv_store = {"bash", "-c", contains(shell, "\"$0\"") ? shell : shell + "; exec \"$0\" \"$@\"", self_exe()};
   argv_store.insert(argv_store.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : argv_store) argv.push_back(a.data());
@@ -1055,7 +1059,10 @@ TEST_CASE("bad_input.large_message_200MiB_round_trip") {
 }
 
 TEST_CASE("bad_input.bad_session_settings") {
-  // Settings read when the master starts: the program stops with a message that names them.
+  // Settings read when the master starts: the program stops as a command-line tool does, with
+  // one message that names them and exit status 2 (not an uncaught exception: issue 13), and
+  // a request for more processes than the session has ids starts nothing (it used to mark ids
+  // past the segment dead and corrupt the rings).
   struct Case {
     std::vector<std::string> args;
     std::vector<std::string> env;
@@ -1065,8 +1072,21 @@ TEST_CASE("bad_input.bad_session_settings") {
       {{"-p", "2"}, {"VSCALE_BULK_MB=lots"}, {"VSCALE_BULK_MB", "lots"}},
       {{"-p", "2"}, {"VSCALE_BULK_MB=-5"}, {"VSCALE_BULK_MB", "-5"}},
       {{"-p", "abc"}, {}, {"-p", "abc"}},
+      {{"-p", "-1"}, {}, {"-p", "-1"}},
       {{"-p", "2", "-t", "0"}, {}, {"-t", "0"}},
       {{}, {"VSCALE_PROCS=many"}, {"VSCALE_PROCS", "many"}},
+      {{"-p", "2"}, {"VSCALE_PROCS=xyz"}, {"VSCALE_PROCS", "xyz"}},  // checked even when -p wins
+      {{"-p", "100000"}, {"VSCALE_MAX_PROCS=8"}, {"100000", "VSCALE_MAX_PROCS", "7 process ids left"}},
+      {{"-p", "100000"}, {}, {"100000", "VSCALE_MAX_PROCS"}},
+      {{"-p", "1", "-t", "65537"}, {}, {"-t 65537", "at most"}},
+      {{"-p", "1"}, {"VSCALE_THREADS=65537"}, {"65537", "at most"}},
+      {{"-p", "1"}, {"VSCALE_SPIN_US=-5"}, {"VSCALE_SPIN_US", "-5"}},
+      {{"-p", "1"}, {"VSCALE_SPIN_US=abc"}, {"VSCALE_SPIN_US", "abc"}},
+      {{"-p", "1"}, {"VSCALE_START_TIMEOUT_MS=soon"}, {"VSCALE_START_TIMEOUT_MS", "soon"}},
+      {{"-p", "1"}, {"VSCALE_RING_KB=0"}, {"VSCALE_RING_KB", "0"}},
+      {{"-p", "1"}, {"VSCALE_MAX_PROCS=1x"}, {"VSCALE_MAX_PROCS", "1x"}},
+      {{"-p", "1"}, {"VSCALE_MAX_EXECUTORS=many"}, {"VSCALE_MAX_EXECUTORS", "many"}},
+      {{"-p", "1"}, {"VSCALE_DEBUGGABLE=yes"}, {"VSCALE_DEBUGGABLE", "yes"}},
   };
   for (const auto& c : cases) {
     std::vector<std::string> args = c.args;
@@ -1074,12 +1094,123 @@ TEST_CASE("bad_input.bad_session_settings") {
     args.push_back("--no-skip");
     ChildRun r = run_self(args, c.env, 60);
     CAPTURE(r.output);
-    INFO("child: " << r.describe());
+    INFO("child " << c.args.front() << " " << (c.env.empty() ? "" : c.env.front()) << ": " << r.describe());
     CHECK(r.finished);
-    CHECK_FALSE(r.exited_ok());
+    CHECK(WIFEXITED(r.status));
+    CHECK(WEXITSTATUS(r.status) == 2);
     for (const auto& s : c.says) CHECK(contains(r.output, s));
     CHECK_FALSE(contains(r.output, "helper ran"));
+    CHECK_FALSE(contains(r.output, "terminate called"));
+    CHECK_FALSE(contains(r.output, "failed to start"));  // nothing was started
   }
+  check_cluster_works();
+}
+
+TEST_CASE("bad_input.machine_limits_refused_up_front") {
+  // Limits of the machine that a start would run into: refused at the start with the limit
+  // named and exit status 1, instead of SIGXFSZ (ulimit -f), a worker "that did not speak the
+  // join protocol" (ulimit -n) or workers that die after Session returned (ulimit -u).
+  struct Case {
+    std::string shell;
+    std::vector<std::string> args;
+    std::vector<std::string> says;
+  };
+  std::vector<Case> cases = {
+      {"ulimit -f 1000", {"-p", "1"}, {"ulimit -f", "VSCALE_MAX_PROCS"}},
+      {"ulimit -n 32", {"-p", "8"}, {"ulimit -n", "8 more workers"}},
+  };
+  // RLIMIT_NPROC does not bind root: run the child as nobody where we can.
+  const bool can_drop = ::geteuid() == 0 && ::access("/usr/bin/setpriv", X_OK) == 0 &&
+                        ::access(self_exe().c_str(), R_OK | X_OK) == 0;
+  if (can_drop)
+    cases.push_back({"ulimit -u 20; exec /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups \"$0\" \"$@\"",
+                     {"-p", "8"},
+                     {"ulimit -u", "8 more workers"}});
+  else
+    MESSAGE("the ulimit -u case needs root and setpriv: skipped");
+  for (const auto& c : cases) {
+    std::vector<std::string> args = c.args;
+    args.push_back("-tc=bad_input.helper.never_reached");
+    args.push_back("--no-skip");
+    ChildRun r = run_self(args, {}, 60, {}, {}, c.shell);
+    CAPTURE(r.output);
+    INFO("child under `" << c.shell << "`: " << r.describe());
+    CHECK(r.finished);
+    CHECK(WIFEXITED(r.status));
+    CHECK(WEXITSTATUS(r.status) == 1);
+    for (const auto& s : c.says) CHECK(contains(r.output, s));
+    CHECK_FALSE(contains(r.output, "helper ran"));
+    CHECK_FALSE(contains(r.output, "failed to start"));
+  }
+  check_cluster_works();
+}
+
+TEST_CASE("bad_input.start_timeout_reports_each_worker_once") {
+  // VSCALE_START_TIMEOUT_MS=1: every worker is given up on; each is reported once (the
+  // monitor used to read the killed worker's socket as a failed handshake and report it again).
+  ChildRun r = run_self({"-p", "2", "-tc=bad_input.helper.never_reached", "--no-skip"}, {"VSCALE_START_TIMEOUT_MS=1"}, 60);
+  CAPTURE(r.output);
+  INFO("child: " << r.describe());
+  CHECK(r.exited_ok());
+  auto count = [&](const std::string& part) {
+    std::size_t n = 0;
+    for (std::size_t at = r.output.find(part); at != std::string::npos; at = r.output.find(part, at + 1)) ++n;
+    return n;
+  };
+  CHECK(count("worker 2 ") <= 1);
+  CHECK(count("worker 3 ") <= 1);
+  CHECK_FALSE(contains(r.output, "join protocol"));
+}
+
+TEST_CASE("bad_input.helper.messages_of_every_size" * doctest::skip()) {
+  // Sizes around the inline limit, the ring's quarter and the bulk threshold, both ways.
+  for (std::size_t n : {0, 1, 15, 16, 200, 1000, 2000, 4000, 5000, 8000, 8192, 9000, 20000, 100000}) {
+    CAPTURE(n);
+    std::vector<char> v = pattern(n);
+    auto back = vscale::remotecall_fetch(test_util::w1(), [](const std::vector<char>& x) { return x; }, v);
+    CHECK(back == v);
+    auto fut = vscale::remotecall(test_util::w2(), [](const std::vector<char>& x) { return x; }, v);
+    CHECK(fut.fetch() == v);
+  }
+  std::printf("helper ran\n");
+}
+
+TEST_CASE("bad_input.small_ring_carries_every_message") {
+  // VSCALE_RING_KB=1 hung on a 1,000-byte argument: a record plus the wrap padding before it
+  // could never fit. Every ring size accepted carries every message.
+  for (const char* kb : {"VSCALE_RING_KB=1", "VSCALE_RING_KB=2", "VSCALE_RING_KB=8"}) {
+    ChildRun r = run_helper("bad_input.helper.messages_of_every_size", {kb}, 120);
+    CAPTURE(kb);
+    check_helper_passed(r);
+  }
+}
+
+TEST_CASE("bad_input.rmprocs_unknown_ids") {
+  // rmprocs(999) and rmprocs(-5) did nothing without a word.
+  for (int id : {999, -5, 0}) {
+    CAPTURE(id);
+    auto e = thrown<vscale::UsageError>("rmprocs of an id never given out", [&] { vscale::rmprocs(id); });
+    REQUIRE(e.has_value());
+    CHECK(contains(e->what(), "rmprocs(" + std::to_string(id) + ")"));
+    CHECK(contains(e->what(), "no worker"));
+  }
+  // A worker already removed is no mistake: removing it again does nothing.
+  const int w = vscale::addprocs(1).at(0);
+  vscale::rmprocs(w);
+  vscale::rmprocs(w);
+  check_cluster_works();
+}
+
+TEST_CASE("bad_input.addprocs_past_the_id_limit") {
+  // addprocs past the session's ids started what it could and marked the rest dead through
+  // unchecked slots (past ~8,176 on the rings): refused up front now, nothing started.
+  const auto before = vscale::workers();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto e = thrown<vscale::UsageError>("addprocs(100000)", [] { vscale::addprocs(100000); });
+  REQUIRE(e.has_value());
+  CHECK(contains(e->what(), "VSCALE_MAX_PROCS"));
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  CHECK(vscale::workers() == before);
   check_cluster_works();
 }
 

@@ -18,6 +18,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include <sys/prctl.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -572,5 +574,24 @@ TEST_CASE("security.cookie_not_readable_from_proc") {
       std::string block((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
       CHECK_FALSE(contains(block, "VSCALE_COOKIE="));
     }
+  }
+}
+
+TEST_CASE("security.processes_are_not_dumpable") {
+  // Another process of the same user could open the control segment through
+  // /proc/<master>/fd and forge a worker's death: the cookie guards the join only. vscale's
+  // processes are non-dumpable (PR_SET_DUMPABLE 0), which closes /proc/<pid>/fd, /proc/<pid>/mem
+  // and ptrace to them for everyone but root; VSCALE_DEBUGGABLE=1 keeps them debuggable.
+  // Sanitizer builds stay dumpable (LeakSanitizer ptraces its own process at exit).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  const int expected = 1;
+#else
+  const char* dbg = std::getenv("VSCALE_DEBUGGABLE");
+  const int expected = dbg && std::string(dbg) == "1" ? 1 : 0;
+#endif
+  CHECK(::prctl(PR_GET_DUMPABLE) == expected);
+  for (int w : vscale::workers()) {
+    CAPTURE(w);
+    CHECK(vscale::remotecall_fetch(w, [] { return ::prctl(PR_GET_DUMPABLE); }) == expected);
   }
 }

@@ -19,6 +19,15 @@ struct SessionOptions {
 ///
 ///     int main(int argc, char** argv) { vscale::Session s(argc, argv); ... }
 ///
+/// Workers are this program started again: the code of `main` before the constructor runs in
+/// every worker too, so keep it cheap and without side effects, and do master-only work after
+/// it (where only the master runs) or under `if (vscale::myid() == 1)`.
+///
+/// Session(argc, argv) treats a bad flag or VSCALE_* variable as a command-line tool does: it
+/// prints the error and exits with status 2 (1 when a limit of the machine stops the start:
+/// process ids, open files, processes and threads, file size). Session(SessionOptions) throws
+/// vscale::UsageError / vscale::Error instead.
+///
 /// On the master it reads `-p N|auto` / `--procs` (or VSCALE_PROCS), `-t N|auto` /
 /// `--threads` (or VSCALE_THREADS), `--bind`, `--bind=none` and `--vscale-info`, starts the
 /// workers and returns; it removes those flags from argv. In a worker (the same program,

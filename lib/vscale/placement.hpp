@@ -28,6 +28,9 @@ struct MachineInfo {
   std::optional<std::uint64_t> memory_limit;  ///< bytes: memory.max (v2) /
                                               ///< memory.limit_in_bytes (v1), the smallest along
                                               ///< the cgroup path; nullopt = unlimited
+  std::vector<std::string> memory_cgroup_dirs;  ///< the memory controller's directories of
+                                              ///< this cgroup, own level first (v1 or v2)
+  bool memory_cgroup_v1 = false;              ///< whether those are cgroup v1 directories
   std::vector<int> usable_set;                ///< affinity ∩ cpuset (affinity when no cpuset or
                                               ///< when they do not meet), ascending
   int usable_cpus = 1;                        ///< min(|usable_set|, ceil(cpu_quota)), >= 1
@@ -60,6 +63,11 @@ MachineInfo detect_machine(const std::string& root = "/");
 /// detect_machine("/") once, cached (thread-safe). The first call decides: make it before this
 /// process pins itself, or the cached affinity is the pinned one.
 const MachineInfo& machine();
+
+/// OOM kills counted by the memory cgroup of `m` (v1 memory.oom_control, v2 memory.events,
+/// summed over its levels), read now; -1 when no counter is found. A rise between two reads
+/// means the kernel's OOM killer ended a process of this cgroup meanwhile.
+long oom_kill_count(const MachineInfo& m);
 
 /// How many processes and threads, and where they run.
 struct Placement {
@@ -112,7 +120,7 @@ std::string describe_placement(const Placement& p);
 std::string format_cpu_list(const std::vector<int>& cpus);
 
 /// The kernel's list syntax ("0-3,8,10-11", blanks and a trailing newline allowed, "" = none)
-/// into ascending unique ids. Throws std::invalid_argument on anything else.
+/// into ascending unique ids. Throws vscale::UsageError on anything else.
 std::vector<int> parse_cpu_list(const std::string& s);
 
 }  // namespace vscale

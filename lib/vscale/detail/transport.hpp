@@ -106,20 +106,33 @@ class Segment {
   int fd() const noexcept { return fd_; }
   SegHeader& header() const noexcept { return *reinterpret_cast<SegHeader*>(base_); }
   std::uint32_t max_procs() const noexcept { return header().max_procs; }
-  ProcSlot& slot(int id) const noexcept {
+  // Every access to a slot, ring or bulk area is checked against the session's id range: an
+  // id past it would land on another process's rings (issue 13: `-p 100000` did).
+  ProcSlot& slot(int id) const {
+    check_id(id, "slot");
     return reinterpret_cast<ProcSlot*>(base_ + header().slots_off)[id - 1];
   }
-  RingHeader& ring(int to, int from) const noexcept {
+  RingHeader& ring(int to, int from) const {
+    check_id(to, "ring");
+    check_id(from, "ring");
     auto& h = header();
     return *reinterpret_cast<RingHeader*>(base_ + h.rings_off +
                                           (std::uint64_t(to - 1) * h.max_procs + std::uint64_t(from - 1)) *
                                               h.ring_stride);
   }
   char* ring_data(RingHeader& r) const noexcept { return reinterpret_cast<char*>(&r) + 256; }
-  char* bulk(int id) const noexcept { return base_ + header().bulk_off + std::uint64_t(id - 1) * header().bulk_bytes; }
+  char* bulk(int id) const {
+    check_id(id, "bulk area");
+    return base_ + header().bulk_off + std::uint64_t(id - 1) * header().bulk_bytes;
+  }
   bool valid_id(int id) const noexcept { return id >= 1 && std::uint32_t(id) <= header().max_procs; }
 
  private:
+  void check_id(int id, const char* what) const {
+    if (!valid_id(id)) [[unlikely]]
+      bad_id(id, what);
+  }
+  [[noreturn]] void bad_id(int id, const char* what) const;
   void map(std::uint64_t bytes);
   int fd_ = -1;
   char* base_ = nullptr;
