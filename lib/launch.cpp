@@ -33,6 +33,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
@@ -249,6 +250,33 @@ std::string plural(long n, const char* one, const char* many) {
 constexpr long kFdsPerWorker = 4;     // socket, stdout and stderr pipes, pidfd
 constexpr long kSpawnFds = 8;         // held for a moment while one worker is spawned
 constexpr long kTasksPerWorker = 4;   // main, progress and socket threads, one executor; plus -t
+constexpr long kBytesPerWorker = 2L << 20;  // an idle worker's own memory (measured ~1 MiB anon) with slack
+
+/// Memory that more processes may still take: MemAvailable, capped by the cgroup's room.
+std::optional<long> memory_room() {
+  std::optional<long> room;
+  std::ifstream mi("/proc/meminfo");
+  for (std::string key; mi >> key;) {
+    long kb = 0;
+    mi >> kb;
+    if (key == "MemAvailable:") {
+      room = kb * 1024;
+      break;
+    }
+    mi.ignore(64, '\n');
+  }
+  const auto& m = machine();
+  if (m.memory_limit && !m.memory_cgroup_dirs.empty()) {
+    std::ifstream cur(std::filesystem::path(m.memory_cgroup_dirs.front()) /
+                      (m.memory_cgroup_v1 ? "memory.usage_in_bytes" : "memory.current"));
+    long used = 0;
+    if (cur >> used) {
+      const long cg = static_cast<long>(*m.memory_limit) - used;
+      room = room ? std::min(*room, cg) : cg;
+    }
+  }
+  return room;
+}
 
 }  // namespace
 
@@ -404,6 +432,10 @@ void Launcher::check_room(int n) {
                   "), this user runs " + std::to_string(have) + " and the limit is " + std::to_string(pl.rlim_cur) +
                   ". Raise it (ulimit -u) or start fewer workers");
   }
+  if (auto room = memory_room(); room && kBytesPerWorker * n > *room)
+    throw Error(ask + "they need at least " + std::to_string((kBytesPerWorker * n) >> 20) + " MiB of memory (" +
+                std::to_string(kBytesPerWorker >> 20) + " MiB each, idle) and " + std::to_string(std::max(0L, *room) >> 20) +
+                " MiB are available (MemAvailable, and the cgroup's memory limit). Start fewer workers");
   if (auto room = cgroup_tasks_room(); room && tasks > *room)
     throw Error(ask + "they need about " + std::to_string(tasks) + " processes and threads (" +
                 std::to_string(kTasksPerWorker + threads_) + " each) and this cgroup has room for " +

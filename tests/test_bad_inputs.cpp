@@ -356,9 +356,10 @@ TEST_CASE("bad_input.removed_process_id") {
   REQUIRE(e3.has_value());
   CHECK(e3->pid() == id);
   CHECK(contains(e3->what(), std::to_string(id)));
-  // rmprocs of an id that is already gone (or never was) does nothing, as in Julia.
+  // rmprocs of an id that is already gone does nothing, as in Julia; one never given out is
+  // a mistake (bad_input.rmprocs_unknown_ids).
   CHECK_NOTHROW(vscale::rmprocs(id));
-  CHECK_NOTHROW(vscale::rmprocs(999));
+  CHECK_THROWS_AS(vscale::rmprocs(999), vscale::UsageError);
   CHECK(vscale::workers() == before);
   check_cluster_works();
 }
