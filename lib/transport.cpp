@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <climits>
 #include <ctime>
@@ -86,6 +87,35 @@ void Segment::attach(int fd) {
 void Segment::bad_id(int id, const char* what) const {
   throw Error("vscale: internal error: process id " + std::to_string(id) + " is outside this session's ids 1.." +
               std::to_string(max_procs()) + " (" + what + " of the control segment)");
+}
+
+void Segment::set_starting(int id, int os_pid) const {
+  auto& s = slot(id);
+  if (os_pid > 0) s.os_pid.store(os_pid);
+  s.state.store(std::uint32_t(SlotState::Starting));
+}
+
+void Segment::set_alive(int id, int os_pid) const {
+  auto& s = slot(id);
+  if (os_pid > 0) s.os_pid.store(os_pid);
+  s.state.store(std::uint32_t(SlotState::Alive));
+  header().epoch.fetch_add(1);
+}
+
+bool Segment::set_dead(int id, const std::string& reason) const {
+  auto& s = slot(id);
+  if (s.state.load() == std::uint32_t(SlotState::Dead)) return false;
+  const std::size_t n = std::min(sizeof s.reason - 1, reason.size());
+  std::memcpy(s.reason, reason.data(), n);
+  s.reason[n] = 0;
+  s.state.store(std::uint32_t(SlotState::Dead));
+  header().epoch.fetch_add(1);
+  for (int other = 1; valid_id(other); ++other) {
+    auto& o = slot(other);
+    if (o.state.load() == std::uint32_t(SlotState::Unused)) break;  // ids are handed out in order
+    ring_doorbell(o.doorbell);
+  }
+  return true;
 }
 
 bool ring_try_write(const Segment& seg, RingHeader& r, const MsgHeader& h, const void* body1, std::size_t n1,

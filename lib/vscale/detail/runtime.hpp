@@ -93,7 +93,7 @@ class BulkArea {
   std::vector<Out> out_;
 };
 
-class Launcher;  // master only (launch.cpp)
+class ClusterManager;  // master only (cluster_manager.hpp)
 
 /// True on the executor threads: they run queued calls while they wait (so a call that waits
 /// on a call back into its own process cannot deadlock).
@@ -183,7 +183,7 @@ class Runtime {
   Stats stats() const;
   Segment& segment() noexcept { return seg_; }
   std::atomic<bool>& exit_requested() noexcept { return exit_requested_; }
-  Launcher* launcher = nullptr;  // master only
+  ClusterManager* manager = nullptr;  // master only: starts, watches and stops the workers
   int master_os_pid = 0;         // worker only
   std::atomic<int> any_cursor{0};
 

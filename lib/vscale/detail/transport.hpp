@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
+#include <string>
 
 namespace vscale::detail {
 
@@ -126,6 +127,17 @@ class Segment {
     return base_ + header().bulk_off + std::uint64_t(id - 1) * header().bulk_bytes;
   }
   bool valid_id(int id) const noexcept { return id >= 1 && std::uint32_t(id) <= header().max_procs; }
+
+  // --- membership: the only writers of slot states and of the epoch (the master's cluster
+  // manager, and start_master for process 1). Readers poll the epoch and re-read the states.
+  /// Id `id` is being started (as OS process `os_pid`, once known: call again).
+  void set_starting(int id, int os_pid = 0) const;
+  /// `id` is a member: it answers messages from now on. Bumps the epoch.
+  void set_alive(int id, int os_pid = 0) const;
+  /// `id` is gone for `reason` ("killed by SIGKILL"): the reason first, then the state, once
+  /// (the first reason stays: other processes may be reading it). Bumps the epoch and rings
+  /// every process's doorbell, so each fails what it waits for from `id`. False if already dead.
+  bool set_dead(int id, const std::string& reason) const;
 
  private:
   void check_id(int id, const char* what) const {
