@@ -299,7 +299,8 @@ std::string Runtime::dead_reason(int id) const {
   auto st = seg_.slot(id).state.load(std::memory_order_acquire);
   if (st == std::uint32_t(SlotState::Dead)) {
     const char* r = seg_.slot(id).reason;
-    return std::string("is gone: ") + (r[0] ? std::string(r, strnlen(r, sizeof seg_.slot(id).reason)) : "exited");
+    // The reason alone ("killed by SIGKILL"): ProcessExitedException's what() adds "is gone".
+    return r[0] ? std::string(r, strnlen(r, sizeof seg_.slot(id).reason)) : std::string("exited");
   }
   if (st == std::uint32_t(SlotState::Starting)) return "has not finished starting";
   return "does not exist (no such process id)";

@@ -40,6 +40,7 @@ struct ErrorInfo {
   std::int32_t pid = 0;
   std::string type;     // Remote: demangled exception type
   std::string message;  // Remote: what(); Exited: the reason; Usage: the message
+  std::vector<std::int32_t> path = {};  // Remote: the processes it passed through, origin first (empty: {pid})
   [[noreturn]] void raise() const;
   void write(Writer& w) const;
   static ErrorInfo read(Reader& r);
