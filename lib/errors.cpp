@@ -5,25 +5,50 @@
 #include <exception>
 #include <memory>
 #include <typeinfo>
+#include <vector>
 
 #include "vscale/detail/core.hpp"
 
 namespace vscale {
 
-RemoteException::RemoteException(int pid, std::string type, std::string message)
-    : Error("on worker " + std::to_string(pid) + ": " + type + ": " + message),
-      pid_(pid),
-      type_(std::move(type)),
-      message_(std::move(message)) {
-  if (pid == 1) {
-    // The master is not a worker; say so rather than "worker 1".
-    static_cast<std::runtime_error&>(*this) =
-        std::runtime_error("on the master (process 1): " + type_ + ": " + message_);
-  }
+namespace {
+
+// "worker 3", or the master by name (it is not a worker).
+std::string process_name(int pid, bool origin) {
+  if (pid == 1) return origin ? "the master (process 1)" : "the master";
+  return "worker " + std::to_string(pid);
 }
 
+// The path origin first, as what() tells it: "on worker 3, called from worker 2".
+std::string remote_what(const std::vector<int>& path, const std::string& type, const std::string& message) {
+  std::string s = "on " + process_name(path.front(), true);
+  for (std::size_t i = 1; i < path.size(); ++i) s += ", called from " + process_name(path[i], false);
+  return s + ": " + type + ": " + message;
+}
+
+std::vector<int> normal_path(int pid, std::vector<int> path) {
+  if (path.empty() || path.front() != pid) path.insert(path.begin(), pid);
+  return path;
+}
+
+// Reasons that are not a death ("does not exist", "has not finished starting") read without
+// "is gone".
+std::string exited_what(int pid, const std::string& reason) {
+  const bool not_dead = reason.rfind("does not exist", 0) == 0 || reason.rfind("has not finished starting", 0) == 0;
+  return "vscale: process " + std::to_string(pid) + (not_dead ? " " : " is gone: ") + reason;
+}
+
+}  // namespace
+
+RemoteException::RemoteException(int pid, std::string type, std::string message, std::vector<int> path)
+    : Error(remote_what(normal_path(pid, path), type, message)),
+      pid_(pid),
+      type_(std::move(type)),
+      message_(std::move(message)),
+      path_(normal_path(pid, std::move(path))) {}
+
 ProcessExitedException::ProcessExitedException(int pid, std::string reason)
-    : Error("process " + std::to_string(pid) + " " + reason), pid_(pid), reason_(std::move(reason)) {}
+    : Error(exited_what(pid, reason)), pid_(pid), reason_(std::move(reason)) {}
 
 namespace detail {
 
@@ -35,7 +60,7 @@ std::string demangle(const char* name) {
 
 void ErrorInfo::raise() const {
   switch (kind) {
-    case Remote: throw RemoteException(pid, type, message);
+    case Remote: throw RemoteException(pid, type, message, {path.begin(), path.end()});
     case Exited: throw ProcessExitedException(pid, message);
     case Usage: throw UsageError(message);
     case None: break;
@@ -53,6 +78,9 @@ void ErrorInfo::write(Writer& w) const {
   n = static_cast<std::uint32_t>(message.size());
   w.write_raw(&n, sizeof n);
   w.write_raw(message.data(), n);
+  n = static_cast<std::uint32_t>(path.size());
+  w.write_raw(&n, sizeof n);
+  w.write_raw(path.data(), n * sizeof(std::int32_t));
 }
 
 ErrorInfo ErrorInfo::read(Reader& r) {
@@ -67,6 +95,10 @@ ErrorInfo ErrorInfo::read(Reader& r) {
   r.read_raw(&n, sizeof n);
   e.message.resize(n);
   r.read_raw(e.message.data(), n);
+  r.read_raw(&n, sizeof n);
+  if (n > r.remaining() / sizeof(std::int32_t)) throw Error("vscale: truncated message (internal error)");
+  e.path.resize(n);
+  r.read_raw(e.path.data(), n * sizeof(std::int32_t));
   return e;
 }
 
@@ -79,10 +111,13 @@ ErrorInfo ErrorInfo::from_current_exception(int pid) {
   try {
     throw;
   } catch (const RemoteException& re) {
-    // A failure that crossed several processes keeps its origin.
+    // A failure that crossed several processes keeps its origin, and notes that it passed
+    // here (1 calls 2, which calls 3, which throws: 2 sends {3, 2} on to 1).
     e.pid = re.pid();
     e.type = re.type();
     e.message = re.message();
+    e.path.assign(re.path().begin(), re.path().end());
+    if (e.path.empty() || e.path.back() != pid) e.path.push_back(pid);
   } catch (const ProcessExitedException& pe) {
     e.kind = Exited;
     e.pid = pe.pid();

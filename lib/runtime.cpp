@@ -306,7 +306,8 @@ std::string Runtime::dead_reason(int id) const {
   auto st = seg_.slot(id).state.load(std::memory_order_acquire);
   if (st == std::uint32_t(SlotState::Dead)) {
     const char* r = seg_.slot(id).reason;
-    return std::string("is gone: ") + (r[0] ? std::string(r, strnlen(r, sizeof seg_.slot(id).reason)) : "exited");
+    // The reason alone ("killed by SIGKILL"): ProcessExitedException's what() adds "is gone".
+    return r[0] ? std::string(r, strnlen(r, sizeof seg_.slot(id).reason)) : std::string("exited");
   }
   if (st == std::uint32_t(SlotState::Starting)) return "has not finished starting";
   return "does not exist (no such process id)";
@@ -1023,6 +1024,10 @@ Stats Runtime::stats() const {
 FutureCore::~FutureCore() {
   Runtime* rt = Runtime::current();
   if (!rt || id.owner == 0 || id.owner == rt->self()) return;
+  // Questions still in flight (a wait_for gave up on them): withdrawn, so that an answer
+  // that comes after all is dropped on arrival.
+  for (int k = 0; k < 2; ++k)
+    if (asking[k]) rt->drop_request(asking_id[k]);
   {
     std::lock_guard lk(rt->reg_m_);
     auto it = rt->registry_.find(id);
@@ -1061,7 +1066,7 @@ void FutureCore::complete_typed(std::shared_ptr<void> obj, void (*ser)(const voi
   {
     std::lock_guard lk(m);
     typed = std::move(obj);
-    serialize_typed = ser;
+    if (ser) serialize_typed = ser;
   }
   finish(Ready);
 }
@@ -1082,7 +1087,15 @@ const std::vector<char>& FutureCore::ensure_bytes() {
     bytes = std::move(w.bytes());
     have_bytes = true;
   }
+  // The caller reads them after the lock is gone (an answer being sent): keep them.
+  bytes_lent = true;
   return bytes;
+}
+
+void FutureCore::drop_bytes_locked() {
+  if (!have_bytes || bytes_lent || !typed || !serialize_typed) return;
+  std::vector<char>().swap(bytes);  // give the memory back, not only the size
+  have_bytes = false;
 }
 
 // ---------------------------------------------------------------- entry points (core.hpp)
@@ -1105,36 +1118,111 @@ std::shared_ptr<FutureCore> call_ref(int pid, CodeRef invoker, Writer& args) {
 }
 
 namespace {
-/// Send a kCallFetch and return its request (`on_done`, if any, runs when the answer is in).
+/// Send a kCallFetch and return its request (`on_done`, if any, runs when the answer is in;
+/// `id`, if given, gets the request's id). `may_block`: wait for ring space (false: a full
+/// ring queues the call, for callers whose wait has a deadline).
 std::shared_ptr<Request> start_call(Runtime& rt, int pid, CodeRef invoker, Writer& args,
-                                    std::function<void(Request&)> on_done = {}) {
+                                    std::function<void(Request&)> on_done = {}, std::uint64_t* id = nullptr,
+                                    bool may_block = true) {
   std::uint64_t req;
   auto r = rt.new_request(pid, req, std::move(on_done));
   char head[sizeof(std::uint64_t) + sizeof(CodeRef)];
   std::memcpy(head, &req, sizeof req);
   std::memcpy(head + sizeof req, &invoker, sizeof invoker);
   try {
-    rt.send(pid, kCallFetch, head, sizeof head, args.bytes().data(), args.bytes().size());
+    rt.send(pid, kCallFetch, head, sizeof head, args.bytes().data(), args.bytes().size(), may_block);
   } catch (...) {
     rt.drop_request(req);
     throw;
   }
+  if (id) *id = req;
   return r;
+}
+
+bool past(Deadline d) { return d != kNoDeadline && std::chrono::steady_clock::now() >= d; }
+
+/// on_done of a Future's question (on the polling thread). An answer that nobody waits for
+/// now (every wait_for on it gave up) leaves the sender's bulk area at once: it may wait
+/// for the next waiter a long time, and the sender cannot reuse a block until it is read.
+void keep_answer(Request& q) {
+  std::lock_guard lk(q.keep_m);
+  q.answered = true;
+  if (q.waiting > 0 || !q.reply.consumed) return;
+  const std::size_t off = static_cast<std::size_t>(q.payload - q.reply.body);
+  q.reply.heap.assign(q.reply.body, q.reply.body + q.reply.len);
+  q.reply.body = q.reply.heap.data();
+  q.reply.release();
+  q.payload = q.reply.body + off;
+}
+
+/// Stop waiting on `q`; true when its answer is in (then `done` is, or is about to be, set).
+bool leave_question(Request& q) {
+  bool answered;
+  {
+    std::lock_guard lk(q.keep_m);
+    --q.waiting;
+    answered = q.answered;
+  }
+  if (answered)
+    while (!q.done.load(std::memory_order_acquire)) cpu_relax();  // on_done ran; `done` follows at once
+  return answered;
+}
+
+/// With core.fetch_m held: settle `core` from the answer `q` to its question `k` (0: kWait,
+/// 1: kFetch). A value is decoded straight from the answer, when this core knows its type.
+void take_answer(FutureCore& core, Request& q, int k) {
+  if (core.state.load(std::memory_order_acquire) != FutureCore::Pending) return;  // settled another way
+  if (!q.ok) {
+    core.complete_error(q.error);
+    return;
+  }
+  if (k == 0) {
+    core.known_ready.store(true);
+    return;
+  }
+  std::shared_ptr<void> (*decode)(Reader&);
+  {
+    std::lock_guard lk(core.m);
+    decode = core.decode_typed;
+  }
+  if (decode) {
+    Reader rd(q.payload, q.payload_len);
+    core.complete_typed(decode(rd), nullptr);  // (a throw leaves it pending: the next fetch asks again)
+  } else {
+    core.complete_bytes(std::vector<char>(q.payload, q.payload + q.payload_len));
+  }
 }
 }  // namespace
 
-void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& result) {
+bool call_fetch(int pid, CodeRef invoker, Writer& args, ResultSink sink, Deadline deadline) {
   Runtime& rt = Runtime::get("remotecall_fetch");
-  auto r = start_call(rt, pid, invoker, args);
-  rt.await_request(*r, true);
+  std::uint64_t req = 0;
+  auto r = start_call(rt, pid, invoker, args, {}, &req, deadline == kNoDeadline);
+  try {
+    rt.wait_until([&] { return r->done.load(std::memory_order_acquire) != 0 || past(deadline); }, true);
+  } catch (...) {
+    rt.drop_request(req);  // interrupted: the answer, if it comes, is dropped
+    throw;
+  }
+  if (!r->done.load(std::memory_order_acquire)) {
+    rt.drop_request(req);
+    if (!r->done.load(std::memory_order_acquire)) return false;
+  }
   if (!r->ok) r->error.raise();
-  result.assign(r->payload, r->payload + r->payload_len);
+  // The result is read where it lies (the reply may still be in the sender's bulk area,
+  // released when `r` goes): no copy of its bytes here.
+  if (sink.read) {
+    Reader rd(r->payload, r->payload_len);
+    sink.read(sink.ctx, rd);
+  }
+  return true;
 }
 
 std::shared_ptr<FutureCore> call_push(int pid, CodeRef invoker, Writer& args) {
   Runtime& rt = Runtime::get("remotecall");
   auto core = new_local_core();
   start_call(rt, pid, invoker, args, [core](Request& q) {
+    // (On the polling thread: copied, not decoded here. Future::fetch decodes and drops them.)
     if (q.ok)
       core->complete_bytes(std::vector<char>(q.payload, q.payload + q.payload_len));
     else
@@ -1157,34 +1245,103 @@ std::shared_ptr<FutureCore> new_local_core() {
 
 void submit_local(std::function<void()> fn) { Runtime::get("remotecall").push_task(Task{{}, std::move(fn)}); }
 
-void await_core(FutureCore& core, bool want_value) {
-  if (core.state.load(std::memory_order_acquire) != FutureCore::Pending) return;
+bool await_core(FutureCore& core, bool want_value, Deadline deadline) {
+  auto settled = [&] {
+    return core.state.load(std::memory_order_acquire) != FutureCore::Pending || (!want_value && core.known_ready.load());
+  };
+  if (settled()) return true;
   Runtime& rt = Runtime::get("fetch");
   if (core.id.owner == rt.self()) {
-    rt.wait_until([&] { return core.state.load(std::memory_order_acquire) != FutureCore::Pending; }, true);
-    return;
+    rt.wait_until([&] { return core.state.load(std::memory_order_acquire) != FutureCore::Pending || past(deadline); },
+                  true);
+    return core.state.load(std::memory_order_acquire) != FutureCore::Pending;
   }
-  if (!want_value && core.known_ready.load()) return;
-  std::lock_guard fl(core.fetch_m);
-  if (core.state.load() != FutureCore::Pending || (!want_value && core.known_ready.load())) return;
-  std::uint64_t req;
-  auto r = rt.new_request(core.id.owner, req);
-  QueryBody q{req, core.id};
-  try {
-    rt.send(core.id.owner, want_value ? kFetch : kWait, &q, sizeof q);
-  } catch (const ProcessExitedException& e) {
-    rt.drop_request(req);
-    core.complete_error(ErrorInfo{ErrorInfo::Exited, e.pid(), {}, e.reason()});
-    return;
+  const int k = want_value ? 1 : 0;
+  const int owner = core.id.owner;
+  for (;;) {
+    // Join the question in flight, or ask one. Nothing here waits (fetch_m is held only
+    // for this and for decoding), so a deadline bounds the whole wait.
+    std::shared_ptr<Request> q;
+    std::uint64_t qid = 0;
+    bool fresh = false;
+    {
+      std::lock_guard fl(core.fetch_m);
+      if (settled()) return true;
+      q = core.asking[k];
+      if (q) {
+        std::lock_guard lk(q->keep_m);
+        ++q->waiting;
+      } else {
+        q = rt.new_request(owner, qid, &keep_answer);
+        {
+          std::lock_guard lk(q->keep_m);  // (a death fails it from the polling thread at any time)
+          q->waiting = 1;
+        }
+        core.asking[k] = q;
+        core.asking_id[k] = qid;
+        fresh = true;
+      }
+    }
+    if (fresh) {
+      QueryBody body{qid, core.id};
+      try {
+        // With a deadline, a full ring queues the question rather than wait for room.
+        rt.send(owner, want_value ? kFetch : kWait, &body, sizeof body, nullptr, 0, deadline == kNoDeadline);
+      } catch (...) {
+        {
+          std::lock_guard fl(core.fetch_m);
+          if (core.asking[k] == q) core.asking[k].reset();
+        }
+        rt.drop_request(qid);
+        {
+          std::lock_guard lk(q->keep_m);
+          --q->waiting;
+        }
+        // The question never left: fail the Future, so that waiters that joined it meanwhile
+        // (they look at `state`) do not wait for an answer that cannot come.
+        try {
+          throw;
+        } catch (const ProcessExitedException& e) {
+          core.complete_error(ErrorInfo{ErrorInfo::Exited, e.pid(), {}, e.reason()});
+          return true;
+        } catch (...) {
+          core.complete_error(ErrorInfo::from_current_exception(rt.self()));
+          throw;
+        }
+      }
+    }
+    try {
+      rt.wait_until([&] { return q->done.load(std::memory_order_acquire) != 0 || settled() || past(deadline); }, true);
+    } catch (...) {
+      leave_question(*q);  // interrupted: the question stays for the next waiter
+      throw;
+    }
+    if (!leave_question(*q)) return settled();  // the deadline came first, or another waiter settled it
+    {
+      std::lock_guard fl(core.fetch_m);
+      if (core.asking[k] == q) {
+        core.asking[k].reset();
+        take_answer(core, *q, k);
+      }
+    }
+    if (settled()) return true;
   }
-  rt.await_request(*r, true);
-  if (!r->ok) {
-    core.complete_error(r->error);
-  } else if (want_value) {
-    core.complete_bytes(std::vector<char>(r->payload, r->payload + r->payload_len));
-  } else {
-    core.known_ready.store(true);
-  }
+}
+
+bool sole_handle(const std::shared_ptr<FutureCore>& handle) { return FutureCore::sole(handle); }
+
+bool FutureCore::sole(const std::shared_ptr<FutureCore>& handle) {
+  Runtime* rt = Runtime::current();
+  if (handle.use_count() != 1) return false;
+  if (!rt || handle->id.owner == rt->self()) return true;  // the owner's store holds a reference while one is out
+  // Here another handle could still come from the registry (a copy arriving from elsewhere):
+  // take the core out of it, so that such a copy gets a core of its own.
+  std::lock_guard lk(rt->reg_m_);
+  if (handle.use_count() != 1) return false;
+  auto it = rt->registry_.find(handle->id);
+  if (it != rt->registry_.end() && !it->second.owner_before(handle) && !handle.owner_before(it->second))
+    rt->registry_.erase(it);
+  return true;
 }
 
 bool poll_ready(FutureCore& core) {

@@ -208,6 +208,62 @@ TEST_CASE("errors.remote.nested_worker_to_worker") {
   check_cluster_answers();
 }
 
+TEST_CASE("errors.remote.nested_error_says_where_it_passed") {
+  // 1 calls a, which calls b, which throws: the RemoteException named b alone. It keeps the
+  // origin (pid, type, message) and now the path, origin first.
+  auto ws = vscale::workers();
+  const int a = ws.front(), b = ws.back();
+  const std::string ida = std::to_string(a), idb = std::to_string(b);
+  auto direct = remote_exception_of([&] { vscale::remotecall_fetch(b, throws_runtime_error); });
+  REQUIRE(direct.has_value());
+  CHECK(direct->path() == std::vector<int>{b});
+  CHECK(std::string(direct->what()) == "on worker " + idb + ": std::runtime_error: runtime boom");
+
+  auto nested = [](int to) { return vscale::remotecall_fetch(to, throws_runtime_error); };
+  auto e = remote_exception_of([&] { vscale::remotecall_fetch(a, nested, b); });
+  check_remote(e, b, "std::runtime_error", "runtime boom");
+  REQUIRE(e.has_value());
+  CHECK(e->path() == std::vector<int>{b, a});
+  CHECK(std::string(e->what()) == "on worker " + idb + ", called from worker " + ida + ": std::runtime_error: runtime boom");
+
+  // The same through a Future (remotecall + fetch), and through the master in the middle.
+  auto f = vscale::remotecall(a, nested, b);
+  auto e2 = remote_exception_of([&] { (void)f.fetch(); });
+  REQUIRE(e2.has_value());
+  CHECK(e2->path() == std::vector<int>{b, a});
+  auto e3 = remote_exception_of([&] {
+    vscale::remotecall_fetch(a, [](int to) {
+      return vscale::remotecall_fetch(1, [](int t) { return vscale::remotecall_fetch(t, throws_runtime_error); }, to);
+    }, b);
+  });
+  check_remote(e3, b, "std::runtime_error", "runtime boom");
+  REQUIRE(e3.has_value());
+  CHECK(e3->path() == std::vector<int>{b, 1, a});
+  CHECK(contains(e3->what(), "on worker " + idb + ", called from the master, called from worker " + ida + ": "));
+  // A failure that starts on the master and comes back through a worker.
+  auto e4 = remote_exception_of([&] {
+    vscale::remotecall_fetch(a, [] { return vscale::remotecall_fetch(1, throws_runtime_error); });
+  });
+  REQUIRE(e4.has_value());
+  CHECK(e4->pid() == 1);
+  CHECK(e4->path() == std::vector<int>{1, a});
+  CHECK(contains(e4->what(), "on the master (process 1), called from worker " + ida + ": std::runtime_error"));
+  // A rethrown RemoteException on the process that caught it does not count that process twice.
+  auto e5 = remote_exception_of([&] {
+    vscale::remotecall_fetch(a, [](int to) {
+      try {
+        return vscale::remotecall_fetch(to, throws_runtime_error);
+      } catch (const vscale::RemoteException&) {
+        auto g = vscale::remotecall(vscale::myid(), [](int t) { return vscale::remotecall_fetch(t, throws_runtime_error); }, to);
+        return g.fetch();
+      }
+    }, b);
+  });
+  REQUIRE(e5.has_value());
+  CHECK(e5->path() == std::vector<int>{b, a});
+  check_cluster_answers();
+}
+
 std::atomic<int> g_everywhere_runs{0};
 
 TEST_CASE("errors.everywhere_reports_failure_after_all_ran") {
@@ -617,4 +673,69 @@ TEST_CASE("errors.exited.segfault") {
   CHECK(e->pid() == id);
   CAPTURE(e->reason());
   CHECK(contains(e->reason(), "SIGSEGV"));
+}
+
+TEST_CASE("errors.exited.reason_is_the_reason_alone") {
+  // reason() said "is gone: killed by SIGKILL" while errors.hpp documents "killed by SIGKILL":
+  // reason() is the reason alone, and what() says the rest.
+  auto exited_of = [](auto&& fn) -> std::optional<vscale::ProcessExitedException> {
+    try {
+      fn();
+    } catch (const vscale::ProcessExitedException& e) {
+      return e;
+    } catch (const std::exception& e) {
+      FAIL_CHECK("expected ProcessExitedException, got: " << e.what());
+    }
+    return std::nullopt;
+  };
+  auto none = exited_of([] { vscale::remotecall_fetch(999, [] { return 1; }); });
+  REQUIRE(none.has_value());
+  CHECK(none->reason() == "does not exist (no such process id)");
+  CHECK(std::string(none->what()) == "vscale: process 999 does not exist (no such process id)");
+
+  // Killed by a signal: the pending call fails, and so does a new one.
+  const int killed = vscale::addprocs(1).at(0);
+  const pid_t os_pid = vscale::remotecall_fetch(killed, [] { return ::getpid(); });
+  auto pending = vscale::remotecall(killed, [] {
+    std::this_thread::sleep_for(std::chrono::seconds(120));
+    return 1;
+  });
+  REQUIRE(::kill(os_pid, SIGKILL) == 0);
+  auto k1 = exited_of([&] { (void)pending.fetch(); });
+  REQUIRE(k1.has_value());
+  CHECK(k1->pid() == killed);
+  CHECK(k1->reason() == "killed by SIGKILL");
+  CHECK(std::string(k1->what()) == "vscale: process " + std::to_string(killed) + " is gone: killed by SIGKILL");
+  auto k2 = exited_of([&] { vscale::remotecall_fetch(killed, [] { return 1; }); });
+  REQUIRE(k2.has_value());
+  CHECK(k2->reason() == "killed by SIGKILL");
+
+  // Removed by rmprocs.
+  const int removed = vscale::addprocs(1).at(0);
+  vscale::rmprocs(removed);
+  auto r = exited_of([&] { vscale::remotecall_fetch(removed, [] { return 1; }); });
+  REQUIRE(r.has_value());
+  CHECK(r->reason() == "was removed by rmprocs");
+  CHECK(std::string(r->what()) == "vscale: process " + std::to_string(removed) + " is gone: was removed by rmprocs");
+
+  // Exited with a code.
+  int id = 0;
+  auto x = death_of_fresh_worker([] {
+    std::_Exit(3);
+    return 0;
+  }, id);
+  REQUIRE(x.has_value());
+  CHECK(x->reason() == "exited with code 3");
+  CHECK(std::string(x->what()) == "vscale: process " + std::to_string(id) + " is gone: exited with code 3");
+
+  // Through a nested call: the worker that called the dead one passes the reason on as is.
+  auto ws = vscale::workers();
+  auto nested = exited_of([&] {
+    vscale::remotecall_fetch(ws.front(), [](int to) { return vscale::remotecall_fetch(to, [] { return 1; }); }, killed);
+  });
+  REQUIRE(nested.has_value());
+  CHECK(nested->pid() == killed);
+  CHECK(nested->reason() == "killed by SIGKILL");
+  if (vscale::nworkers() < 2) vscale::addprocs(2 - vscale::nworkers());
+  check_cluster_answers();
 }

@@ -12,16 +12,61 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
 #include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <tuple>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include <Eigen/Core>
+
+#include <dirent.h>
+#include <malloc.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <vscale/detail/runtime.hpp>
+
+// A heap meter for the tests of how many copies of a result vscale makes: every operator new
+// and delete of this program (the library's included) counts the bytes in use, and the
+// highest count since the last reset.
+namespace heap_meter {
+std::atomic<std::int64_t> g_now{0}, g_peak{0};
+void note(std::int64_t d) noexcept {
+  const std::int64_t v = g_now.fetch_add(d, std::memory_order_relaxed) + d;
+  std::int64_t p = g_peak.load(std::memory_order_relaxed);
+  while (v > p && !g_peak.compare_exchange_weak(p, v, std::memory_order_relaxed)) {
+  }
+}
+void* take(void* p) {
+  if (!p) throw std::bad_alloc();
+  note(static_cast<std::int64_t>(::malloc_usable_size(p)));
+  return p;
+}
+void give(void* p) noexcept {
+  if (!p) return;
+  note(-static_cast<std::int64_t>(::malloc_usable_size(p)));
+  std::free(p);
+}
+std::int64_t now() { return g_now.load(); }
+std::int64_t peak() { return g_peak.load(); }
+void reset_peak() { g_peak.store(g_now.load()); }
+}  // namespace heap_meter
+
+void* operator new(std::size_t n) { return heap_meter::take(std::malloc(n ? n : 1)); }
+void* operator new(std::size_t n, std::align_val_t a) {
+  const auto al = static_cast<std::size_t>(a);
+  return heap_meter::take(std::aligned_alloc(al, (std::max<std::size_t>(n, 1) + al - 1) / al * al));
+}
+void operator delete(void* p) noexcept { heap_meter::give(p); }
+void operator delete(void* p, std::size_t) noexcept { heap_meter::give(p); }
+void operator delete(void* p, std::align_val_t) noexcept { heap_meter::give(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { heap_meter::give(p); }
 
 namespace {
 
@@ -754,6 +799,271 @@ TEST_CASE("remotecall.large.eigen_20MiB") {
   CHECK(same);
   double sum = vscale::remotecall_fetch(w2(), [](const Eigen::MatrixXd& x) { return x.sum(); }, m);
   CHECK(sum == doctest::Approx(m.sum()));
+}
+
+// ---- issue 13: copies of a large result, rvalue fetch, timeouts ----------------------------
+
+namespace {
+constexpr std::size_t kBig = std::size_t(64) << 20;
+
+std::vector<char> big_pattern(std::size_t n) { return pattern(n); }
+bool is_pattern(const std::vector<char>& v, std::size_t n) {
+  if (v.size() != n) return false;
+  for (std::size_t i = 0; i < n; ++i)
+    if (v[i] != static_cast<char>((i * 7 + (i >> 12)) & 0xff)) return false;
+  return true;
+}
+// Heap growth allowed for one copy of `n` bytes: well under two copies.
+constexpr std::int64_t one_copy(std::size_t n) { return static_cast<std::int64_t>(n) * 3 / 2; }
+}  // namespace
+
+TEST_CASE("remotecall.fetched_future_holds_one_copy_of_a_large_result") {
+  // A fetched Future kept the answer's bytes and the decoded value: 64 MiB cost 128 MiB.
+  auto f = vscale::remotecall(w1(), big_pattern, kBig);
+  f.wait();  // the value exists on w1; only the fetch is measured
+  const std::int64_t base = heap_meter::now();
+  heap_meter::reset_peak();
+  const auto& v = f.fetch();
+  const std::int64_t held = heap_meter::now() - base, peak = heap_meter::peak() - base;
+  CAPTURE(held);
+  CAPTURE(peak);
+  CHECK(held >= static_cast<std::int64_t>(kBig));  // (the meter sees the value itself)
+  CHECK(held < one_copy(kBig));
+  CHECK(peak < one_copy(kBig));  // decoded straight from the answer: no copy of its bytes
+  CHECK(is_pattern(v, kBig));
+  // A second fetch is served here, with nothing more.
+  CHECK(&f.fetch() == &v);
+  CHECK(heap_meter::now() - base < one_copy(kBig));
+
+  // A result pushed back with the call's answer (pmap, distributed_for) keeps one copy too
+  // once fetched (its bytes are copied out of the answer on arrival, then dropped).
+  auto g = vscale::detail::remotecall_push(w2(), big_pattern, kBig);
+  g.wait();
+  const std::int64_t base2 = heap_meter::now();
+  const auto& v2 = g.fetch();
+  const std::int64_t held2 = heap_meter::now() - base2;
+  CAPTURE(held2);
+  CHECK(held2 < one_copy(kBig) - static_cast<std::int64_t>(kBig));  // the bytes went, the value came
+  CHECK(is_pattern(v2, kBig));
+}
+
+TEST_CASE("remotecall.remotecall_fetch_decodes_large_result_from_the_answer") {
+  // remotecall_fetch copied the answer into a vector, then decoded that: two copies at once.
+  const std::size_t n = kBig / sizeof(double);
+  const std::int64_t base = heap_meter::now();
+  heap_meter::reset_peak();
+  auto v = vscale::remotecall_fetch(w2(), [](std::size_t k) { return std::vector<double>(k, 1.5); }, n);
+  const std::int64_t peak = heap_meter::peak() - base;
+  CAPTURE(peak);
+  CHECK(peak < one_copy(kBig));
+  REQUIRE(v.size() == n);
+  CHECK(std::all_of(v.begin(), v.end(), [](double x) { return x == 1.5; }));
+}
+
+TEST_CASE("remotecall.fetch_on_a_temporary_future_returns_the_value") {
+  // `const auto& v = remotecall(2, f).fetch();` bound a reference into the temporary Future:
+  // dangling at the end of the statement. An rvalue Future's fetch returns the value.
+  using FI = vscale::Future<int>;
+  static_assert(std::is_same_v<decltype(std::declval<FI>().fetch()), int>);
+  static_assert(std::is_same_v<decltype(std::declval<FI&>().fetch()), const int&>);
+  static_assert(std::is_same_v<decltype(std::declval<const FI&>().fetch()), const int&>);
+  static_assert(std::is_same_v<decltype(vscale::fetch(std::declval<FI>())), int>);
+  static_assert(std::is_same_v<decltype(vscale::fetch(std::declval<FI&>())), const int&>);
+  static_assert(std::is_same_v<decltype(std::declval<vscale::Future<void>>().fetch()), void>);
+
+  // 40 MiB: freed, it is unmapped at once, so reading the old dangling reference crashed.
+  const std::size_t n = std::size_t(40) << 20;
+  const auto& v = vscale::remotecall(w1(), big_pattern, n).fetch();
+  CHECK(is_pattern(v, n));
+  const auto& s = vscale::fetch(vscale::remotecall(w2(), [] { return std::string(5000, 's'); }));
+  CHECK(s == std::string(5000, 's'));
+  vscale::remotecall(w1(), [] {}).fetch();  // void: waits, returns nothing
+
+  // The last handle here: the value is moved out, not copied.
+  auto f = vscale::remotecall(w2(), big_pattern, n);
+  f.wait();
+  const std::int64_t base = heap_meter::now();
+  heap_meter::reset_peak();
+  auto moved = std::move(f).fetch();
+  const std::int64_t peak = heap_meter::peak() - base;
+  CAPTURE(peak);
+  CHECK(peak < one_copy(n));
+  CHECK_FALSE(f.valid());  // NOLINT(bugprone-use-after-move): an rvalue fetch lets the handle go
+  CHECK(is_pattern(moved, n));
+
+  // Another handle shares the value: it is copied, and that handle still has it.
+  auto g = vscale::remotecall(w1(), [] { return std::vector<int>{4, 5, 6}; });
+  auto h = g;
+  auto copied = std::move(g).fetch();
+  CHECK(copied == std::vector<int>{4, 5, 6});
+  CHECK(h.fetch() == std::vector<int>{4, 5, 6});
+
+  // A Future received from another process (it may arrive here again while fetched).
+  auto made = vscale::remotecall_fetch(w2(), [](int o) { return vscale::remotecall(o, [] { return 77; }); }, w1());
+  CHECK(std::move(made).fetch() == 77);
+}
+
+namespace {
+// SIGSTOPs a worker while it lives; SIGCONTs it at the end in any case (teardown needs it).
+// Every thread of process `pid` is stopped (kill returns before the signal has reached them).
+bool all_threads_stopped(int pid) {
+  const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return false;
+  bool all = true;
+  int n = 0;
+  while (auto* e = ::readdir(d)) {
+    if (e->d_name[0] == '.') continue;
+    std::ifstream st(dir + "/" + e->d_name + "/stat");
+    std::string line;
+    if (!std::getline(st, line)) continue;  // just exited
+    const auto rp = line.rfind(')');
+    const char state = rp != std::string::npos && rp + 2 < line.size() ? line[rp + 2] : '?';
+    all = all && (state == 'T' || state == 't');
+    ++n;
+  }
+  ::closedir(d);
+  return all && n > 0;
+}
+struct Stopped {
+  explicit Stopped(int os_pid) : pid(os_pid) {
+    REQUIRE(::kill(pid, SIGSTOP) == 0);
+    REQUIRE(eventually([&] { return all_threads_stopped(pid); }));
+  }
+  ~Stopped() { resume(); }
+  void resume() {
+    if (pid > 0) ::kill(pid, SIGCONT);
+    pid = 0;
+  }
+  int pid;
+};
+std::atomic<bool> g_wait_for_gate{false};
+std::size_t pending_to(int w) { return vscale::detail::Runtime::get("test").pending_requests_to(w); }
+}  // namespace
+
+TEST_CASE("remotecall.wait_for_gives_up_on_a_stopped_worker") {
+  // With a worker SIGSTOPped, fetch waited without end; wait_for and fetch_for bound the wait
+  // (the owner never answers), a late answer is taken by the next wait, and no question leaks.
+  using namespace std::chrono_literals;
+  const int w = w1();
+  const int os_pid = vscale::remotecall_fetch(w, [] { return static_cast<int>(::getpid()); });
+  REQUIRE(pending_to(w) == 0);
+  auto g = vscale::remotecall(w, [] { return 41; });
+  auto v = vscale::remotecall(w, [] {});
+  Stopped stop(os_pid);
+
+  auto t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(g.wait_for(300ms));
+  CHECK(std::chrono::steady_clock::now() - t0 >= 300ms);
+  CHECK(std::chrono::steady_clock::now() - t0 < 60s);
+  CHECK_FALSE(g.fetch_for(200ms).has_value());
+  CHECK_FALSE(v.fetch_for(100ms));  // Future<void>: false, not done
+  // Asking again joins the question in flight: no new one.
+  CHECK_FALSE(g.wait_for(50ms));
+  CHECK_FALSE(g.fetch_for(0ms).has_value());
+  CHECK(pending_to(w) == 3);  // g: wait and fetch; v: fetch
+
+  // A thread blocked in fetch() without a timeout does not hold up a timed wait.
+  std::atomic<int> fetched{0};
+  std::thread blocked([&] { fetched = g.fetch(); });
+  std::this_thread::sleep_for(50ms);
+  t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(g.fetch_for(200ms).has_value());
+  CHECK(std::chrono::steady_clock::now() - t0 < 60s);
+  CHECK(fetched.load() == 0);
+
+  // remotecall_fetch with a timeout: its question is withdrawn when it gives up.
+  t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(vscale::remotecall_fetch_for(w, 200ms, [] { return 1; }).has_value());
+  CHECK_FALSE(vscale::remotecall_fetch_for(w, 100ms, [] {}));
+  CHECK(std::chrono::steady_clock::now() - t0 < 60s);
+  CHECK(pending_to(w) == 3);
+
+  // A Future dropped while its question waits withdraws it.
+  {
+    auto h = vscale::remotecall(w, [] { return 2; });
+    CHECK_FALSE(h.fetch_for(50ms).has_value());
+    CHECK(pending_to(w) == 4);
+  }
+  CHECK(pending_to(w) == 3);
+
+  stop.resume();
+  // The late answers are taken: by the blocked fetch, and by the next timed waits.
+  blocked.join();
+  CHECK(fetched.load() == 41);
+  auto got = g.fetch_for(60s);
+  REQUIRE(got.has_value());
+  CHECK(*got == 41);
+  CHECK(g.wait_for(0s));
+  CHECK(v.wait_for(60s));
+  CHECK(v.fetch_for(60s));
+  CHECK(vscale::remotecall_fetch_for(w, 60s, [] { return vscale::myid(); }) == std::optional<int>(w));
+  CHECK(eventually([&] { return pending_to(w) == 0; }));
+  CHECK(vscale::remotecall_fetch(w, [] { return vscale::myid(); }) == w);
+}
+
+TEST_CASE("remotecall.wait_for_from_many_threads_shares_the_questions") {
+  // Threads polling one Future with short timeouts, others waiting without one: one question
+  // of each kind in flight at most, every thread gets the value, nothing stays registered.
+  using namespace std::chrono_literals;
+  const int w = w2();
+  for (int round = 0; round < 3; ++round) {
+    auto f = vscale::remotecall(w, [](int r) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(150));
+      return std::vector<int>(1000, r);
+    }, round);
+    std::atomic<int> good{0}, max_pending{0};
+    std::vector<std::thread> ts;
+    for (int t = 0; t < 6; ++t)
+      ts.emplace_back([&, t] {
+        try {
+          if (t == 0) {
+            if (f.fetch() == std::vector<int>(1000, round)) ++good;
+            return;
+          }
+          for (;;) {
+            const int p = static_cast<int>(pending_to(w));
+            if (p > max_pending.load()) max_pending = p;
+            if (t % 2 ? !f.wait_for(1ms) : false) continue;
+            if (auto v = f.fetch_for(t % 3 == 0 ? 0ms : 2ms)) {
+              if (*v == std::vector<int>(1000, round)) ++good;
+              return;
+            }
+          }
+        } catch (const std::exception& e) {
+          MESSAGE("thread failed: " << e.what());
+        }
+      });
+    for (auto& th : ts) th.join();
+    CHECK(good.load() == 6);
+    CHECK(max_pending.load() <= 2);  // one kWait, one kFetch
+    CHECK(eventually([&] { return pending_to(w) == 0; }));
+  }
+}
+
+TEST_CASE("remotecall.wait_for_on_ready_failed_and_local_futures") {
+  using namespace std::chrono_literals;
+  auto ready = vscale::remotecall(w2(), [] { return 5; });
+  CHECK(ready.wait_for(60s));
+  CHECK(ready.fetch_for(60s) == std::optional<int>(5));
+  auto failed = vscale::remotecall(w2(), []() -> int { throw std::runtime_error("wait_for boom"); });
+  CHECK_THROWS_AS((void)failed.wait_for(60s), vscale::RemoteException);
+  CHECK_THROWS_AS((void)failed.fetch_for(60s), vscale::RemoteException);
+  CHECK_THROWS_AS((void)vscale::remotecall_fetch_for(w2(), 60s, []() -> int { throw std::runtime_error("x"); }),
+                  vscale::RemoteException);
+  // A call to this process: its Future is owned here.
+  g_wait_for_gate = false;
+  auto local = vscale::remotecall(1, [] {
+    while (!g_wait_for_gate.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return 9;
+  });
+  CHECK_FALSE(local.wait_for(50ms));
+  CHECK_FALSE(local.fetch_for(10ms).has_value());
+  g_wait_for_gate = true;
+  CHECK(local.fetch_for(60s) == std::optional<int>(9));
+  vscale::Future<int> empty;
+  CHECK_THROWS_AS((void)empty.wait_for(1s), vscale::UsageError);
+  CHECK_THROWS_AS((void)empty.fetch_for(1s), vscale::UsageError);
 }
 
 TEST_CASE("remotecall.zz_nothing_left_stored") {

@@ -3,6 +3,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace vscale {
 
@@ -21,21 +22,35 @@ class UsageError : public Error {
 
 /// An exception thrown by user code on process `pid()`, carried back to the caller.
 /// `type()` is the demangled C++ type of what was thrown, `what()` names all three.
+/// A failure that crossed several processes (1 calls 2, which calls 3, which throws) keeps
+/// its origin: pid() is 3, type() and message() are the original ones, `path()` is {3, 2}
+/// (where it passed, origin first; the last is the process this caller called), and what()
+/// reads "on worker 3, called from worker 2: std::runtime_error: ...".
 class RemoteException : public Error {
  public:
-  RemoteException(int pid, std::string type, std::string message);
+  /// `path`: the processes it passed through, origin first; empty means {pid}.
+  RemoteException(int pid, std::string type, std::string message, std::vector<int> path = {});
   int pid() const noexcept { return pid_; }
   const std::string& type() const noexcept { return type_; }
   const std::string& message() const noexcept { return message_; }
+  /// The processes the failure passed through on its way here, origin (pid()) first.
+  const std::vector<int>& path() const noexcept { return path_; }
 
  private:
   int pid_;
   std::string type_;
   std::string message_;
+  std::vector<int> path_;
 };
 
 /// The process a call, fetch or channel operation depended on does not exist (never
-/// started, removed) or died; `reason()` says how ("killed by SIGKILL", "exited with code 3").
+/// started, removed) or died. `reason()` is exactly one of: "killed by SIGKILL" (any signal
+/// by name, "(out of memory)" appended when the kernel's OOM killer did it), "exited with
+/// code 3", "was removed by rmprocs", "has not finished starting", "does not exist (no such
+/// process id)"; a worker that failed to start says why ("did not join within 60000 ms;
+/// killed", "refused: ..."); a vscale::Barrier appends what it could no longer do. what()
+/// reads "vscale: process 3 is gone: killed by SIGKILL" (or "vscale: process 9 does not
+/// exist (no such process id)").
 class ProcessExitedException : public Error {
  public:
   ProcessExitedException(int pid, std::string reason);

@@ -1,8 +1,12 @@
 // Future<R>: the result of a remote call, kept by the process that ran it (Julia's Future).
 #pragma once
 
+#include <chrono>
 #include <memory>
+#include <new>
+#include <optional>
 #include <type_traits>
+#include <utility>
 
 #include "vscale/detail/core.hpp"
 
@@ -16,8 +20,40 @@ template <class R>
 void serialize_typed(const void* obj, Writer& w) {
   write(w, *static_cast<const R*>(obj));
 }
+/// Bytes to the value, as the object a Future keeps.
+template <class R>
+std::shared_ptr<void> decode_typed(Reader& r) {
+  if constexpr (MemcpyShippable<R> && !is_closure<R>::value && (sizeof(R) > 256)) {
+    // A big trivially copyable value goes straight from the bytes into its heap home
+    // (read<R> would pass it through a stack copy). Storage from operator new holds such a
+    // type's object once its bytes are there.
+    std::shared_ptr<R> p(static_cast<R*>(::operator new(sizeof(R), std::align_val_t(alignof(R)))),
+                         [](R* q) { ::operator delete(q, std::align_val_t(alignof(R))); });
+    r.read_raw(p.get(), sizeof(R));
+    return p;
+  } else {
+    return std::make_shared<R>(read<R>(r));
+  }
+}
+/// Tell `core` how to decode and re-serialize an R (every Future<R> handle does).
+template <class R>
+void bind_type(FutureCore& core) {
+  if constexpr (!std::is_void_v<R>) {
+    std::lock_guard lk(core.m);
+    if (!core.serialize_typed) core.serialize_typed = &serialize_typed<R>;
+    if (!core.decode_typed) core.decode_typed = &decode_typed<R>;
+  }
+}
 template <class R>
 Future<R> make_future(std::shared_ptr<FutureCore> core);
+template <class R>
+struct fetch_for_result {
+  using type = std::optional<R>;
+};
+template <>
+struct fetch_for_result<void> {
+  using type = bool;
+};
 }  // namespace detail
 
 /// A reference to a value being computed by, and then stored on, process `where()`.
@@ -29,28 +65,29 @@ template <class R>
 class Future {
  public:
   using value_type = R;
+  /// What fetch_for returns: std::optional<R>, or for Future<void> a bool (true: done).
+  using fetch_for_type = typename detail::fetch_for_result<R>::type;
   Future() = default;
 
-  /// The value; waits for it, and brings it here on first use. Throws RemoteException if the
-  /// call threw, ProcessExitedException if the owner is gone.
-  std::add_lvalue_reference_t<const R> fetch() const {
-    auto& c = checked("fetch");
+  /// The value; waits for it, and brings it here on first use (then the decoded value is
+  /// the only copy here). Throws RemoteException if the call threw, ProcessExitedException
+  /// if the owner is gone. The reference lives as long as some copy of this Future.
+  std::add_lvalue_reference_t<const R> fetch() const& {
     if constexpr (std::is_void_v<R>) {
-      detail::await_core(c, true);
-      if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
+      (void)value(detail::kNoDeadline, "fetch");
     } else {
-      {
-        std::lock_guard lk(c.m);
-        if (c.typed) return *static_cast<const R*>(c.typed.get());
-      }
-      detail::await_core(c, true);
-      std::lock_guard lk(c.m);
-      if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
-      if (!c.typed) {
-        detail::Reader r(c.bytes.data(), c.bytes.size());
-        c.typed = std::make_shared<R>(detail::read<R>(r));
-      }
-      return *static_cast<const R*>(c.typed.get());
+      return *value(detail::kNoDeadline, "fetch");
+    }
+  }
+  /// On an rvalue (`remotecall(2, f).fetch()`), the value itself, not a reference into the
+  /// Future that is about to go: moved out when this was the last handle here, else copied.
+  /// Leaves this Future empty.
+  R fetch() && {
+    if constexpr (std::is_void_v<R>) {
+      (void)value(detail::kNoDeadline, "fetch");
+      core_.reset();
+    } else {
+      return take(*value(detail::kNoDeadline, "fetch"));
     }
   }
   /// Wait until the value exists (without bringing it here). Throws like fetch on failure.
@@ -58,6 +95,43 @@ class Future {
     auto& c = checked("wait");
     detail::await_core(c, false);
     if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
+  }
+  /// Wait at most `timeout` for the value to exist (without bringing it here): true when it
+  /// does, false when the time ran out (an owner that is stopped or overloaded does not
+  /// answer). Throws like wait on failure. Asking again later costs no new question: the
+  /// one in flight is kept, and its answer taken when it comes.
+  /// Example: if (!f.wait_for(std::chrono::seconds(5))) std::cerr << "worker is slow\n";
+  template <class Rep, class Period>
+  bool wait_for(std::chrono::duration<Rep, Period> timeout) const {
+    auto& c = checked("wait_for");
+    const bool settled = detail::await_core(c, false, detail::deadline_after(timeout));
+    if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
+    return settled;
+  }
+  /// Like fetch, but gives up after `timeout`: the value (a copy; on an rvalue Future,
+  /// moved out as fetch does), or std::nullopt when the time ran out. Future<void>: true
+  /// when the call has finished, false on timeout. Throws like fetch on failure.
+  /// Example: if (auto v = f.fetch_for(std::chrono::seconds(5))) use(*v);
+  template <class Rep, class Period>
+  fetch_for_type fetch_for(std::chrono::duration<Rep, Period> timeout) const& {
+    auto p = value(detail::deadline_after(timeout), "fetch_for");
+    if constexpr (std::is_void_v<R>) {
+      return p;
+    } else {
+      if (!p) return std::nullopt;
+      return fetch_for_type(std::in_place, *p);
+    }
+  }
+  template <class Rep, class Period>
+  fetch_for_type fetch_for(std::chrono::duration<Rep, Period> timeout) && {
+    auto p = value(detail::deadline_after(timeout), "fetch_for");
+    if constexpr (std::is_void_v<R>) {
+      if (p) core_.reset();
+      return p;
+    } else {
+      if (!p) return std::nullopt;
+      return fetch_for_type(take(*p));
+    }
   }
   /// True once the value exists (asks the owner when not known here).
   bool isready() const { return detail::poll_ready(checked("isready")); }
@@ -77,27 +151,68 @@ class Future {
     detail::WireRef w;
     ar(cereal::binary_data(&w, sizeof w));
     core_ = detail::import_ref(w);
-    if constexpr (!std::is_void_v<R>) {
-      if (!core_->serialize_typed) core_->serialize_typed = &detail::serialize_typed<R>;
-    }
+    detail::bind_type<R>(*core_);
   }
 
  private:
   friend Future detail::make_future<R>(std::shared_ptr<detail::FutureCore>);
-  explicit Future(std::shared_ptr<detail::FutureCore> c) : core_(std::move(c)) {}
+  explicit Future(std::shared_ptr<detail::FutureCore> c) : core_(std::move(c)) {
+    if (core_) detail::bind_type<R>(*core_);
+  }
   detail::FutureCore& checked(const char* what) const {
     if (!core_)
       throw UsageError(std::string("vscale: ") + what +
                        " on an empty Future (it was moved from or default-constructed)");
     return *core_;
   }
+  // The value here, once it exists: brings it (decoded from the answer) on first use.
+  // Null (false for void) when `deadline` came first. Throws on failure.
+  using value_ptr = std::conditional_t<std::is_void_v<R>, bool, const std::remove_cv_t<R>*>;
+  value_ptr value(detail::Deadline deadline, const char* what) const {
+    auto& c = checked(what);
+    if constexpr (std::is_void_v<R>) {
+      if (!detail::await_core(c, true, deadline)) return false;
+      if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
+      return true;
+    } else {
+      {
+        std::lock_guard lk(c.m);
+        if (c.typed) return static_cast<const R*>(c.typed.get());
+      }
+      if (!detail::await_core(c, true, deadline)) return nullptr;
+      std::lock_guard lk(c.m);
+      if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
+      if (!c.typed) {
+        // Bytes that came another way (a call's answer kept here, or a result stored here).
+        detail::Reader r(c.bytes.data(), c.bytes.size());
+        c.typed = detail::decode_typed<R>(r);
+      }
+      c.drop_bytes_locked();
+      return static_cast<const R*>(c.typed.get());
+    }
+  }
+  // For an rvalue fetch: the value out of `v` (the core's) if no other handle can see it
+  // any more, else a copy; this Future lets go either way.
+  template <class V>  // (V is R: a template, so that Future<void> never forms `const void&`)
+  R take(const V& v) {
+    auto core = std::move(core_);
+    if (detail::sole_handle(core)) {
+      std::lock_guard lk(core->m);
+      return std::move(*static_cast<R*>(core->typed.get()));
+    }
+    return v;
+  }
   std::shared_ptr<detail::FutureCore> core_;
 };
 
-/// Free-function spellings, as in Julia.
+/// Free-function spellings, as in Julia (on an rvalue Future, fetch returns the value).
 template <class R>
 decltype(auto) fetch(const Future<R>& f) {
   return f.fetch();
+}
+template <class R>
+R fetch(Future<R>&& f) {
+  return std::move(f).fetch();
 }
 template <class R>
 void wait(const Future<R>& f) {

@@ -1,4 +1,5 @@
-// Remote calls: remotecall, remotecall_fetch, remotecall_wait, remote_do, spawnat, everywhere.
+// Remote calls: remotecall, remotecall_fetch (and remotecall_fetch_for, with a timeout),
+// remotecall_wait, remote_do, spawnat, everywhere.
 //
 // `f` may be a function, a lambda (its captures must be trivially copyable: capture by
 // value; use vscale::closure for heavier captures) or a function object. The call ships a
@@ -13,8 +14,10 @@
 // Future (or use remotecall_fetch) when one call must see another's effects.
 #pragma once
 
+#include <chrono>
 #include <exception>
 #include <functional>
+#include <optional>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -128,32 +131,68 @@ auto remotecall_push(int pid, F&& f, Args&&... args) -> Future<call_result_t<std
 }
 }  // namespace detail
 
-/// Call `f(args...)` on `pid` and return its result (one round trip; nothing is stored there).
-/// Example: int v = remotecall_fetch(2, [](int a, int b) { return a + b; }, 1, 2);
+namespace detail {
+/// A ResultSink that reads an R into `out`.
+template <class R>
+ResultSink sink_into(std::optional<R>& out) {
+  return {&out, [](void* ctx, Reader& r) { static_cast<std::optional<R>*>(ctx)->emplace(read<R>(r)); }};
+}
+
+/// remotecall_fetch with a deadline: the result, or std::nullopt (void: true, or false) when
+/// the deadline came first.
 template <class F, class... Args>
-auto remotecall_fetch(int pid, F&& f, Args&&... args) -> detail::call_result_t<std::decay_t<F>, std::decay_t<Args>...> {
+auto fetch_call(int pid, Deadline deadline, F&& f, Args&&... args) {
   using Fd = std::decay_t<F>;
-  using R = detail::call_result_t<Fd, std::decay_t<Args>...>;
-  detail::check_call<Fd, std::decay_t<Args>...>();
-  detail::require_session("remotecall_fetch");
-  if (pid == detail::self_id()) {
+  using R = call_result_t<Fd, std::decay_t<Args>...>;
+  using Out = typename fetch_for_result<R>::type;
+  check_call<Fd, std::decay_t<Args>...>();
+  require_session("remotecall_fetch");
+  if (pid == self_id()) {
     try {
       // Copies, as a remote call would get: the caller's callable and arguments are never
       // changed, and a parameter taking `T&&` works as it does remotely.
       Fd fn(f);
-      return std::invoke(fn, std::decay_t<Args>(std::forward<Args>(args))...);
+      if constexpr (std::is_void_v<R>) {
+        std::invoke(fn, std::decay_t<Args>(std::forward<Args>(args))...);
+        return Out(true);
+      } else {
+        return Out(std::invoke(fn, std::decay_t<Args>(std::forward<Args>(args))...));
+      }
     } catch (...) {
-      detail::ErrorInfo::from_current_exception(pid).raise();
+      ErrorInfo::from_current_exception(pid).raise();
     }
   }
-  detail::Writer w;
-  detail::pack_call<Fd, std::decay_t<Args>...>(w, f, args...);
-  std::vector<char> result;
-  detail::call_fetch(pid, detail::code_of<&detail::invoke_call<Fd, std::decay_t<Args>...>>(), w, result);
-  if constexpr (!std::is_void_v<R>) {
-    detail::Reader r(result.data(), result.size());
-    return detail::read<R>(r);
+  Writer w;
+  pack_call<Fd, std::decay_t<Args>...>(w, f, args...);
+  const CodeRef code = code_of<&invoke_call<Fd, std::decay_t<Args>...>>();
+  if constexpr (std::is_void_v<R>) {
+    return Out(call_fetch(pid, code, w, ResultSink{}, deadline));
+  } else {
+    // Decoded straight from the answer (no copy of its bytes first).
+    Out out;
+    call_fetch(pid, code, w, sink_into<R>(out), deadline);
+    return out;
   }
+}
+}  // namespace detail
+
+/// Call `f(args...)` on `pid` and return its result (one round trip; nothing is stored there).
+/// Example: int v = remotecall_fetch(2, [](int a, int b) { return a + b; }, 1, 2);
+template <class F, class... Args>
+auto remotecall_fetch(int pid, F&& f, Args&&... args) -> detail::call_result_t<std::decay_t<F>, std::decay_t<Args>...> {
+  using R = detail::call_result_t<std::decay_t<F>, std::decay_t<Args>...>;
+  [[maybe_unused]] auto out = detail::fetch_call(pid, detail::kNoDeadline, std::forward<F>(f), std::forward<Args>(args)...);
+  if constexpr (!std::is_void_v<R>) return std::move(*out);
+}
+
+/// remotecall_fetch that waits at most `timeout` for the answer: the result, or std::nullopt
+/// when the time ran out (for a void f: true, or false). The call itself is not cancelled:
+/// it may still run on `pid`, and its late answer is dropped. A call to one's own id runs
+/// here, to the end. Throws like remotecall_fetch.
+/// Example: if (auto v = remotecall_fetch_for(2, std::chrono::seconds(5), f, x)) use(*v);
+template <class Rep, class Period, class F, class... Args>
+auto remotecall_fetch_for(int pid, std::chrono::duration<Rep, Period> timeout, F&& f, Args&&... args) {
+  return detail::fetch_call(pid, detail::deadline_after(timeout), std::forward<F>(f), std::forward<Args>(args)...);
 }
 
 /// Like remotecall, but returns only once the call has finished on `pid`.

@@ -40,12 +40,27 @@ struct ErrorInfo {
   std::int32_t pid = 0;
   std::string type;     // Remote: demangled exception type
   std::string message;  // Remote: what(); Exited: the reason; Usage: the message
+  std::vector<std::int32_t> path = {};  // Remote: the processes it passed through, origin first (empty: {pid})
   [[noreturn]] void raise() const;
   void write(Writer& w) const;
   static ErrorInfo read(Reader& r);
   /// Describe the exception being handled (call inside a catch block).
   static ErrorInfo from_current_exception(int pid);
 };
+
+struct Request;  // runtime.hpp
+
+/// When a wait gives up; kNoDeadline: never.
+using Deadline = std::chrono::steady_clock::time_point;
+inline constexpr Deadline kNoDeadline = Deadline::max();
+/// The deadline `d` from now (at once for d <= 0; none for more than about 30 years).
+template <class Rep, class Period>
+Deadline deadline_after(std::chrono::duration<Rep, Period> d) {
+  const auto now = std::chrono::steady_clock::now();
+  if (d <= d.zero()) return now;
+  if (std::chrono::duration<double>(d).count() > 1e9) return kNoDeadline;
+  return now + std::chrono::ceil<std::chrono::steady_clock::duration>(d);
+}
 
 /// Shared state behind every copy of a Future in one process.
 ///
@@ -54,6 +69,10 @@ struct ErrorInfo {
 /// returns its weight to the owner when its last local handle is gone. The owner frees the
 /// value when all weight has come back. No message is needed to copy a handle, and a handle
 /// can never be freed while one is in flight.
+///
+/// Once a value is fetched, the typed object is its only copy here: it is decoded straight
+/// from the answer (which may still lie in the sender's bulk area), and bytes that came
+/// another way are dropped once decoded (the owner serializes again from `typed` if it must).
 struct FutureCore {
   enum State : int { Pending = 0, Ready = 1, Failed = 2 };
   RefId id;
@@ -63,12 +82,20 @@ struct FutureCore {
   std::mutex m;
   std::vector<char> bytes;  // serialized value, when it came from elsewhere or was serialized for shipping
   bool have_bytes = false;
+  bool bytes_lent = false;  // ensure_bytes handed `bytes` out by reference: never drop them
   std::shared_ptr<void> typed;                           // the value as an object, once known here
-  void (*serialize_typed)(const void*, Writer&) = nullptr;  // set where the value is produced locally
+  void (*serialize_typed)(const void*, Writer&) = nullptr;  // set by Future<R> (and where the value is produced)
+  std::shared_ptr<void> (*decode_typed)(Reader&) = nullptr;  // set by Future<R>: bytes -> typed
   ErrorInfo error;
   std::vector<std::function<void()>> on_done;  // owner: answers to fetches that came early
 
-  std::mutex fetch_m;            // one remote fetch at a time per core
+  // Non-owner: the questions to the owner in flight, [0] kWait and [1] kFetch, one of each
+  // at most, shared by all the threads waiting here (guarded by fetch_m, which is held only
+  // for book-keeping and for decoding an answer, never while waiting). A wait that gives up
+  // leaves its question for the next waiter; the core's destruction withdraws it.
+  std::mutex fetch_m;
+  std::shared_ptr<Request> asking[2];
+  std::uint64_t asking_id[2] = {0, 0};
   std::uint64_t weight = 0;      // non-owner: weight this process holds (returned at destruction)
 
   ~FutureCore();
@@ -76,8 +103,14 @@ struct FutureCore {
   void complete_bytes(std::vector<char>&& b);
   void complete_typed(std::shared_ptr<void> obj, void (*ser)(const void*, Writer&));
   void complete_error(ErrorInfo e);
-  /// Make sure `bytes` holds the serialized value (owner side, ready state).
+  /// Make sure `bytes` holds the serialized value (owner side, ready state). The reference
+  /// stays valid while the core lives (bytes handed out are never dropped).
   const std::vector<char>& ensure_bytes();
+  /// With `m` held, once `typed` is set: drop `bytes` if they can be made again and were never
+  /// handed out (the decoded value is then the only copy).
+  void drop_bytes_locked();
+  /// See sole_handle.
+  static bool sole(const std::shared_ptr<FutureCore>& handle);
 
  private:
   void finish(int st);
@@ -99,8 +132,14 @@ bool is_master();
 void require_session(const char* what);
 /// Remote call whose result is stored at `pid` (Julia's remotecall).
 std::shared_ptr<FutureCore> call_ref(int pid, CodeRef invoker, Writer& args);
-/// Remote call whose result comes straight back; fills `result` or throws.
-void call_fetch(int pid, CodeRef invoker, Writer& args, std::vector<char>& result);
+/// Reads a call_fetch result where it lies, in the answer (its bytes live only during the call).
+struct ResultSink {
+  void* ctx = nullptr;
+  void (*read)(void* ctx, Reader& r) = nullptr;  // null: the result is not wanted (void)
+};
+/// Remote call whose result comes straight back: `sink` reads it, or this throws. Returns
+/// false when `deadline` passed first (the call may still run there; its answer is dropped).
+bool call_fetch(int pid, CodeRef invoker, Writer& args, ResultSink sink, Deadline deadline = kNoDeadline);
 /// Remote call whose result is pushed back to this process with the answer (no value stored
 /// there): a Future owned here, for results only the caller waits on (distributed_for, pmap).
 std::shared_ptr<FutureCore> call_push(int pid, CodeRef invoker, Writer& args);
@@ -112,8 +151,12 @@ std::shared_ptr<FutureCore> new_local_core();
 /// Run `fn` on this process's executor, as an incoming call would.
 void submit_local(std::function<void()> fn);
 /// Block until `core` is no longer pending here, fetching from its owner when needed
-/// (`want_value`: bring the bytes; otherwise only wait for readiness).
-void await_core(FutureCore& core, bool want_value);
+/// (`want_value`: bring the value; otherwise only wait for readiness), or until `deadline`.
+/// True when settled (ready, or failed: look at `state`), false when the deadline came first.
+bool await_core(FutureCore& core, bool want_value, Deadline deadline = kNoDeadline);
+/// True when `core` is reachable through `handle` alone, and now through nothing else: its
+/// value may be moved out (Future::fetch on an rvalue). Then `handle` must be let go.
+bool sole_handle(const std::shared_ptr<FutureCore>& handle);
 bool poll_ready(FutureCore& core);
 WireRef export_ref(const std::shared_ptr<FutureCore>& core);
 std::shared_ptr<FutureCore> import_ref(const WireRef& w);

@@ -58,6 +58,13 @@ struct Request {
   ErrorInfo error;
   /// Called (on the polling thread, must not block) once the answer or the failure is in.
   std::function<void(Request&)> on_done;
+  // A question about a Future that several threads may wait on, each giving up at its own
+  // deadline (Future::wait_for): under keep_m, how many wait now, and whether the answer is
+  // in (set by on_done, before `done`). An answer that comes when nobody waits is moved out
+  // of the sender's bulk area, which must not stay pinned until the next waiter takes it.
+  std::mutex keep_m;
+  int waiting = 0;
+  bool answered = false;
 };
 
 /// Work for the executor: an incoming call, or a local function.
