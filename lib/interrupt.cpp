@@ -15,7 +15,7 @@ void interrupt(const std::vector<int>& ids) {
       rt.segment().slot(id).interrupts.fetch_add(1, std::memory_order_acq_rel);
       rt.notify_local();
     } else {
-      rt.send(id, detail::kInterrupt, nullptr, 0);
+      rt.send_msg(id, detail::InterruptMsg{});
     }
   }
 }

@@ -558,7 +558,7 @@ void LocalLauncher::remove(const std::vector<int>& ids, std::chrono::millisecond
   }
   for (int id : targets) {
     try {
-      rt_.send(id, kExit, nullptr, 0, nullptr, 0, false);
+      rt_.send_msg(id, ExitMsg{}, nullptr, 0, false);
     } catch (const Error&) {
     }
   }

@@ -57,148 +57,12 @@ std::atomic<Runtime*> Runtime::current_{nullptr};
 
 namespace {
 
-constexpr std::size_t kInlineMax = 8 * 1024;  // bodies above this go through the bulk area
-constexpr std::uint64_t round16(std::uint64_t v) { return (v + 15) & ~std::uint64_t(15); }
-constexpr std::uint64_t round64(std::uint64_t v) { return (v + 63) & ~std::uint64_t(63); }
-
-struct ResultHeader {
-  std::uint64_t req;
-  std::uint32_t ok;
-  std::uint32_t pad;
-};
-struct QueryBody {
-  std::uint64_t req;
-  RefId ref;
-};
-struct RefWeight {
-  RefId ref;
-  std::uint64_t weight;
-};
-struct AddRefBody {
-  std::uint64_t req;
-  RefId ref;
-  std::uint64_t weight;
-};
 
 std::chrono::nanoseconds spin_from_env() {
   return std::chrono::microseconds(env_long("VSCALE_SPIN_US", 100, 0, 10'000'000));
 }
 
-template <class T>
-T read_pod(Reader& r) {
-  T v;
-  r.read_raw(&v, sizeof v);
-  return v;
-}
-
 }  // namespace
-
-// ---------------------------------------------------------------- Inbound
-
-Inbound& Inbound::operator=(Inbound&& o) noexcept {
-  if (this != &o) {
-    release();
-    src = o.src;
-    kind = o.kind;
-    len = o.len;
-    consumed = o.consumed;
-    o.consumed = nullptr;
-    if (o.body == o.heap.data() && !o.heap.empty()) {
-      heap = std::move(o.heap);
-      body = heap.data();
-    } else {
-      heap = std::move(o.heap);
-      body = o.body;
-    }
-    o.body = nullptr;
-    o.len = 0;
-  }
-  return *this;
-}
-
-void Inbound::release() noexcept {
-  if (consumed) {
-    consumed->store(1, std::memory_order_release);
-    consumed = nullptr;
-  }
-}
-
-// ---------------------------------------------------------------- BulkArea
-
-void BulkArea::init(char* base, std::uint64_t size, int fd, std::uint64_t file_offset) {
-  base_ = base;
-  size_ = size;
-  fd_ = fd;
-  file_offset_ = file_offset;
-  free_.clear();
-  free_[0] = size;
-}
-
-void BulkArea::release(std::uint64_t off, std::uint64_t len) {
-  // Give big blocks' memory back to the system; small ones stay warm for reuse.
-  if (len >= (std::uint64_t(64) << 20) && fd_ >= 0) {
-    std::uint64_t lo = (off + 4095) & ~std::uint64_t(4095), hi = (off + len) & ~std::uint64_t(4095);
-    if (hi > lo)
-      (void)fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(file_offset_ + lo),
-                      static_cast<off_t>(hi - lo));
-  }
-  auto it = free_.emplace(off, len).first;
-  if (it != free_.begin()) {
-    auto prev = std::prev(it);
-    if (prev->first + prev->second == it->first) {
-      prev->second += it->second;
-      free_.erase(it);
-      it = prev;
-    }
-  }
-  auto next = std::next(it);
-  if (next != free_.end() && it->first + it->second == next->first) {
-    it->second += next->second;
-    free_.erase(next);
-  }
-}
-
-void BulkArea::sweep(const std::vector<std::atomic<std::uint8_t>>& dead) {
-  for (std::size_t i = 0; i < out_.size();) {
-    auto* blk = reinterpret_cast<BulkBlock*>(base_ + out_[i].off);
-    if (blk->consumed.load(std::memory_order_acquire) || dead[out_[i].dest - 1].load()) {
-      release(out_[i].off, out_[i].len);
-      out_[i] = out_.back();
-      out_.pop_back();
-    } else {
-      ++i;
-    }
-  }
-}
-
-std::int64_t BulkArea::alloc(std::uint64_t len, int dest, const std::vector<std::atomic<std::uint8_t>>& dead) {
-  const std::uint64_t need = round64(sizeof(BulkBlock) + len);
-  std::lock_guard lk(m_);
-  sweep(dead);
-  for (auto it = free_.begin(); it != free_.end(); ++it) {
-    if (it->second < need) continue;
-    std::uint64_t off = it->first, rest = it->second - need;
-    free_.erase(it);
-    if (rest) free_[off + need] = rest;
-    out_.push_back({off, need, dest});
-    auto* blk = new (base_ + off) BulkBlock;
-    blk->consumed.store(0, std::memory_order_relaxed);
-    blk->len = len;
-    return static_cast<std::int64_t>(off);
-  }
-  return -1;
-}
-
-void BulkArea::cancel(std::int64_t off) {
-  std::lock_guard lk(m_);
-  for (std::size_t i = 0; i < out_.size(); ++i)
-    if (out_[i].off == std::uint64_t(off)) {
-      release(out_[i].off, out_[i].len);
-      out_[i] = out_.back();
-      out_.pop_back();
-      return;
-    }
-}
 
 // ---------------------------------------------------------------- Runtime: life cycle
 
@@ -225,12 +89,9 @@ Runtime& Runtime::get(const char* what) {
 }
 
 void Runtime::start(int threads) {
-  const std::uint32_t n = seg_.max_procs();
-  out_.clear();
-  for (std::uint32_t i = 0; i < n; ++i) out_.push_back(std::make_unique<Out>());
-  dead_ = std::vector<std::atomic<std::uint8_t>>(n);
+  shm_.start(self_);
+  known_dead_.assign(seg_.max_procs(), 0);
   auto& h = seg_.header();
-  bulk_.init(seg_.bulk(self_), h.bulk_bytes, seg_.fd(), h.bulk_off + std::uint64_t(self_ - 1) * h.bulk_bytes);
   current_.store(this, std::memory_order_release);
   max_exec_ = static_cast<int>(env_long("VSCALE_MAX_EXECUTORS", 256, 1, 65536));
   threads_ = std::max(1, threads);
@@ -327,16 +188,18 @@ void Runtime::handle_membership() {
     auto st = seg_.slot(id).state.load(std::memory_order_acquire);
     if (st == std::uint32_t(SlotState::Unused)) break;
     if (st == std::uint32_t(SlotState::Dead)) {
-      if (!dead_[id - 1].exchange(1)) newly_dead.push_back(id);
+      if (!known_dead_[id - 1]) {
+        known_dead_[id - 1] = 1;
+        newly_dead.push_back(id);
+      }
       continue;
     }
     if (id != self_) peers_.push_back(id);
   }
   nprocs_.store(static_cast<std::int32_t>(peers_.size() + 1), std::memory_order_relaxed);
   if (newly_dead.empty()) return;
-  // What a dead process wrote completely before dying is still valid (a kCallRef whose
-  // Future it already handed on, say): read it once.
-  for (int d : newly_dead) drain_ring(d);
+  // What it wrote completely is still delivered; what we queued for it is dropped.
+  for (int d : newly_dead) shm_.forget(d, &Runtime::deliver, this);
   std::vector<std::shared_ptr<Request>> failed;
   {
     std::lock_guard lk(req_m_);
@@ -357,63 +220,10 @@ void Runtime::handle_membership() {
     if (r->on_done) r->on_done(*r);
     r->done.store(1, std::memory_order_release);
   }
-  for (int d : newly_dead) {
-    std::lock_guard lk(out_[d - 1]->m);
-    out_[d - 1]->overflow.clear();
-  }
   notify_local();
 }
 
 // ---------------------------------------------------------------- sending
-
-bool Runtime::try_emit(int dest, const MsgHeader& h0, const void* a, std::size_t na, const void* b, std::size_t nb) {
-  RingHeader& ring = seg_.ring(dest, self_);
-  MsgHeader h = h0;
-  const std::size_t body = na + nb;
-  // Inline only what fits a quarter of the ring: a record of more than half the ring may
-  // never fit however long we wait (the wrap padding before it takes the rest), and a small
-  // VSCALE_RING_KB must still carry every message. A bulk descriptor (32 bytes) always fits.
-  if (body <= kInlineMax && round16(sizeof(MsgHeader) + body) <= seg_.header().ring_bytes / 4) {
-    h.len = static_cast<std::uint32_t>(body);
-    return ring_try_write(seg_, ring, h, a, na, b, nb);
-  }
-  if (body + sizeof(BulkBlock) > bulk_.size())
-    throw Error("vscale: a message of " + std::to_string(body >> 20) + " MiB is larger than the bulk area (" +
-                std::to_string(bulk_.size() >> 20) + " MiB); raise VSCALE_BULK_MB");
-  std::int64_t off = bulk_.alloc(body, dest, dead_);
-  if (off < 0) return false;
-  char* p = bulk_.at(off) + sizeof(BulkBlock);
-  if (na) std::memcpy(p, a, na);
-  if (nb) std::memcpy(p + na, b, nb);
-  std::uint64_t desc[2] = {std::uint64_t(off), body};
-  h.flags |= kFlagBulk;
-  h.len = sizeof desc;
-  if (ring_try_write(seg_, ring, h, desc, sizeof desc, nullptr, 0)) return true;
-  bulk_.cancel(off);
-  return false;
-}
-
-bool Runtime::flush_overflow(int dest, Out& o) {
-  bool wrote = false;
-  while (!o.overflow.empty()) {
-    auto& rec = o.overflow.front();
-    MsgHeader h;
-    std::memcpy(&h, rec.data(), sizeof h);
-    if (!try_emit(dest, h, rec.data() + sizeof h, rec.size() - sizeof h, nullptr, 0)) break;
-    o.overflow.pop_front();
-    overflow_pending_.fetch_sub(1);
-    wrote = true;
-  }
-  if (wrote) wake_peer(dest, kBellExec | kBellWait);
-  return o.overflow.empty();
-}
-
-void Runtime::wake_peer(int dest, std::uint32_t bits) {
-  messages_sent_.fetch_add(1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  auto& slot = seg_.slot(dest);
-  if (slot.awake.load(std::memory_order_seq_cst) == 0) ring_doorbell(slot.doorbell, bits);
-}
 
 void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, const void* b, std::size_t nb,
                    bool may_block) {
@@ -423,34 +233,17 @@ void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, 
   MsgHeader h{};
   h.kind = kind;
   h.src = self_;
-  Out& o = *out_[dest - 1];
-  RingHeader& ring = seg_.ring(dest, self_);
-  for (;;) {
-    {
-      std::lock_guard lk(o.m);
-      if (flush_overflow(dest, o) && try_emit(dest, h, a, na, b, nb)) break;
-      if (!may_block) {
-        std::vector<char> rec(sizeof h + na + nb);
-        std::memcpy(rec.data(), &h, sizeof h);
-        if (na) std::memcpy(rec.data() + sizeof h, a, na);
-        if (nb) std::memcpy(rec.data() + sizeof h + na, b, nb);
-        o.overflow.push_back(std::move(rec));
-        overflow_pending_.fetch_add(1);
-        return;
-      }
-    }
-    // Full: wait for the receiver to drain, without holding the lock (its poller may need to
-    // send to us meanwhile) and while keeping our own inbox moving.
+  // A thread that may block waits for room when the way is full; the poller never blocks
+  // (what does not fit is queued by the transport, sent in order later).
+  while (!shm_.send(dest, h, a, na, b, nb, !may_block)) {
+    // Full: wait for the receiver to drain, while keeping our own inbox moving (its poller
+    // may be sending to us meanwhile).
     check_dest(dest);
     AwakeScope awake(*this);
-    std::uint32_t seq = ring.space_seq.load(std::memory_order_acquire);
-    ring.writer_waiting.fetch_add(1, std::memory_order_seq_cst);
     poll_once();
-    timespec ts{0, 200000};
-    futex_wait(ring.space_seq, seq, &ts);
-    ring.writer_waiting.fetch_sub(1);
+    shm_.wait_for_room(dest, 200'000);
   }
-  wake_peer(dest, bell_bits_for(kind));
+  shm_.wake(dest, bell_bits_for(kind));
 }
 
 std::shared_ptr<Request> Runtime::new_request(int dest, std::uint64_t& id, std::function<void(Request&)> on_done) {
@@ -480,10 +273,9 @@ void Runtime::await_request(Request& r, bool interruptible) {
 }
 
 void Runtime::reply_result(int dest, std::uint64_t req, bool ok, const void* data, std::size_t len, bool may_block) {
-  ResultHeader rh{req, ok ? 1u : 0u, 0};
   if (!alive(dest)) return;  // nobody left to answer
   try {
-    send(dest, kResult, &rh, sizeof rh, data, len, may_block);
+    send_msg(dest, ResultMsg{req, ok ? 1u : 0u}, data, len, may_block);
   } catch (const ProcessExitedException&) {
     // The asker died meanwhile: nothing to do.
   } catch (const Error&) {
@@ -510,21 +302,11 @@ AwakeScope::~AwakeScope() {
 void Runtime::kick_self_if_pending() {
   // We were the last thread polling. A sender that saw us awake did not wake anyone, so if
   // anything is waiting, wake the progress thread to take over.
-  bool pending = overflow_pending_.load() > 0;
-  if (!pending) {
+  bool pending;
+  {
     std::unique_lock lk(poll_m_, std::try_to_lock);
-    if (!lk) {
-      pending = true;  // someone is polling right now; let the progress thread re-check
-    } else {
-      for (int p : peers_) {
-        RingHeader& r = seg_.ring(self_, p);
-        if (r.head.load(std::memory_order_acquire) != r.tail.load(std::memory_order_relaxed)) {
-          pending = true;
-          break;
-        }
-      }
-      if (seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_) pending = true;
-    }
+    // Someone polling right now: let the progress thread re-check.
+    pending = !lk || shm_.pending(peers_) || seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_;
   }
   if (pending) ring_doorbell(seg_.slot(self_).doorbell);
 }
@@ -537,63 +319,17 @@ bool Runtime::poll_once() {
     handle_membership();
     did = true;
   }
-  for (int peer : peers_) {
-    RingHeader& r = seg_.ring(self_, peer);
-    if (r.head.load(std::memory_order_acquire) == r.tail.load(std::memory_order_relaxed)) continue;
-    drain_ring(peer);
-    did = true;
-  }
-  if (overflow_pending_.load() > 0) {
-    for (int p : peers_) {
-      Out& o = *out_[p - 1];
-      std::unique_lock olk(o.m, std::try_to_lock);
-      if (olk && !o.overflow.empty()) flush_overflow(p, o);
-    }
-  }
+  did |= shm_.poll(peers_, &Runtime::deliver, this);
   return did;
 }
 
-void Runtime::drain_ring(int peer) {
-  RingHeader& r = seg_.ring(self_, peer);
-  const std::uint64_t cap = seg_.header().ring_bytes;
-  const std::uint64_t head = r.head.load(std::memory_order_acquire);
-  std::uint64_t pos = r.tail.load(std::memory_order_relaxed);
-  char* data = seg_.ring_data(r);
-  while (pos != head) {
-    MsgHeader h;
-    std::memcpy(&h, data + pos % cap, sizeof h);
-    if (h.kind == kWrap) {
-      pos += cap - pos % cap;
-      continue;
-    }
-    Inbound m;
-    m.src = peer;
-    m.kind = h.kind;
-    const char* body = data + pos % cap + sizeof h;
-    if (h.flags & kFlagBulk) {
-      std::uint64_t desc[2];
-      std::memcpy(desc, body, sizeof desc);
-      char* blk = seg_.bulk(peer) + desc[0];
-      m.consumed = &reinterpret_cast<BulkBlock*>(blk)->consumed;
-      m.body = blk + sizeof(BulkBlock);
-      m.len = desc[1];
-    } else {
-      m.heap.assign(body, body + h.len);
-      m.body = m.heap.data();
-      m.len = h.len;
-    }
-    pos += round16(sizeof h + h.len);
-    try {
-      dispatch(std::move(m));
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "vscale: process %d dropped a message from %d: %s\n", self_, peer, e.what());
-    }
-  }
-  r.tail.store(pos, std::memory_order_release);
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (r.writer_waiting.load(std::memory_order_relaxed)) {
-    r.space_seq.fetch_add(1);
-    futex_wake(r.space_seq, INT_MAX);
+void Runtime::deliver(void* self, Inbound&& m) {
+  auto* rt = static_cast<Runtime*>(self);
+  const int src = m.src;
+  try {
+    rt->dispatch(std::move(m));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vscale: process %d dropped a message from %d: %s\n", rt->self_, src, e.what());
   }
 }
 
@@ -620,7 +356,7 @@ void Runtime::progress_loop() {
     std::uint32_t seq = slot.doorbell.load(std::memory_order_seq_cst);
     if (poll_once()) continue;
     const bool starving = q_size_.load() > 0 && busy_.load() >= nexec_.load();
-    futex_wait_bits(slot.doorbell, seq, kBellProgress, (overflow_pending_.load() > 0 || starving) ? 2000000L : 100000000L);
+    futex_wait_bits(slot.doorbell, seq, kBellProgress, (shm_.has_queued() || starving) ? 2000000L : 100000000L);
     maybe_grow_executors();
     auto now = std::chrono::steady_clock::now();
     if (!master_ && now - last_check > std::chrono::milliseconds(100)) {
@@ -637,9 +373,7 @@ void Runtime::dispatch(Inbound&& m) {
   tsan_message_received();
   switch (m.kind) {
     case kCallRef: {
-      RefId id;
-      std::memcpy(&id, m.body, sizeof id);
-      store_new(id, kInitialWeight);
+      store_new(decode_head<CallRefMsg>(m).ref, kInitialWeight);
       push_task(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
       return;
     }
@@ -648,8 +382,7 @@ void Runtime::dispatch(Inbound&& m) {
       push_task(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
       return;
     case kResult: {
-      ResultHeader rh;
-      std::memcpy(&rh, m.body, sizeof rh);
+      const auto rh = decode_head<ResultMsg>(m);
       std::shared_ptr<Request> r;
       {
         std::lock_guard lk(req_m_);
@@ -659,8 +392,8 @@ void Runtime::dispatch(Inbound&& m) {
         reqs_.erase(it);
       }
       r->ok = rh.ok != 0;
-      r->payload = m.body + sizeof rh;
-      r->payload_len = m.len - sizeof rh;
+      r->payload = payload_of<ResultMsg>(m);
+      r->payload_len = payload_size<ResultMsg>(m);
       if (!r->ok) {
         Reader rd(r->payload, r->payload_len);
         r->error = ErrorInfo::read(rd);
@@ -677,15 +410,13 @@ void Runtime::dispatch(Inbound&& m) {
       handle_ref_query(m);
       return;
     case kAddRef: {
-      AddRefBody b;
-      std::memcpy(&b, m.body, sizeof b);
+      const auto b = decode_head<AddRefMsg>(m);
       store_new(b.ref, b.weight);
       reply_result(m.src, b.req, true, nullptr, 0, false);
       return;
     }
     case kDelRef: {
-      RefWeight b;
-      std::memcpy(&b, m.body, sizeof b);
+      const auto b = decode_head<DelRefMsg>(m);
       release_weight(b.ref, b.weight);
       return;
     }
@@ -706,8 +437,8 @@ void Runtime::dispatch(Inbound&& m) {
 }
 
 void Runtime::handle_ref_query(Inbound& m) {
-  QueryBody q;
-  std::memcpy(&q, m.body, sizeof q);
+  // kFetch, kWait and kIsReady share one head.
+  const auto q = decode_head<FetchMsg>(m);
   const int asker = m.src;
   std::shared_ptr<FutureCore> core;
   {
@@ -830,11 +561,35 @@ void Runtime::run_task(Task& t) {
   Inbound& m = t.msg;
   const int src = m.src;
   const std::uint16_t kind = m.kind;
-  Reader in(m.body, m.len);
+  // The head (what to run, and where its result goes), then the arguments.
   std::uint64_t req = 0;
   RefId ref;
-  if (kind == kCallFetch) req = read_pod<std::uint64_t>(in);
-  if (kind == kCallRef) ref = read_pod<RefId>(in);
+  CodeRef code;
+  const char* args = nullptr;
+  std::size_t nargs = 0;
+  try {
+    if (kind == kCallFetch) {
+      const auto h = decode_head<CallFetchMsg>(m);
+      req = h.req;
+      code = h.code;
+      args = payload_of<CallFetchMsg>(m);
+      nargs = payload_size<CallFetchMsg>(m);
+    } else if (kind == kCallRef) {
+      const auto h = decode_head<CallRefMsg>(m);
+      ref = h.ref;
+      code = h.code;
+      args = payload_of<CallRefMsg>(m);
+      nargs = payload_size<CallRefMsg>(m);
+    } else {
+      code = decode_head<CallDoMsg>(m).code;
+      args = payload_of<CallDoMsg>(m);
+      nargs = payload_size<CallDoMsg>(m);
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "vscale: process %d dropped a call from %d: %s\n", self_, src, e.what());
+    return;
+  }
+  Reader in(args, nargs);
   Writer out;
   bool ok = true;
   ErrorInfo err;
@@ -848,7 +603,6 @@ void Runtime::run_task(Task& t) {
   tl_call_gen = t.interrupts;
   tl_no_interrupt = 0;
   try {
-    auto code = read_pod<CodeRef>(in);
     auto inv = reinterpret_cast<Invoker>(const_cast<void*>(decode_code(code)));
     inv(in, out);
   } catch (...) {
@@ -967,9 +721,8 @@ WireRef Runtime::export_ref(const std::shared_ptr<FutureCore>& core) {
     lk.unlock();
     std::uint64_t req;
     auto r = new_request(core->id.owner, req);
-    AddRefBody b{req, core->id, kInitialWeight};
     try {
-      send(core->id.owner, kAddRef, &b, sizeof b);
+      send_msg(core->id.owner, AddRefMsg{req, core->id, kInitialWeight});
     } catch (...) {
       drop_request(req);
       throw;
@@ -1011,7 +764,7 @@ std::shared_ptr<FutureCore> Runtime::import_ref(const WireRef& w) {
 
 Stats Runtime::stats() const {
   Stats s;
-  s.messages_sent = messages_sent_.load();
+  s.messages_sent = shm_.messages_sent();
   s.arena_executors = arena_execs_.load();
   s.executors = nexec_.load();
   std::lock_guard lk(store_m_);
@@ -1034,9 +787,8 @@ FutureCore::~FutureCore() {
     if (it != rt->registry_.end() && it->second.expired()) rt->registry_.erase(it);
   }
   if (weight == 0 || !rt->alive(id.owner)) return;
-  RefWeight b{id, weight};
   try {
-    rt->send(id.owner, kDelRef, &b, sizeof b, nullptr, 0, false);
+    rt->send_msg(id.owner, DelRefMsg{id, weight}, nullptr, 0, false);
   } catch (...) {
     // Owner gone: nothing to release.
   }
@@ -1107,10 +859,7 @@ void require_session(const char* what) { Runtime::get(what); }
 std::shared_ptr<FutureCore> call_ref(int pid, CodeRef invoker, Writer& args) {
   Runtime& rt = Runtime::get("remotecall");
   RefId id{pid, rt.self(), rt.next_seq()};
-  char head[sizeof(RefId) + sizeof(CodeRef)];
-  std::memcpy(head, &id, sizeof id);
-  std::memcpy(head + sizeof id, &invoker, sizeof invoker);
-  rt.send(pid, kCallRef, head, sizeof head, args.bytes().data(), args.bytes().size());
+  rt.send_msg(pid, CallRefMsg{id, invoker}, args.bytes().data(), args.bytes().size());
   auto core = std::make_shared<FutureCore>();
   core->id = id;
   core->weight = kInitialWeight;
@@ -1126,11 +875,8 @@ std::shared_ptr<Request> start_call(Runtime& rt, int pid, CodeRef invoker, Write
                                     bool may_block = true) {
   std::uint64_t req;
   auto r = rt.new_request(pid, req, std::move(on_done));
-  char head[sizeof(std::uint64_t) + sizeof(CodeRef)];
-  std::memcpy(head, &req, sizeof req);
-  std::memcpy(head + sizeof req, &invoker, sizeof invoker);
   try {
-    rt.send(pid, kCallFetch, head, sizeof head, args.bytes().data(), args.bytes().size(), may_block);
+    rt.send_msg(pid, CallFetchMsg{req, invoker}, args.bytes().data(), args.bytes().size(), may_block);
   } catch (...) {
     rt.drop_request(req);
     throw;
@@ -1233,7 +979,7 @@ std::shared_ptr<FutureCore> call_push(int pid, CodeRef invoker, Writer& args) {
 
 void call_do(int pid, CodeRef invoker, Writer& args, bool may_block) {
   Runtime& rt = Runtime::get("remote_do");
-  rt.send(pid, kCallDo, &invoker, sizeof invoker, args.bytes().data(), args.bytes().size(), may_block);
+  rt.send_msg(pid, CallDoMsg{invoker}, args.bytes().data(), args.bytes().size(), may_block);
 }
 
 std::shared_ptr<FutureCore> new_local_core() {
@@ -1283,10 +1029,12 @@ bool await_core(FutureCore& core, bool want_value, Deadline deadline) {
       }
     }
     if (fresh) {
-      QueryBody body{qid, core.id};
       try {
         // With a deadline, a full ring queues the question rather than wait for room.
-        rt.send(owner, want_value ? kFetch : kWait, &body, sizeof body, nullptr, 0, deadline == kNoDeadline);
+        if (want_value)
+          rt.send_msg(owner, FetchMsg{qid, core.id}, nullptr, 0, deadline == kNoDeadline);
+        else
+          rt.send_msg(owner, WaitMsg{qid, core.id}, nullptr, 0, deadline == kNoDeadline);
       } catch (...) {
         {
           std::lock_guard fl(core.fetch_m);
@@ -1350,9 +1098,8 @@ bool poll_ready(FutureCore& core) {
   if (core.id.owner == rt.self()) return false;
   std::uint64_t req;
   auto r = rt.new_request(core.id.owner, req);
-  QueryBody q{req, core.id};
   try {
-    rt.send(core.id.owner, kIsReady, &q, sizeof q);
+    rt.send_msg(core.id.owner, IsReadyMsg{req, core.id});
   } catch (const ProcessExitedException& e) {
     rt.drop_request(req);
     core.complete_error(ErrorInfo{ErrorInfo::Exited, e.pid(), {}, e.reason()});

@@ -4,6 +4,8 @@
 #include "vscale/cluster.hpp"
 
 #include <linux/futex.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -14,6 +16,7 @@
 #include <cerrno>
 #include <climits>
 #include <ctime>
+#include <cstdio>
 #include <cstring>
 #include <new>
 #include <string>
@@ -25,6 +28,8 @@ namespace vscale::detail {
 
 namespace {
 constexpr std::uint64_t round_up(std::uint64_t v, std::uint64_t a) { return (v + a - 1) / a * a; }
+constexpr std::uint64_t round16(std::uint64_t v) { return (v + 15) & ~std::uint64_t(15); }
+constexpr std::uint64_t round64(std::uint64_t v) { return (v + 63) & ~std::uint64_t(63); }
 constexpr std::uint64_t kRingHeaderBytes = 256;
 std::string errno_text() { return std::strerror(errno); }
 }  // namespace
@@ -117,6 +122,282 @@ bool Segment::set_dead(int id, const std::string& reason) const {
   }
   return true;
 }
+
+// ---------------------------------------------------------------- Inbound
+
+Inbound& Inbound::operator=(Inbound&& o) noexcept {
+  if (this != &o) {
+    release();
+    src = o.src;
+    kind = o.kind;
+    len = o.len;
+    consumed = o.consumed;
+    o.consumed = nullptr;
+    if (o.body == o.heap.data() && !o.heap.empty()) {
+      heap = std::move(o.heap);
+      body = heap.data();
+    } else {
+      heap = std::move(o.heap);
+      body = o.body;
+    }
+    o.body = nullptr;
+    o.len = 0;
+  }
+  return *this;
+}
+
+void Inbound::release() noexcept {
+  if (consumed) {
+    consumed->store(1, std::memory_order_release);
+    consumed = nullptr;
+  }
+}
+
+// ---------------------------------------------------------------- BulkArea
+
+void BulkArea::init(char* base, std::uint64_t size, int fd, std::uint64_t file_offset) {
+  base_ = base;
+  size_ = size;
+  fd_ = fd;
+  file_offset_ = file_offset;
+  free_.clear();
+  free_[0] = size;
+}
+
+void BulkArea::release(std::uint64_t off, std::uint64_t len) {
+  // Give big blocks' memory back to the system; small ones stay warm for reuse.
+  if (len >= (std::uint64_t(64) << 20) && fd_ >= 0) {
+    std::uint64_t lo = (off + 4095) & ~std::uint64_t(4095), hi = (off + len) & ~std::uint64_t(4095);
+    if (hi > lo)
+      (void)fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(file_offset_ + lo),
+                      static_cast<off_t>(hi - lo));
+  }
+  auto it = free_.emplace(off, len).first;
+  if (it != free_.begin()) {
+    auto prev = std::prev(it);
+    if (prev->first + prev->second == it->first) {
+      prev->second += it->second;
+      free_.erase(it);
+      it = prev;
+    }
+  }
+  auto next = std::next(it);
+  if (next != free_.end() && it->first + it->second == next->first) {
+    it->second += next->second;
+    free_.erase(next);
+  }
+}
+
+void BulkArea::sweep(const std::vector<std::atomic<std::uint8_t>>& dead) {
+  for (std::size_t i = 0; i < out_.size();) {
+    auto* blk = reinterpret_cast<BulkBlock*>(base_ + out_[i].off);
+    if (blk->consumed.load(std::memory_order_acquire) || dead[out_[i].dest - 1].load()) {
+      release(out_[i].off, out_[i].len);
+      out_[i] = out_.back();
+      out_.pop_back();
+    } else {
+      ++i;
+    }
+  }
+}
+
+std::int64_t BulkArea::alloc(std::uint64_t len, int dest, const std::vector<std::atomic<std::uint8_t>>& dead) {
+  const std::uint64_t need = round64(sizeof(BulkBlock) + len);
+  std::lock_guard lk(m_);
+  sweep(dead);
+  for (auto it = free_.begin(); it != free_.end(); ++it) {
+    if (it->second < need) continue;
+    std::uint64_t off = it->first, rest = it->second - need;
+    free_.erase(it);
+    if (rest) free_[off + need] = rest;
+    out_.push_back({off, need, dest});
+    auto* blk = new (base_ + off) BulkBlock;
+    blk->consumed.store(0, std::memory_order_relaxed);
+    blk->len = len;
+    return static_cast<std::int64_t>(off);
+  }
+  return -1;
+}
+
+void BulkArea::cancel(std::int64_t off) {
+  std::lock_guard lk(m_);
+  for (std::size_t i = 0; i < out_.size(); ++i)
+    if (out_[i].off == std::uint64_t(off)) {
+      release(out_[i].off, out_[i].len);
+      out_[i] = out_.back();
+      out_.pop_back();
+      return;
+    }
+}
+
+
+// ---------------------------------------------------------------- ShmTransport
+
+void ShmTransport::start(int self) {
+  self_ = self;
+  const std::uint32_t n = seg_.max_procs();
+  out_.clear();
+  for (std::uint32_t i = 0; i < n; ++i) out_.push_back(std::make_unique<Out>());
+  dead_ = std::vector<std::atomic<std::uint8_t>>(n);
+  auto& h = seg_.header();
+  bulk_.init(seg_.bulk(self_), h.bulk_bytes, seg_.fd(), h.bulk_off + std::uint64_t(self_ - 1) * h.bulk_bytes);
+}
+
+bool ShmTransport::send(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
+                        bool queue_if_full) {
+  Out& o = *out_[dest - 1];
+  {
+    std::lock_guard lk(o.m);
+    if (flush_overflow(dest, o) && try_emit(dest, h, a, na, b, nb)) return true;
+    if (!queue_if_full) return false;
+    std::vector<char> rec(sizeof h + na + nb);
+    std::memcpy(rec.data(), &h, sizeof h);
+    if (na) std::memcpy(rec.data() + sizeof h, a, na);
+    if (nb) std::memcpy(rec.data() + sizeof h + na, b, nb);
+    o.overflow.push_back(std::move(rec));
+    overflow_pending_.fetch_add(1);
+  }
+  return true;
+}
+
+void ShmTransport::wait_for_room(int dest, long timeout_ns) {
+  RingHeader& ring = seg_.ring(dest, self_);
+  std::uint32_t seq = ring.space_seq.load(std::memory_order_acquire);
+  ring.writer_waiting.fetch_add(1, std::memory_order_seq_cst);
+  // The receiver bumps space_seq when it frees room and sees a writer waiting; the timeout
+  // covers a bulk area that fills up (its blocks are released without a wake-up).
+  timespec ts{timeout_ns / 1000000000L, timeout_ns % 1000000000L};
+  futex_wait(ring.space_seq, seq, &ts);
+  ring.writer_waiting.fetch_sub(1);
+}
+
+bool ShmTransport::poll(const std::vector<int>& peers, MessageSink sink, void* ctx) {
+  bool did = false;
+  for (int peer : peers) {
+    RingHeader& r = seg_.ring(self_, peer);
+    if (r.head.load(std::memory_order_acquire) == r.tail.load(std::memory_order_relaxed)) continue;
+    drain_ring(peer, sink, ctx);
+    did = true;
+  }
+  if (overflow_pending_.load() > 0) {
+    for (int p : peers) {
+      Out& o = *out_[p - 1];
+      std::unique_lock olk(o.m, std::try_to_lock);
+      if (olk && !o.overflow.empty()) flush_overflow(p, o);
+    }
+  }
+  return did;
+}
+
+bool ShmTransport::pending(const std::vector<int>& peers) {
+  if (overflow_pending_.load() > 0) return true;
+  for (int p : peers) {
+    RingHeader& r = seg_.ring(self_, p);
+    if (r.head.load(std::memory_order_acquire) != r.tail.load(std::memory_order_relaxed)) return true;
+  }
+  return false;
+}
+
+void ShmTransport::forget(int id, MessageSink sink, void* ctx) {
+  if (dead_[id - 1].exchange(1)) return;
+  // What a dead process wrote completely before dying is still valid (a kCallRef whose
+  // Future it already handed on, say): read it once.
+  drain_ring(id, sink, ctx);
+  Out& o = *out_[id - 1];
+  std::lock_guard lk(o.m);
+  overflow_pending_.fetch_sub(static_cast<int>(o.overflow.size()));
+  o.overflow.clear();
+}
+
+bool ShmTransport::try_emit(int dest, const MsgHeader& h0, const void* a, std::size_t na, const void* b, std::size_t nb) {
+  RingHeader& ring = seg_.ring(dest, self_);
+  MsgHeader h = h0;
+  const std::size_t body = na + nb;
+  // Inline only what fits a quarter of the ring: a record of more than half the ring may
+  // never fit however long we wait (the wrap padding before it takes the rest), and a small
+  // VSCALE_RING_KB must still carry every message. A bulk descriptor (32 bytes) always fits.
+  if (body <= kInlineMax && round16(sizeof(MsgHeader) + body) <= seg_.header().ring_bytes / 4) {
+    h.len = static_cast<std::uint32_t>(body);
+    return ring_try_write(seg_, ring, h, a, na, b, nb);
+  }
+  if (body + sizeof(BulkBlock) > bulk_.size())
+    throw Error("vscale: a message of " + std::to_string(body >> 20) + " MiB is larger than the bulk area (" +
+                std::to_string(bulk_.size() >> 20) + " MiB); raise VSCALE_BULK_MB");
+  std::int64_t off = bulk_.alloc(body, dest, dead_);
+  if (off < 0) return false;
+  char* p = bulk_.at(off) + sizeof(BulkBlock);
+  if (na) std::memcpy(p, a, na);
+  if (nb) std::memcpy(p + na, b, nb);
+  std::uint64_t desc[2] = {std::uint64_t(off), body};
+  h.flags |= kFlagBulk;
+  h.len = sizeof desc;
+  if (ring_try_write(seg_, ring, h, desc, sizeof desc, nullptr, 0)) return true;
+  bulk_.cancel(off);
+  return false;
+}
+
+bool ShmTransport::flush_overflow(int dest, Out& o) {
+  bool wrote = false;
+  while (!o.overflow.empty()) {
+    auto& rec = o.overflow.front();
+    MsgHeader h;
+    std::memcpy(&h, rec.data(), sizeof h);
+    if (!try_emit(dest, h, rec.data() + sizeof h, rec.size() - sizeof h, nullptr, 0)) break;
+    o.overflow.pop_front();
+    overflow_pending_.fetch_sub(1);
+    wrote = true;
+  }
+  if (wrote) wake(dest, kBellExec | kBellWait);
+  return o.overflow.empty();
+}
+
+void ShmTransport::wake(int dest, std::uint32_t bits) {
+  messages_sent_.fetch_add(1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  auto& slot = seg_.slot(dest);
+  if (slot.awake.load(std::memory_order_seq_cst) == 0) ring_doorbell(slot.doorbell, bits);
+}
+
+void ShmTransport::drain_ring(int peer, MessageSink sink, void* ctx) {
+  RingHeader& r = seg_.ring(self_, peer);
+  const std::uint64_t cap = seg_.header().ring_bytes;
+  const std::uint64_t head = r.head.load(std::memory_order_acquire);
+  std::uint64_t pos = r.tail.load(std::memory_order_relaxed);
+  char* data = seg_.ring_data(r);
+  while (pos != head) {
+    MsgHeader h;
+    std::memcpy(&h, data + pos % cap, sizeof h);
+    if (h.kind == kWrap) {
+      pos += cap - pos % cap;
+      continue;
+    }
+    Inbound m;
+    m.src = peer;
+    m.kind = h.kind;
+    const char* body = data + pos % cap + sizeof h;
+    if (h.flags & kFlagBulk) {
+      std::uint64_t desc[2];
+      std::memcpy(desc, body, sizeof desc);
+      char* blk = seg_.bulk(peer) + desc[0];
+      m.consumed = &reinterpret_cast<BulkBlock*>(blk)->consumed;
+      m.body = blk + sizeof(BulkBlock);
+      m.len = desc[1];
+    } else {
+      m.heap.assign(body, body + h.len);
+      m.body = m.heap.data();
+      m.len = h.len;
+    }
+    pos += round16(sizeof h + h.len);
+    sink(ctx, std::move(m));  // the sink lets no exception out
+  }
+  r.tail.store(pos, std::memory_order_release);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (r.writer_waiting.load(std::memory_order_relaxed)) {
+    r.space_seq.fetch_add(1);
+    futex_wake(r.space_seq, INT_MAX);
+  }
+}
+
 
 bool ring_try_write(const Segment& seg, RingHeader& r, const MsgHeader& h, const void* body1, std::size_t n1,
                     const void* body2, std::size_t n2) {

@@ -22,6 +22,7 @@
 #include <tbb/task_arena.h>
 
 #include "vscale/detail/core.hpp"
+#include "vscale/detail/protocol.hpp"
 #include "vscale/detail/transport.hpp"
 
 namespace vscale::detail {
@@ -29,23 +30,6 @@ namespace vscale::detail {
 // Weight a new handle carries; halved at each forwarding, refilled from the owner when it runs
 // out. 2^20 keeps the owner's signed total far from overflow however often a handle is sent.
 inline constexpr std::uint64_t kInitialWeight = std::uint64_t(1) << 20;
-
-/// A received message. Small bodies are copied out of the ring; a bulk body stays in the
-/// sender's bulk area until this object is destroyed, which tells the sender it may reuse it.
-struct Inbound {
-  int src = 0;
-  std::uint16_t kind = 0;
-  const char* body = nullptr;
-  std::size_t len = 0;
-  std::vector<char> heap;
-  std::atomic<std::uint32_t>* consumed = nullptr;
-
-  Inbound() = default;
-  Inbound(Inbound&& o) noexcept { *this = std::move(o); }
-  Inbound& operator=(Inbound&& o) noexcept;
-  ~Inbound() { release(); }
-  void release() noexcept;
-};
 
 /// An outstanding question to another process (call_fetch, fetch, wait, isready, addref).
 struct Request {
@@ -72,32 +56,6 @@ struct Task {
   Inbound msg;
   std::function<void()> fn;
   std::uint32_t interrupts = 0;  // the process's interrupt count when the call arrived
-};
-
-/// One sender's bulk area: first-fit blocks, reclaimed once the receiver marks them consumed.
-class BulkArea {
- public:
-  void init(char* base, std::uint64_t size, int fd, std::uint64_t file_offset);
-  /// Returns the offset of a block with room for `len` bytes, or -1 when there is none now.
-  std::int64_t alloc(std::uint64_t len, int dest, const std::vector<std::atomic<std::uint8_t>>& dead);
-  void cancel(std::int64_t off);
-  char* at(std::int64_t off) const { return base_ + off; }
-  std::uint64_t size() const { return size_; }
-
- private:
-  struct Out {
-    std::uint64_t off, len;
-    int dest;
-  };
-  void sweep(const std::vector<std::atomic<std::uint8_t>>& dead);
-  void release(std::uint64_t off, std::uint64_t len);
-  std::mutex m_;
-  char* base_ = nullptr;
-  std::uint64_t size_ = 0;
-  int fd_ = -1;
-  std::uint64_t file_offset_ = 0;
-  std::map<std::uint64_t, std::uint64_t> free_;  // offset -> length
-  std::vector<Out> out_;
 };
 
 class ClusterManager;  // master only (cluster_manager.hpp)
@@ -141,6 +99,11 @@ class Runtime {
   /// blocks (what does not fit waits in an overflow queue, sent in order later).
   void send(int dest, std::uint16_t kind, const void* a, std::size_t na, const void* b = nullptr,
             std::size_t nb = 0, bool may_block = true);
+  /// Send one protocol message (protocol.hpp): its head, then `payload`.
+  template <class Head>
+  void send_msg(int dest, const Head& head, const void* payload = nullptr, std::size_t n = 0, bool may_block = true) {
+    send(dest, Head::kind, &head, head_size<Head>(), payload, n, may_block);
+  }
   std::shared_ptr<Request> new_request(int dest, std::uint64_t& id, std::function<void(Request&)> on_done = {});
   void drop_request(std::uint64_t id);
   /// Questions of this process to `id` still unanswered (remote calls and fetches waited on).
@@ -197,16 +160,9 @@ class Runtime {
  private:
   friend class Session;
   friend struct AwakeScope;
-  struct Out {
-    std::mutex m;
-    std::deque<std::vector<char>> overflow;  // MsgHeader + body, not yet bulked
-  };
-  bool try_emit(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb);
-  bool flush_overflow(int dest, Out& o);  // with o.m held; true when empty afterwards
-  void wake_peer(int dest, std::uint32_t bits);
   void kick_self_if_pending();
   void dispatch(Inbound&& m);
-  void drain_ring(int peer);  // with poll_m_ held
+  static void deliver(void* self, Inbound&& m);  // the transport's sink: dispatch
   void handle_membership();
   void handle_ref_query(Inbound& m);
   void run_task(Task& t);
@@ -216,11 +172,11 @@ class Runtime {
   static std::atomic<Runtime*> current_;
   int self_;
   bool master_;
-  Segment seg_;
-  std::vector<std::unique_ptr<Out>> out_;
-  std::atomic<int> overflow_pending_{0};
-  BulkArea bulk_;
-  std::vector<std::atomic<std::uint8_t>> dead_;
+  // Every process on this host is reached through the shared-memory transport (used as its
+  // concrete type: no virtual call on the hot path).
+  ShmTransport shm_;
+  Segment& seg_ = shm_.segment();
+  std::vector<std::uint8_t> known_dead_;  // guarded by poll_m_
 
   std::mutex poll_m_;
   std::vector<int> peers_;  // guarded by poll_m_
@@ -289,7 +245,6 @@ class Runtime {
   std::atomic<bool> exit_requested_{false};
   std::thread progress_;
   std::vector<std::thread> executors_;
-  std::atomic<std::uint64_t> messages_sent_{0};
   std::chrono::nanoseconds spin_;
   std::int32_t ncpu_ = 1;
   std::atomic<std::int32_t> nprocs_{1};  // processes in the job (refreshed on membership change)

@@ -17,6 +17,11 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
 #include <cstddef>
 #include <cstdint>
 #include <ctime>
@@ -68,20 +73,8 @@ struct MsgHeader {
 };
 static_assert(sizeof(MsgHeader) == 16);
 
-enum MsgKind : std::uint16_t {
-  kCallFetch = 1,  // u64 req, CodeRef, args
-  kCallRef = 2,    // RefId, CodeRef, args
-  kCallDo = 3,     // CodeRef, args
-  kResult = 4,     // u64 req, u32 ok, value bytes | ErrorInfo
-  kFetch = 5,      // u64 req, RefId
-  kWait = 6,       // u64 req, RefId
-  kIsReady = 7,    // u64 req, RefId
-  kAddRef = 8,     // u64 req, RefId, u64 weight (answered by kResult)
-  kDelRef = 9,     // RefId, u64 weight
-  kExit = 10,      // leave politely
-  kInterrupt = 11, // cancel the calls in flight here (vscale::interrupt)
-  kWrap = 0xffff,  // padding to the end of the ring
-};
+// Message kinds are the protocol's (protocol.hpp); the transport only knows its own padding.
+inline constexpr std::uint16_t kWrap = 0xffff;  // padding to the end of the ring
 inline constexpr std::uint16_t kFlagBulk = 1;
 
 /// Header of a block in a sender's bulk area; the receiver sets `consumed` when done.
@@ -151,6 +144,49 @@ class Segment {
   std::uint64_t mapped_ = 0;
 };
 
+/// A received message. Small bodies are copied out of the ring; a bulk body stays in the
+/// sender's bulk area until this object is destroyed, which tells the sender it may reuse it.
+struct Inbound {
+  int src = 0;
+  std::uint16_t kind = 0;
+  const char* body = nullptr;
+  std::size_t len = 0;
+  std::vector<char> heap;
+  std::atomic<std::uint32_t>* consumed = nullptr;
+
+  Inbound() = default;
+  Inbound(Inbound&& o) noexcept { *this = std::move(o); }
+  Inbound& operator=(Inbound&& o) noexcept;
+  ~Inbound() { release(); }
+  void release() noexcept;
+};
+
+/// One sender's bulk area: first-fit blocks, reclaimed once the receiver marks them consumed.
+class BulkArea {
+ public:
+  void init(char* base, std::uint64_t size, int fd, std::uint64_t file_offset);
+  /// Returns the offset of a block with room for `len` bytes, or -1 when there is none now.
+  std::int64_t alloc(std::uint64_t len, int dest, const std::vector<std::atomic<std::uint8_t>>& dead);
+  void cancel(std::int64_t off);
+  char* at(std::int64_t off) const { return base_ + off; }
+  std::uint64_t size() const { return size_; }
+
+ private:
+  struct Out {
+    std::uint64_t off, len;
+    int dest;
+  };
+  void sweep(const std::vector<std::atomic<std::uint8_t>>& dead);
+  void release(std::uint64_t off, std::uint64_t len);
+  std::mutex m_;
+  char* base_ = nullptr;
+  std::uint64_t size_ = 0;
+  int fd_ = -1;
+  std::uint64_t file_offset_ = 0;
+  std::map<std::uint64_t, std::uint64_t> free_;  // offset -> length
+  std::vector<Out> out_;
+};
+
 /// Append one record if it fits; false when the ring is full.
 bool ring_try_write(const Segment& seg, RingHeader& r, const MsgHeader& h, const void* body1, std::size_t n1,
                     const void* body2, std::size_t n2);
@@ -166,16 +202,95 @@ int futex_wait_bits(std::atomic<std::uint32_t>& word, std::uint32_t expected, st
 int futex_wake_bits(std::atomic<std::uint32_t>& word, int count, std::uint32_t bits);
 /// Ring a process's doorbell: wake its threads sleeping for `bits`, or else its progress thread.
 void ring_doorbell(std::atomic<std::uint32_t>& doorbell, std::uint32_t bits = kBellExec | kBellWait);
-/// Who a message of this kind concerns at the receiver.
-inline std::uint32_t bell_bits_for(std::uint16_t kind) {
-  switch (kind) {
-    case kCallFetch:
-    case kCallRef:
-    case kCallDo: return kBellExec;
-    case kResult: return kBellWait;
-    default: return kBellProgress;  // store queries, references, exit: any poller answers
-  }
-}
+
+// ================================================================= the transport port
+//
+// What the runtime needs of a transport, and what a second one (MPI between nodes) provides:
+//
+// - Framed messages: a MsgHeader (kind, flags, source) and a body of any length up to what
+//   the transport can carry (here: the bulk area, VSCALE_BULK_MB; larger is an Error that
+//   says so). The body arrives as one contiguous Inbound, which may point into the
+//   transport's memory until the Inbound is released.
+// - Order: per ordered pair (src, dest), messages arrive in the order sent, queued ones
+//   included. Nothing is promised across pairs.
+// - Progress: the receiver progresses its inbox: whichever of its threads holds the runtime's
+//   poll lock calls poll(). A sender never waits for the receiver except when the way to it
+//   is full (send returns false; the runtime then waits with wait_for_room while polling its
+//   own inbox, so two processes sending to each other cannot deadlock). A thread that must not
+//   block (the poller itself) queues instead (queue_if_full), and poll() moves queued
+//   messages on. An MPI transport has one progress thread per node leader that makes every
+//   MPI call: send hands it the message, poll takes what it received, wake rings the local
+//   doorbell of the process the message is for.
+// - Waking: wake(dest) tells dest that messages wait, where no thread of dest is polling.
+// - Deaths: forget(id) once id is dead: what it wrote completely is still delivered, what is
+//   queued for it is dropped.
+
+/// Where poll() delivers each arrived message (the runtime's dispatch), on the polling thread.
+using MessageSink = void (*)(void* ctx, Inbound&& m);
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  /// Send to `dest`; false when the way is full now and `queue_if_full` is false (nothing
+  /// was done). Throws Error when the body can never travel (too large).
+  virtual bool send(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
+                    bool queue_if_full) = 0;
+  /// Sleep until `dest` may have room again, at most `timeout_ns`.
+  virtual void wait_for_room(int dest, long timeout_ns) = 0;
+  /// Deliver what arrived from `peers`, then move queued messages on; true if anything was
+  /// delivered. One thread at a time.
+  virtual bool poll(const std::vector<int>& peers, MessageSink sink, void* ctx) = 0;
+  /// Whether anything from `peers` waits to be polled, or anything waits to be sent.
+  virtual bool pending(const std::vector<int>& peers) = 0;
+  /// `id` is dead: deliver what it wrote completely, drop what is queued for it.
+  virtual void forget(int id, MessageSink sink, void* ctx) = 0;
+  /// Tell `dest` that messages wait for it, unless one of its threads is polling.
+  virtual void wake(int dest, std::uint32_t bits) = 0;
+};
+
+/// The shared-memory transport: one ring per ordered pair in the control segment, bodies over
+/// the inline limit through the sender's bulk area, doorbell futexes. Used directly (final)
+/// by the runtime for every process on this host.
+class ShmTransport final : public Transport {
+ public:
+  /// Bodies up to this go inline in the ring (if they fit a quarter of it); larger ones go
+  /// through the bulk area and the ring carries {offset, length}.
+  static constexpr std::size_t kInlineMax = 8 * 1024;
+
+  Segment& segment() noexcept { return seg_; }
+  const Segment& segment() const noexcept { return seg_; }
+  /// Ready the per-destination state of process `self` (after create or attach).
+  void start(int self);
+
+  bool send(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
+            bool queue_if_full) override;
+  void wait_for_room(int dest, long timeout_ns) override;
+  bool poll(const std::vector<int>& peers, MessageSink sink, void* ctx) override;
+  bool pending(const std::vector<int>& peers) override;
+  void forget(int id, MessageSink sink, void* ctx) override;
+  void wake(int dest, std::uint32_t bits) override;
+  /// Whether messages wait in the queue for a full ring (the poller retries them soon).
+  bool has_queued() const noexcept { return overflow_pending_.load(std::memory_order_relaxed) > 0; }
+  /// Messages sent so far (for stats()).
+  std::uint64_t messages_sent() const noexcept { return messages_sent_.load(std::memory_order_relaxed); }
+
+ private:
+  struct Out {
+    std::mutex m;
+    std::deque<std::vector<char>> overflow;  // MsgHeader + body, not yet written
+  };
+  bool try_emit(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb);
+  bool flush_overflow(int dest, Out& o);  // with o.m held; true when empty afterwards
+  void drain_ring(int peer, MessageSink sink, void* ctx);
+
+  Segment seg_;
+  int self_ = 0;
+  std::vector<std::unique_ptr<Out>> out_;
+  std::atomic<int> overflow_pending_{0};
+  BulkArea bulk_;
+  std::vector<std::atomic<std::uint8_t>> dead_;
+  std::atomic<std::uint64_t> messages_sent_{0};
+};
 
 inline void cpu_relax() noexcept {
 #if defined(__x86_64__) || defined(__i386__)
