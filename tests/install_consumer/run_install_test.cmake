@@ -46,6 +46,12 @@ if(CONFIG)
   list(APPEND _install_args --config ${CONFIG})
 endif()
 run_step(install COMMAND ${CMAKE_COMMAND} ${_install_args})
+# Only the public API and what its templates need are installed, not the runtime's internals.
+foreach(_internal IN ITEMS runtime.hpp transport.hpp protocol.hpp local_launcher.hpp)
+  if(EXISTS ${_prefix}/include/vscale/detail/${_internal})
+    message(FATAL_ERROR "install_consumer: the internal header detail/${_internal} was installed")
+  endif()
+endforeach()
 
 set(_configure_args -S ${CONSUMER_SOURCE_DIR} -B ${_build}
   -DCMAKE_PREFIX_PATH=${_prefix}
