@@ -1,0 +1,27 @@
+// The extension tier (see vscale/ext.hpp): thin doors into the runtime.
+#include "vscale/ext.hpp"
+
+#include "vscale/detail/runtime.hpp"
+#include "vscale/detail/transport.hpp"
+
+namespace vscale::ext {
+
+bool is_master() { return detail::Runtime::get("is_master").master(); }
+bool alive(int id) { return detail::Runtime::get("alive").alive(id); }
+std::string dead_reason(int id) { return detail::Runtime::get("dead_reason").dead_reason(id); }
+
+SpinPlace::SpinPlace() : held_(detail::Runtime::get("spinning").try_spin()) {}
+SpinPlace::~SpinPlace() {
+  if (!held_) return;
+  if (detail::Runtime* rt = detail::Runtime::current()) rt->leave_spin();
+}
+
+int futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, long timeout_ns) {
+  if (timeout_ns < 0) return detail::futex_wait(word, expected, nullptr);
+  timespec ts{timeout_ns / 1000000000L, timeout_ns % 1000000000L};
+  return detail::futex_wait(word, expected, &ts);
+}
+
+int futex_wake(std::atomic<std::uint32_t>& word, int count) { return detail::futex_wake(word, count); }
+
+}  // namespace vscale::ext

@@ -1,0 +1,69 @@
+// The extension tier: what code built on the runtime (SharedArray, Barrier, kernels, your own
+// cross-process structures) needs from it, without the runtime's internals. Public but
+// advanced: most programs never include it. Nothing outside lib/ includes detail/runtime.hpp.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "vscale/remotecall.hpp"
+
+namespace vscale::ext {
+
+/// Whether this process is the master (process 1). Throws UsageError without a Session.
+bool is_master();
+/// Whether process `id` is a live member of the session now.
+bool alive(int id);
+/// Why `id` is not alive ("killed by SIGKILL", "does not exist (no such process id)", ...).
+std::string dead_reason(int id);
+
+/// The job-wide spin budget: one spinner more than the job's CPUs, shared by every waiting
+/// thread of every process. Spin only while you hold a place: a spinner on a full machine
+/// only delays the thread it waits for. Example:
+///     if (vscale::ext::SpinPlace place; place) { /* spin a while */ } else { /* sleep */ }
+class SpinPlace {
+ public:
+  SpinPlace();
+  ~SpinPlace();
+  SpinPlace(const SpinPlace&) = delete;
+  SpinPlace& operator=(const SpinPlace&) = delete;
+  explicit operator bool() const noexcept { return held_; }
+
+ private:
+  bool held_;
+};
+
+/// Sleep while `word` (in memory shared between processes) still holds `expected`, at most
+/// `timeout_ns` (< 0: no limit). A shared futex (no FUTEX_PRIVATE_FLAG): the waker may be
+/// another process. Returns 0 when woken, -1 with errno (EAGAIN, ETIMEDOUT, EINTR) otherwise.
+int futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, long timeout_ns);
+/// Wake up to `count` threads sleeping on `word`, in any process. Returns how many woke.
+int futex_wake(std::atomic<std::uint32_t>& word, int count);
+
+/// remote_do that never waits for ring space (a full ring queues it, sent in order) and
+/// never throws (a message to a process that is gone is dropped): for code that runs where
+/// blocking could deadlock or throwing is not allowed (destructors, the polling thread).
+template <class F, class... A>
+void post(int pid, F&& f, A&&... args) noexcept {
+  using Fd = std::decay_t<F>;
+  detail::check_call<Fd, std::decay_t<A>...>();
+  try {
+    if (pid == detail::self_id()) {
+      detail::submit_local([fn = Fd(std::forward<F>(f)),
+                            tup = std::tuple<std::decay_t<A>...>(std::forward<A>(args)...)]() mutable {
+        std::apply(fn, std::move(tup));
+      });
+      return;
+    }
+    detail::Writer w;
+    detail::pack_call<Fd, std::decay_t<A>...>(w, f, args...);
+    detail::call_do(pid, detail::code_of<&detail::invoke_call<Fd, std::decay_t<A>...>>(), w, false);
+  } catch (...) {
+  }
+}
+
+}  // namespace vscale::ext
