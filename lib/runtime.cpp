@@ -69,8 +69,9 @@ std::chrono::nanoseconds spin_from_env() {
 Runtime::Runtime(int self, bool master)
     : self_(self),
       master_(master),
-      spin_(spin_from_env()),
-      ncpu_(static_cast<std::int32_t>(usable_cpus())) {}
+      spin_us_(spin_from_env()) {
+  waiting_.set_cpus(static_cast<std::int32_t>(usable_cpus()));
+}
 
 Runtime::~Runtime() {
   // Handles destroyed from here on do not message anyone: the job is ending.
@@ -91,13 +92,10 @@ Runtime& Runtime::get(const char* what) {
 void Runtime::start(int threads) {
   shm_.start(self_);
   known_dead_.assign(seg_.max_procs(), 0);
-  auto& h = seg_.header();
   current_.store(this, std::memory_order_release);
   max_exec_ = static_cast<int>(env_long("VSCALE_MAX_EXECUTORS", 256, 1, 65536));
   threads_ = std::max(1, threads);
-  // The spin budget is job-wide: every process uses the master's CPU count, also a worker
-  // pinned to fewer CPUs.
-  if (h.job_cpus > 0) ncpu_ = static_cast<std::int32_t>(h.job_cpus);
+  waiting_.init(seg_, self_, spin_us_);  // the job's spin budget: the master's CPU count
   // TBB sizes its worker pool from the affinity mask and ignores cgroup quotas (Debian's
   // 2021.8): set the limit ourselves, high enough for an arena of threads_. An arena with no
   // reserved slot asks for as many workers as it has slots (threads_), so the limit (workers
@@ -239,7 +237,7 @@ void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, 
     // Full: wait for the receiver to drain, while keeping our own inbox moving (its poller
     // may be sending to us meanwhile).
     check_dest(dest);
-    AwakeScope awake(*this);
+    PollingMark polling(*this);
     poll_once();
     shm_.wait_for_room(dest, 200'000);
   }
@@ -293,12 +291,6 @@ void Runtime::reply_error(int dest, std::uint64_t req, const ErrorInfo& e, bool 
 
 // ---------------------------------------------------------------- polling and waking
 
-AwakeScope::AwakeScope(Runtime& r) : rt(r) { rt.seg_.slot(rt.self_).awake.fetch_add(1, std::memory_order_seq_cst); }
-
-AwakeScope::~AwakeScope() {
-  if (rt.seg_.slot(rt.self_).awake.fetch_sub(1, std::memory_order_seq_cst) == 1) rt.kick_self_if_pending();
-}
-
 void Runtime::kick_self_if_pending() {
   // We were the last thread polling. A sender that saw us awake did not wake anyone, so if
   // anything is waiting, wake the progress thread to take over.
@@ -333,19 +325,9 @@ void Runtime::deliver(void* self, Inbound&& m) {
   }
 }
 
-void Runtime::wake_local(std::atomic<int>& sleepers, std::uint32_t bits, int count) {
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  // A thread counted as a sleeper that is still looking (doze's last check) needs no wake-up.
-  if (sleepers.load(std::memory_order_seq_cst) > ((tl_dozing & bits) ? 1 : 0)) {
-    auto& bell = seg_.slot(self_).doorbell;
-    bell.fetch_add(1, std::memory_order_seq_cst);
-    futex_wake_bits(bell, count, bits);
-  }
-}
-
 void Runtime::notify_local() {
   // An answer or a value arrived here: wake the threads waiting for one (they re-check).
-  wake_local(wait_sleepers_, kBellWait, INT_MAX);
+  waiting_.wake_waiters();
 }
 
 void Runtime::progress_loop() {
@@ -428,8 +410,8 @@ void Runtime::dispatch(Inbound&& m) {
       // Every call in flight here sees it at its next check_interrupt() or remote wait:
       // wake all our sleepers so that they look.
       seg_.slot(self_).interrupts.fetch_add(1, std::memory_order_acq_rel);
-      wake_local(wait_sleepers_, kBellWait, INT_MAX);
-      wake_local(exec_sleepers_, kBellExec, INT_MAX);
+      waiting_.wake(kBellWait, INT_MAX);
+      waiting_.wake(kBellExec, INT_MAX);
       return;
     default:
       std::fprintf(stderr, "vscale: process %d got an unknown message kind %u from %d\n", self_, m.kind, m.src);
@@ -491,7 +473,7 @@ void Runtime::push_task(Task&& t) {
 }
 
 void Runtime::offer_to_executors() {
-  if (exec_spinning_.load(std::memory_order_seq_cst) == 0) wake_local(exec_sleepers_, kBellExec, 1);
+  if (exec_spinning_.load(std::memory_order_seq_cst) == 0) waiting_.wake(kBellExec, 1);
   maybe_add_executor();
 }
 
@@ -645,9 +627,9 @@ void Runtime::executor_loop(bool in_arena) {
     if (in_arena && try_spin()) {  // arena executors spin when idle (see add_executor)
       bool got = false;
       {
-        AwakeScope awake(*this);
+        PollingMark polling(*this);
         exec_spinning_.fetch_add(1, std::memory_order_seq_cst);
-        const auto until = std::chrono::steady_clock::now() + spin_;
+        const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
         unsigned n = 0;
         while (!stopping_.load()) {
           if (q_size_.load(std::memory_order_acquire) > 0) {

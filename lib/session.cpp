@@ -88,11 +88,13 @@ void start_master(const SessionOptions& o, const char* argv0) {
   // Threads beyond a multiple of the CPUs only cost memory and switches (and TBB fails at
   // shutdown past 65,536): refuse them with the bound instead.
   const int max_threads = std::max(64, 16 * usable_cpus());
-  if (o.threads > max_threads)
-    throw UsageError("vscale: -t " + std::to_string(o.threads) + " (or --threads, VSCALE_THREADS) asks for more threads per process than " +
+  if (!o.threads.is_auto && o.threads.n > max_threads)
+    throw UsageError("vscale: -t " + std::to_string(o.threads.n) + " (or --threads, VSCALE_THREADS) asks for more threads per process than " +
                      "this machine can use: at most " + std::to_string(max_threads) + " (16 per usable CPU, " +
                      std::to_string(usable_cpus()) + " usable here, and at least 64)");
-  const Placement plan = plan_placement(machine(), o.procs, o.threads, o.bind);
+  // plan_placement's own encoding: -1 = auto; bind -1 = default, 1 = on, 0 = off.
+  const Placement plan = plan_placement(machine(), o.procs.is_auto ? -1 : o.procs.n, o.threads.is_auto ? -1 : o.threads.n,
+                                        o.bind == Bind::automatic ? -1 : o.bind == Bind::on ? 1 : 0);
   for (const auto& w : plan.warnings) std::fprintf(stderr, "vscale: %s\n", w.c_str());
   if (!plan.master_cpus.empty()) pin_self(plan.master_cpus);
   Config c = config_from_env();
@@ -196,14 +198,14 @@ std::string describe() {
 SessionOptions parse_options(int& argc, char** argv) {
   SessionOptions o;
   bool procs_given = false, threads_given = false;
-  auto parse_count = [&](const std::string& v, const std::string& flag, bool threads) {
-    if (v == "auto") return -1;
+  auto parse_count = [&](const std::string& v, const std::string& flag, bool threads) -> Count {
+    if (v == "auto") return auto_count;
     char* end;
     long n = std::strtol(v.c_str(), &end, 10);
     if (v.empty() || *end || n < 0 || (threads && n == 0) || n > 1'000'000)
       throw UsageError("vscale: " + flag + " expects " + (threads ? "a number of threads (1 or more)" : "a number of workers") +
                        " or `auto`, got `" + v + "`");
-    return static_cast<int>(n);
+    return Count(static_cast<int>(n));
   };
   int out = 1;
   for (int i = 1; i < argc; ++i) {
@@ -234,10 +236,10 @@ SessionOptions parse_options(int& argc, char** argv) {
       o.threads = parse_count(val, a.rfind("--", 0) == 0 ? "--threads" : "-t", true);
       threads_given = true;
     } else if (a == "--bind") {
-      o.bind = 1;
+      o.bind = Bind::on;
       consumed = 1;
     } else if (a == "--bind=none") {
-      o.bind = 0;
+      o.bind = Bind::off;
       consumed = 1;
     } else if (a.rfind("--bind=", 0) == 0) {
       throw UsageError("vscale: --bind takes no value, or `--bind=none` to turn binding off; got `" + a + "`");
@@ -257,11 +259,11 @@ SessionOptions parse_options(int& argc, char** argv) {
   }
   // The variables are checked even when a flag overrides them: a typo is never silent.
   if (const char* e = std::getenv("VSCALE_PROCS"); e && *e) {
-    const int v = parse_count(e, "VSCALE_PROCS", false);
+    const Count v = parse_count(e, "VSCALE_PROCS", false);
     if (!procs_given) o.procs = v;
   }
   if (const char* e = std::getenv("VSCALE_THREADS"); e && *e) {
-    const int v = parse_count(e, "VSCALE_THREADS", true);
+    const Count v = parse_count(e, "VSCALE_THREADS", true);
     if (!threads_given) o.threads = v;
   }
   return o;

@@ -339,7 +339,7 @@ TEST_CASE("cluster.parse_options.auto") {
   EnvProcs env(nullptr);
   Argv a({"prog", "-p", "auto", "--other", "7"});
   auto o = vscale::parse_options(a.argc, a.ptrs.data());
-  CHECK(o.procs == -1);
+  CHECK(o.procs == vscale::auto_count);
   CHECK(a.argc == 3);
   CHECK(a.remaining() == std::vector<std::string>{"prog", "--other", "7"});
 }
@@ -350,8 +350,8 @@ TEST_CASE("cluster.parse_options.no_flag") {
   Argv a({"prog", "--other", "2", "y"});
   auto o = vscale::parse_options(a.argc, a.ptrs.data());
   CHECK(o.procs == 0);
-  CHECK(o.threads == 0);
-  CHECK(o.bind == -1);
+  CHECK(o.threads == 1);
+  CHECK(o.bind == vscale::Bind::automatic);
   CHECK(!o.info);
   CHECK(a.argc == 4);
   CHECK(a.remaining() == std::vector<std::string>{"prog", "--other", "2", "y"});
@@ -365,16 +365,16 @@ TEST_CASE("cluster.parse_options.threads_bind_info") {
     auto o = vscale::parse_options(a.argc, a.ptrs.data());
     CHECK(o.threads == 4);
     CHECK(o.procs == 2);
-    CHECK(o.bind == 1);
+    CHECK(o.bind == vscale::Bind::on);
     CHECK(o.info);
     CHECK(a.remaining() == std::vector<std::string>{"prog", "x"});
   }
   {
     Argv a({"prog", "--threads=auto", "-p", "auto", "--bind=none"});
     auto o = vscale::parse_options(a.argc, a.ptrs.data());
-    CHECK(o.threads == -1);
-    CHECK(o.procs == -1);
-    CHECK(o.bind == 0);
+    CHECK(o.threads == vscale::auto_count);
+    CHECK(o.procs == vscale::auto_count);
+    CHECK(o.bind == vscale::Bind::off);
     CHECK(a.argc == 1);
   }
   {
@@ -452,7 +452,7 @@ TEST_CASE("cluster.parse_options.env_auto") {
   EnvProcs env("auto");
   Argv a({"prog"});
   auto o = vscale::parse_options(a.argc, a.ptrs.data());
-  CHECK(o.procs == -1);
+  CHECK(o.procs == vscale::auto_count);
   CHECK(a.argc == 1);
 }
 

@@ -7,12 +7,35 @@
 
 namespace vscale {
 
+/// A number of processes or threads, or `auto` (sized from the machine: placement.hpp).
+/// Converts from a plain number: `o.procs = 4;`, `o.threads = vscale::auto_count;`.
+struct Count {
+  constexpr Count(int number = 0) noexcept : n(number) {}
+  static constexpr Count automatic() noexcept {
+    Count c;
+    c.is_auto = true;
+    return c;
+  }
+  int n = 0;
+  bool is_auto = false;
+  friend constexpr bool operator==(const Count&, const Count&) = default;
+};
+/// `-p auto`, `-t auto`.
+inline constexpr Count auto_count = Count::automatic();
+
+/// Whether processes are pinned to cores.
+enum class Bind {
+  automatic,  ///< on when the processes or the threads are `auto`, else off
+  on,         ///< --bind
+  off,        ///< --bind=none
+};
+
 /// How a Session starts. Usually filled from the command line by Session(argc, argv).
 struct SessionOptions {
-  int procs = 0;    ///< workers to start; -1 = "auto" (see placement.hpp)
-  int threads = 0;  ///< threads per process (TBB arena size); 0 = 1, -1 = "auto"
-  int bind = -1;    ///< pin processes to cores: -1 = on with auto, 1 = --bind, 0 = --bind=none
-  bool info = false;  ///< --vscale-info: print the machine and the placement at start
+  Count procs = 0;     ///< workers to start (-p), or auto_count
+  Count threads = 1;   ///< threads per process, the TBB arena's size (-t), or auto_count
+  Bind bind = Bind::automatic;  ///< --bind, --bind=none
+  bool info = false;   ///< --vscale-info: print the machine and the placement at start
 };
 
 /// The runtime of one process. Construct it first thing in `main`:

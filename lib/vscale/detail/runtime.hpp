@@ -24,6 +24,7 @@
 #include "vscale/detail/core.hpp"
 #include "vscale/detail/protocol.hpp"
 #include "vscale/detail/transport.hpp"
+#include "vscale/detail/waiting.hpp"
 
 namespace vscale::detail {
 
@@ -63,7 +64,6 @@ class ClusterManager;  // master only (cluster_manager.hpp)
 /// True on the executor threads: they run queued calls while they wait (so a call that waits
 /// on a call back into its own process cannot deadlock).
 extern thread_local bool tl_executor;
-extern thread_local std::uint32_t tl_dozing;  // the bits this thread is counted as sleeping on
 // The call this thread is running (for vscale::interrupt): whether there is one, the
 // process's interrupt count when it started, and how many NoInterrupt scopes are open.
 extern thread_local bool tl_in_call;
@@ -137,18 +137,9 @@ class Runtime {
   void release_weight(const RefId& id, std::uint64_t weight);
   std::uint64_t next_seq() { return seq_.fetch_add(1, std::memory_order_relaxed) + 1; }
 
-  /// Join the job's spinners if there is a CPU to spare; leave_spin() when done.
-  /// One spinner more than CPUs: in the usual master-and-P-workers-on-P-CPUs job the master
-  /// waits while every worker computes, and a master that spins (yielding) picks up the last
-  /// result at once instead of paying a futex wake-up per distributed_for step (2-core VM:
-  /// per-step loop 1.9x -> 1.35x shared_chunks, bench_advection --n 400 --procs 2).
-  bool try_spin() noexcept {
-    auto& n = seg_.header().spinners;
-    if (n.fetch_add(1, std::memory_order_relaxed) < ncpu_ + 1) return true;
-    n.fetch_sub(1, std::memory_order_relaxed);
-    return false;
-  }
-  void leave_spin() noexcept { seg_.header().spinners.fetch_sub(1, std::memory_order_relaxed); }
+  /// The job's spin budget (waiting.hpp).
+  bool try_spin() noexcept { return waiting_.join_spinners(); }
+  void leave_spin() noexcept { waiting_.leave_spinners(); }
 
   Stats stats() const;
   Segment& segment() noexcept { return seg_; }
@@ -159,7 +150,7 @@ class Runtime {
 
  private:
   friend class Session;
-  friend struct AwakeScope;
+  friend struct PollingMark;
   void kick_self_if_pending();
   void dispatch(Inbound&& m);
   static void deliver(void* self, Inbound&& m);  // the transport's sink: dispatch
@@ -187,13 +178,11 @@ class Runtime {
   std::atomic<std::uint64_t> next_req_{0};
   std::atomic<std::uint64_t> seq_{0};
 
-  // Threads of this process asleep on the doorbell, by what they wait for.
-  std::atomic<int> exec_sleepers_{0}, wait_sleepers_{0};
-  /// Sleep on the doorbell (as `bits`) until it rings or `timeout_ns` passes, unless `ready()`
-  /// already holds or the rings have something (then handle it and return at once).
+  Waiting waiting_;  // spinning, dozing on the doorbell, waking (waiting.hpp)
   template <class Ready>
-  void doze(Ready ready, std::uint32_t bits, long timeout_ns);
-  void wake_local(std::atomic<int>& sleepers, std::uint32_t bits, int count);
+  void doze(Ready ready, std::uint32_t bits, long timeout_ns) {
+    waiting_.doze(ready, [this] { return poll_once(); }, bits, timeout_ns);
+  }
 
   std::mutex q_m_;
   std::deque<Task> q_;
@@ -241,12 +230,11 @@ class Runtime {
   std::atomic<std::int64_t> queued_since_{0};  // steady_clock ns when the queue became non-empty while all were busy
   int max_exec_ = 256;
 
+  std::chrono::nanoseconds spin_us_;  // VSCALE_SPIN_US, read at construction
   std::atomic<bool> stopping_{false};
   std::atomic<bool> exit_requested_{false};
   std::thread progress_;
   std::vector<std::thread> executors_;
-  std::chrono::nanoseconds spin_;
-  std::int32_t ncpu_ = 1;
   std::atomic<std::int32_t> nprocs_{1};  // processes in the job (refreshed on membership change)
 
  public:
@@ -255,9 +243,11 @@ class Runtime {
 
 /// Counts the calling thread as polling for this process while it lives, so that senders
 /// need not wake anyone; the last one out makes sure nothing was left unpolled.
-struct AwakeScope {
-  explicit AwakeScope(Runtime& rt);
-  ~AwakeScope();
+struct PollingMark {
+  explicit PollingMark(Runtime& r) : rt(r) { rt.waiting_.mark_polling(); }
+  ~PollingMark() {
+    if (!rt.waiting_.unmark_polling()) rt.kick_self_if_pending();
+  }
   Runtime& rt;
 };
 
@@ -279,8 +269,8 @@ void Runtime::wait_until(Pred pred, bool interruptible) {
     if (spin && try_spin()) {
       spin = false;
       {
-        AwakeScope awake(*this);
-        const auto until = std::chrono::steady_clock::now() + spin_;
+        PollingMark polling(*this);
+        const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
         unsigned n = 0;
         while (!pred()) {
           if (poll_once()) continue;
@@ -301,23 +291,6 @@ void Runtime::wait_until(Pred pred, bool interruptible) {
     doze([&] { return pred() || (tl_executor && q_size_.load() > 0) || (interruptible && call_interrupted()); },
          tl_executor ? kBellWait | kBellExec : kBellWait, 50'000'000L);
   }
-}
-
-template <class Ready>
-void Runtime::doze(Ready ready, std::uint32_t bits, long timeout_ns) {
-  auto& bell = seg_.slot(self_).doorbell;
-  const std::uint32_t seq = bell.load(std::memory_order_seq_cst);
-  if (bits & kBellExec) exec_sleepers_.fetch_add(1, std::memory_order_seq_cst);
-  if (bits & kBellWait) wait_sleepers_.fetch_add(1, std::memory_order_seq_cst);
-  // We are not awake: a sender rings the bell. Look once more before sleeping, so that
-  // nothing that arrived before we counted ourselves is missed (tl_dozing: what we complete
-  // in that look need not wake us).
-  tl_dozing = bits;
-  const bool go = !ready() && !poll_once();
-  tl_dozing = 0;
-  if (go) futex_wait_bits(bell, seq, bits, timeout_ns);
-  if (bits & kBellExec) exec_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
-  if (bits & kBellWait) wait_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
 }
 
 }  // namespace vscale::detail

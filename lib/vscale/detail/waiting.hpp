@@ -1,0 +1,95 @@
+// How the threads of one process wait, in one place: spin within the job's spin budget, then
+// sleep on the process's doorbell until a sender rings it; how they are woken; and the
+// polling mark that tells senders they need not ring. Internal.
+//
+// The doorbell is a shared futex in this process's slot of the control segment. Its sleepers
+// say what they sleep for (bits): idle executors (kBellExec: a call to run), threads waiting
+// for an answer (kBellWait), and the progress thread (kBellProgress), which a sender wakes
+// only when there was no executor or waiter to wake (ring_doorbell, transport.hpp).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+
+#include "vscale/detail/transport.hpp"
+
+namespace vscale::detail {
+
+extern thread_local std::uint32_t tl_dozing;  // the bits this thread is counted as sleeping on
+
+class Waiting {
+ public:
+  /// Ready for process `self` of segment `seg`, spinning `spin` before sleeping.
+  void init(Segment& seg, int self, std::chrono::nanoseconds spin) {
+    seg_ = &seg;
+    self_ = self;
+    spin_ = spin;
+    // The spin budget is job-wide: every process uses the master's CPU count, also a worker
+    // pinned to fewer CPUs.
+    if (seg.header().job_cpus > 0) ncpu_ = static_cast<std::int32_t>(seg.header().job_cpus);
+  }
+  void set_cpus(std::int32_t n) noexcept { ncpu_ = n; }
+  std::chrono::nanoseconds spin_time() const noexcept { return spin_; }
+
+  /// Join the job's spinners if there is a CPU to spare; leave_spinners() when done. One
+  /// spinner more than CPUs: in the usual master-and-P-workers-on-P-CPUs job the master waits
+  /// while every worker computes, and a master that spins (yielding) picks up the last result
+  /// at once instead of paying a futex wake-up per distributed_for step (2-core VM: per-step
+  /// loop 1.9x -> 1.35x shared_chunks, bench_advection --n 400 --procs 2).
+  bool join_spinners() noexcept {
+    auto& n = seg_->header().spinners;
+    if (n.fetch_add(1, std::memory_order_relaxed) < ncpu_ + 1) return true;
+    n.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  void leave_spinners() noexcept { seg_->header().spinners.fetch_sub(1, std::memory_order_relaxed); }
+
+  /// Sleep on the doorbell (as `bits`) until it rings or `timeout_ns` passes, unless `ready()`
+  /// already holds or `look()` (a last poll of the inbox) finds something.
+  template <class Ready, class Look>
+  void doze(Ready ready, Look look, std::uint32_t bits, long timeout_ns) {
+    auto& bell = seg_->slot(self_).doorbell;
+    const std::uint32_t seq = bell.load(std::memory_order_seq_cst);
+    if (bits & kBellExec) exec_sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    if (bits & kBellWait) wait_sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    // We are not polling: a sender rings the bell. Look once more before sleeping, so that
+    // nothing that arrived before we counted ourselves is missed (tl_dozing: what we complete
+    // in that look need not wake us).
+    tl_dozing = bits;
+    const bool go = !ready() && !look();
+    tl_dozing = 0;
+    if (go) futex_wait_bits(bell, seq, bits, timeout_ns);
+    if (bits & kBellExec) exec_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+    if (bits & kBellWait) wait_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+  }
+
+  /// Wake up to `count` threads of this process dozing for `bits` (kBellExec or kBellWait).
+  void wake(std::uint32_t bits, int count) {
+    auto& sleepers = bits == kBellExec ? exec_sleepers_ : wait_sleepers_;
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    // A thread counted as a sleeper that is still looking (doze's last check) needs no wake-up.
+    if (sleepers.load(std::memory_order_seq_cst) > ((tl_dozing & bits) ? 1 : 0)) {
+      auto& bell = seg_->slot(self_).doorbell;
+      bell.fetch_add(1, std::memory_order_seq_cst);
+      futex_wake_bits(bell, count, bits);
+    }
+  }
+  /// An answer or a value arrived here: wake every thread waiting for one (they re-check).
+  void wake_waiters() { wake(kBellWait, INT_MAX); }
+
+  /// Count the calling thread as polling for this process (senders need not ring); false
+  /// from unmark when it was the last one (then make sure nothing was left unpolled).
+  void mark_polling() noexcept { seg_->slot(self_).awake.fetch_add(1, std::memory_order_seq_cst); }
+  bool unmark_polling() noexcept { return seg_->slot(self_).awake.fetch_sub(1, std::memory_order_seq_cst) != 1; }
+
+ private:
+  Segment* seg_ = nullptr;
+  int self_ = 0;
+  std::chrono::nanoseconds spin_{0};
+  std::int32_t ncpu_ = 1;
+  std::atomic<int> exec_sleepers_{0}, wait_sleepers_{0};
+};
+
+}  // namespace vscale::detail
