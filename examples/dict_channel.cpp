@@ -16,8 +16,10 @@
 // on its owner with vscale::remote_object<DictChannel>(pid); the returned RemoteValue handle
 // runs `f(DictChannel&, args...)` there with call(f, args...), from any process. The small
 // RemoteDict wrapper gives it the manual's put/take/fetch/isready. A take or fetch for a key
-// that is not there yet blocks on the owner until some process puts it. Run: ./dict_channel -p 2.
-// It checks its own answers and exits non-zero on a wrong one.
+// that is not there yet blocks on the owner until some process puts it. Like every vscale handle,
+// a RemoteDict travels as an argument of a remote call (a shipped lambda cannot capture it),
+// and the DictChannel lives until its last handle anywhere is gone (or until free()).
+// Run: ./dict_channel -p 2. It checks its own answers and exits non-zero on a wrong one.
 #include <chrono>
 #include <condition_variable>
 #include <cstdlib>
@@ -70,10 +72,15 @@ class DictChannel {
   std::map<int, std::string> d_;
 };
 
-// The remote side: a trivially copyable handle, so lambdas can capture it and remote calls
-// can take it as an argument. Every method is one remote call to the owner.
+// The remote side: a handle that remote calls take as an argument (its serialize member ships
+// the RemoteValue inside). Every method is one remote call to the owner.
 struct RemoteDict {
   vscale::RemoteValue<DictChannel> h;
+
+  template <class A>
+  void serialize(A& a) {
+    a(h);
+  }
 
   void put(int k, const std::string& v) const {
     h.call([](DictChannel& d, int key, std::string val) { d.put(key, std::move(val)); }, k, v);
@@ -106,19 +113,19 @@ int main(int argc, char** argv) {
   check(!dict.isready(3), "isready(3) is false on an empty DictChannel");
 
   // A reader on another worker takes keys 9, 8, ..., 0: each take blocks until its key is there.
-  auto taken = vscale::remotecall(reader, [dict] {
+  auto taken = vscale::remotecall(reader, [](const RemoteDict& d) {
     std::vector<std::string> got;
-    for (int k = 9; k >= 0; --k) got.push_back(dict.take(k));
+    for (int k = 9; k >= 0; --k) got.push_back(d.take(k));
     return got;
-  });
+  }, dict);
   // Keys 0..4 come from the master, 5..9 from the owner itself (no message there).
   for (int k = 0; k < 5; ++k) {
     dict.put(k, value_of(k));
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
-  vscale::remotecall_fetch(owner, [dict] {
-    for (int k = 5; k < 10; ++k) dict.put(k, value_of(k));
-  });
+  vscale::remotecall_fetch(owner, [](const RemoteDict& d) {
+    for (int k = 5; k < 10; ++k) d.put(k, value_of(k));
+  }, dict);
   const auto& got = taken.fetch();
   bool in_order = got.size() == 10;
   for (std::size_t i = 0; in_order && i < got.size(); ++i) in_order = got[i] == value_of(9 - int(i));
@@ -128,14 +135,15 @@ int main(int argc, char** argv) {
 
   // fetch leaves the value; isready(k) sees it from every process.
   dict.put(100, "hundred");
-  std::string fetched = vscale::remotecall_fetch(reader, [dict] { return dict.fetch(100); });
+  std::string fetched = vscale::remotecall_fetch(reader, [](const RemoteDict& d) { return d.fetch(100); }, dict);
   check(fetched == "hundred", "fetch(100) on another worker");
-  check(vscale::remotecall_fetch(reader, [dict] { return dict.isready(100); }), "isready(100) after fetch (not removed)");
+  check(vscale::remotecall_fetch(reader, [](const RemoteDict& d) { return d.isready(100); }, dict),
+        "isready(100) after fetch (not removed)");
   check(dict.take(100) == "hundred", "take(100) on the master");
   check(!dict.isready(100), "isready(100) is false after take");
 
   // fetch blocks until a key arrives, from another process.
-  auto waiter = vscale::remotecall(reader, [dict] { return dict.fetch(7); });
+  auto waiter = vscale::remotecall(reader, [](const RemoteDict& d) { return d.fetch(7); }, dict);
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   check(!waiter.isready(), "fetch(7) waits while key 7 is missing");
   dict.put(7, "seven");

@@ -9,6 +9,7 @@
 // table entry is freed when all weight has come back.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -20,6 +21,7 @@
 #include <mutex>
 
 #include "vscale/detail/runtime.hpp"
+#include "vscale/placement.hpp"
 #include "vscale/shared_array.hpp"
 
 namespace vscale::detail {
@@ -50,29 +52,72 @@ std::string errno_text() { return std::strerror(errno); }
 
 std::string mib(std::size_t b) { return std::to_string((b >> 20) + ((b & ((1u << 20) - 1)) != 0)) + " MiB"; }  // rounded up, no overflow
 
-/// Memory this process may still use: MemAvailable, and the cgroup limit if lower.
-std::size_t available_memory() {
-  std::size_t avail = SIZE_MAX;
-  std::ifstream mi("/proc/meminfo");
+/// A /proc/self/status or /proc/meminfo field in bytes ("Key:  123 kB"); 0 when absent.
+std::size_t proc_kb_field(const char* file, const std::string& want) {
+  std::ifstream in(file);
   std::string key;
-  std::size_t kb;
-  std::string unit;
-  while (mi >> key >> kb) {
-    std::getline(mi, unit);
-    if (key == "MemAvailable:") avail = kb * 1024;
+  std::size_t kb = 0;
+  std::string rest;
+  while (in >> key) {
+    if (key == want && in >> kb) return kb * 1024;
+    std::getline(in, rest);
   }
-  std::ifstream cg("/proc/self/cgroup");
-  std::string line, path;
-  while (std::getline(cg, line))
-    if (line.rfind("0::", 0) == 0) path = line.substr(3);
-  std::ifstream mx("/sys/fs/cgroup" + path + "/memory.max"), cur("/sys/fs/cgroup" + path + "/memory.current");
-  std::string max_s;
-  std::size_t used = 0;
-  if (mx >> max_s && max_s != "max" && cur >> used) {
-    std::size_t lim = std::stoull(max_s);
-    avail = std::min(avail, lim > used ? lim - used : 0);
+  return 0;
+}
+
+/// Bytes of memory-backed arrays that exist now (the master's; pages all reserved).
+std::size_t live_array_bytes() {
+  std::size_t sum = 0;
+  std::vector<FdKey> seen;
+  {
+    std::lock_guard lk(reg_m);
+    for (auto& [k, w] : registry)
+      if (auto m = w.lock(); m && !m->file) {
+        sum += m->bytes;
+        seen.push_back(k);
+      }
   }
-  return avail;
+  std::lock_guard lk(table_m);
+  for (auto& [k, e] : table) {
+    bool counted = false;
+    for (const auto& s : seen) counted = counted || (s.a == k.a && s.b == k.b);
+    if (!counted && e.fd >= 0) sum += e.bytes;  // held only by workers now
+  }
+  return sum;
+}
+
+struct Available {
+  std::size_t bytes;
+  std::string why;  // which limit it is, for the message
+};
+
+/// Memory this process may still use: MemAvailable, and under a cgroup memory limit (v1 or v2,
+/// as placement.hpp reads it) the limit less what this job is known to use (its arrays and
+/// the master's own anonymous memory: placement reads no usage counter, so this is an
+/// estimate that leaves out the workers' private memory).
+Available available_memory() {
+  Available a{SIZE_MAX, ""};
+  if (std::size_t avail = proc_kb_field("/proc/meminfo", "MemAvailable:")) a = {avail, "MemAvailable"};
+  if (auto lim = machine().memory_limit) {
+    const std::size_t used = live_array_bytes() + proc_kb_field("/proc/self/status", "RssAnon:");
+    const std::size_t left = *lim > used ? static_cast<std::size_t>(*lim - used) : 0;
+    if (left < a.bytes)
+      a = {left, "the cgroup memory limit of " + mib(static_cast<std::size_t>(*lim)) + " (cgroup v" +
+                     std::to_string(machine().cgroup_version) + "), less " + mib(used) +
+                     " used by this job's SharedArrays and the master"};
+  }
+  return a;
+}
+
+/// Refuse a file or memfd size beyond this process's RLIMIT_FSIZE: growing one past it would
+/// not fail but kill the process (SIGXFSZ).
+void check_file_size_limit(std::size_t size, const std::string& what) {
+  struct rlimit rl{};
+  if (getrlimit(RLIMIT_FSIZE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || size <= rl.rlim_cur) return;
+  throw Error("vscale: " + what + " needs " + std::to_string(size) + " bytes, more than process " + std::to_string(myid()) +
+              "'s file size limit (RLIMIT_FSIZE, `ulimit -f`): " + std::to_string(rl.rlim_cur) + " bytes (" +
+              std::to_string(rl.rlim_cur / 1024) + " blocks of 1 KiB); raise it (ulimit -f unlimited) or make the "
+              "array smaller");
 }
 
 void map_into(SharedMapping& m, int prot) {
@@ -211,10 +256,11 @@ std::shared_ptr<SharedMapping> shm_create(std::size_t bytes) {
   if (!rt.master())
     throw UsageError("vscale: create SharedArrays on the master (process 1) and pass them to workers; "
                      "this was process " + std::to_string(rt.self()));
-  std::size_t avail = available_memory();
-  if (bytes > avail)
-    throw Error("vscale: a SharedArray of " + mib(bytes) + " does not fit: only " + mib(avail) +
-                " of memory is available (MemAvailable and the cgroup's memory.max)");
+  const Available avail = available_memory();
+  if (bytes > avail.bytes)
+    throw Error("vscale: a SharedArray of " + mib(bytes) + " does not fit: only " + mib(avail.bytes) +
+                " of memory is available (" + avail.why + ")");
+  check_file_size_limit(bytes, "a SharedArray of " + mib(bytes) + " (a memfd of that size)");
   auto m = std::make_shared<SharedMapping>();
   m->key = FdKey{std::uint64_t(rt.self()), next_seq.fetch_add(1) + 1};
   m->bytes = bytes;
@@ -264,12 +310,24 @@ std::shared_ptr<SharedMapping> shm_open_file(const std::string& path, std::size_
   const std::size_t have = static_cast<std::size_t>(fs.st_size);
   if (have < need) {
     if (creating && (mode == FileMode::w_plus || mode == FileMode::a_plus)) {
+      check_file_size_limit(need, "SharedArray file \"" + path + "\" (offset " + std::to_string(offset) + " + " +
+                                      std::to_string(bytes) + " bytes)");
       if (ftruncate(m->fd, static_cast<off_t>(need)) != 0)
         throw Error("vscale: cannot extend \"" + path + "\" to " + std::to_string(need) + " bytes: " + errno_text());
     } else {
       throw Error("vscale: SharedArray file \"" + path + "\" is too small: it has " + std::to_string(have) +
                   " bytes, the array needs offset " + std::to_string(offset) + " + " + std::to_string(bytes) + " = " +
                   std::to_string(need));
+    }
+  }
+  if (creating && !m->readonly && bytes > 0) {
+    // Reserve the array's blocks: on a full filesystem a sparse file would be an exception
+    // nowhere, then SIGBUS in whichever process first writes a page that has no block.
+    if (int err = posix_fallocate(m->fd, static_cast<off_t>(offset), static_cast<off_t>(bytes)); err != 0) {
+      if (have < need) (void)ftruncate(m->fd, static_cast<off_t>(have));  // as it was
+      throw Error("vscale: cannot reserve " + std::to_string(bytes) + " bytes for SharedArray file \"" + path +
+                  "\" on process " + std::to_string(myid()) + ": " + std::strerror(err) +
+                  (err == ENOSPC ? " (the filesystem is full: free space or put the file elsewhere)" : ""));
     }
   }
   map_into(*m, m->readonly ? PROT_READ : PROT_READ | PROT_WRITE);

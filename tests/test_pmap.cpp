@@ -115,18 +115,42 @@ TEST_CASE("pmap.on_error_replaces_failed_elements") {
           return x;
         },
         iota_vec(50),
-        {.batch_size = bs, .on_error = [&calls](std::exception_ptr e) -> std::any {
+        {.batch_size = bs, .on_error = [&calls](const std::exception& e) {
            ++calls;
-           try {
-             std::rethrow_exception(e);
-           } catch (const vscale::RemoteException& re) {
-             CHECK(re.message().find("bad element") != std::string::npos);
-           }
+           const auto* re = dynamic_cast<const vscale::RemoteException*>(&e);
+           CHECK(re != nullptr);
+           if (re) CHECK(re->message().find("bad element") != std::string::npos);
            return -1L;
          }});
     CHECK(calls == 5);
     for (long i = 0; i < 50; ++i) CHECK(r[static_cast<std::size_t>(i)] == (i % 10 == 3 ? -1 : i));
   }
+}
+
+TEST_CASE("pmap.typed_on_error_returns_minus_one_for_long_results") {
+  // Issue 13: on_error returning -1 (an int) for a pmap of longs was a PmapError listing every
+  // failed element at run time; on_error is typed now: its result converts to R (a result that
+  // does not convert is a compile error: tests/compile_fail/pmap_on_error_wrong_type.cpp).
+  ensure_two_workers();
+  const auto xs = iota_vec(300);
+  auto f = [](long x) {
+    if (x % 7 == 0) throw std::runtime_error("multiple of seven");
+    return 10 * x;
+  };
+  auto r = vscale::pmap(f, xs, {.batch_size = 4, .on_error = [](const std::exception&) { return -1; }});
+  REQUIRE(r.size() == xs.size());
+  for (long i = 0; i < 300; ++i) CHECK(r[static_cast<std::size_t>(i)] == (i % 7 == 0 ? -1L : 10 * i));
+  // A named typed options variable, and an untyped one (no on_error: PmapError).
+  vscale::PmapOptionsFor<long> typed;
+  typed.on_error = [](const std::exception& e) { return std::string(e.what()).find("seven") != std::string::npos ? -2L : 0L; };
+  auto r2 = vscale::pmap(f, xs, typed);
+  CHECK(r2[14] == -2);
+  CHECK(r2[15] == 150);
+  vscale::PmapOptions untyped;
+  untyped.batch_size = 10;
+  CHECK_THROWS_AS((void)vscale::pmap(f, xs, untyped), vscale::PmapError);
+  auto ok = vscale::pmap([](long x) { return x + 1; }, xs, untyped);
+  CHECK(ok[299] == 300);
 }
 
 TEST_CASE("pmap.failure_propagates_and_names_the_index") {
@@ -228,7 +252,7 @@ TEST_CASE("pmap.retry_succeeds") {
       attempts2);
   auto r2 = vscale::pmap(g, iota_vec(8),
                          {.batch_size = 1,
-                          .on_error = [](std::exception_ptr) -> std::any { return -7L; },
+                          .on_error = [](const std::exception&) { return -7L; },
                           .retry_delays = {1ms, 1ms, 1ms},
                           .retry_check = [](std::exception_ptr) { return false; }});
   CHECK(r2[5] == -7);

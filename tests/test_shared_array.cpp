@@ -11,10 +11,15 @@
 
 #include "test_util.hpp"
 
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -27,6 +32,7 @@
 namespace {
 
 using test_util::eventually;
+using namespace std::chrono_literals;
 
 using IntMatrix = vscale::SharedArray<int, 2>;
 using IntVector = vscale::SharedArray<int, 1>;
@@ -538,22 +544,191 @@ TEST_CASE("shared_array.init_exception_on_master") {
 TEST_CASE("shared_array.out_of_range") {
 #ifndef NDEBUG
   IntMatrix S({3, 4});
-  CHECK_THROWS_AS(S(3, 0), std::out_of_range);
-  CHECK_THROWS_AS(S(0, 4), std::out_of_range);
-  CHECK_THROWS_AS(S[12], std::out_of_range);
+  CHECK_THROWS_AS(S(3, 0), vscale::UsageError);
+  CHECK_THROWS_AS(S(0, 4), vscale::UsageError);
+  CHECK_THROWS_AS(S[12], vscale::UsageError);
   CHECK_NOTHROW(S(2, 3));
   CHECK_NOTHROW(S[11]);
   try {
     S(1, 7);
-  } catch (const std::out_of_range& e) {
+  } catch (const vscale::UsageError& e) {
     CHECK(std::string(e.what()).find("dimension 2") != std::string::npos);
   }
   // On a worker it arrives as a RemoteException.
   CHECK_THROWS_AS(vscale::remotecall_fetch(vscale::workers().at(0), [](const IntMatrix& s) { return s[100]; }, S),
                   vscale::RemoteException);
 #else
-  MESSAGE("release build (NDEBUG): bounds are not checked, nothing to test");
+  MESSAGE("release build (NDEBUG): operator() and [] do not check bounds (at() does: next test)");
 #endif
+}
+
+TEST_CASE("shared_array.bad_index_is_a_vscale_error") {
+  // Issue 13: a bad index threw std::out_of_range; every vscale exception derives from
+  // vscale::Error. at() checks in every build.
+  IntMatrix S({3, 4});
+  S.at(2, 3) = 5;
+  CHECK(S(2, 3) == 5);
+  for (auto bad : {std::array<long, 2>{3, 0}, std::array<long, 2>{0, 4}, std::array<long, 2>{-1, 0}}) {
+    CAPTURE(bad[0]);
+    CAPTURE(bad[1]);
+    try {
+      (void)S.at(bad[0], bad[1]);
+      FAIL("a bad index did not throw");
+    } catch (const vscale::UsageError& e) {
+      const std::string m = e.what();
+      CHECK(m.find("out of range") != std::string::npos);
+      CHECK(m.find("(3, 4)") != std::string::npos);
+      CHECK(m.find("dimension " + std::to_string(bad[0] == 0 ? 2 : 1)) != std::string::npos);
+    }
+  }
+  auto e = vscale::remotecall_fetch(vscale::workers().at(0), [](const IntMatrix& s) {
+    try {
+      (void)s.at(0, 9);
+      return std::string("no error");
+    } catch (const vscale::Error& x) {
+      return std::string(x.what());
+    }
+  }, S);
+  CHECK(e.find("process " + std::to_string(vscale::workers().at(0))) != std::string::npos);
+}
+
+namespace {
+// Sets this process's soft RLIMIT_FSIZE while it lives (SIGXFSZ kills a process that grows a
+// file past it: the test process itself, if a size escaped the check).
+struct FileSizeLimit {
+  rlimit saved{};
+  explicit FileSizeLimit(rlim_t bytes) {
+    REQUIRE(getrlimit(RLIMIT_FSIZE, &saved) == 0);
+    rlimit r = saved;
+    r.rlim_cur = bytes;
+    REQUIRE(setrlimit(RLIMIT_FSIZE, &r) == 0);
+  }
+  ~FileSizeLimit() { setrlimit(RLIMIT_FSIZE, &saved); }
+};
+}  // namespace
+
+TEST_CASE("shared_array.file_size_limit_is_an_exception_not_sigxfsz") {
+  // Issue 13: with `ulimit -f 1000` a 200 MB SharedArray died by SIGXFSZ (the memfd's
+  // ftruncate); it is refused, naming the limit.
+  settle();
+  const Resources before = resources_here();
+  {
+    FileSizeLimit lim(1000 * 1024);
+    try {
+      vscale::SharedArray<char, 1> a(std::size_t(200) << 20);
+      FAIL("a 200 MiB SharedArray under ulimit -f 1000 did not throw");
+    } catch (const vscale::Error& e) {
+      const std::string m = e.what();
+      CAPTURE(m);
+      CHECK(m.find("ulimit -f") != std::string::npos);
+      CHECK(m.find("RLIMIT_FSIZE") != std::string::npos);
+      CHECK(m.find("1024000") != std::string::npos);
+    }
+    // Within the limit it works.
+    vscale::SharedArray<char, 1> small(std::size_t(512) << 10);
+    small[0] = 1;
+    CHECK(small[0] == 1);
+  }
+  CHECK(eventually([&] { return resources_here() == before; }));
+}
+
+namespace {
+// A fresh memory cgroup (v1, else v2) under this process's own, limited to `bytes`; empty when
+// this system does not let us make one.
+std::string make_memory_cgroup(std::uint64_t bytes, std::string& why_not) {
+  auto own_path = [](const std::string& controller) -> std::string {
+    std::ifstream in("/proc/self/cgroup");
+    std::string line;
+    while (std::getline(in, line)) {
+      auto a = line.find(':'), b = line.find(':', a + 1);
+      if (a == std::string::npos || b == std::string::npos) continue;
+      const std::string ctrls = line.substr(a + 1, b - a - 1);
+      if (controller.empty() ? ctrls.empty() && line.compare(0, 2, "0:") == 0
+                             : ("," + ctrls + ",").find("," + controller + ",") != std::string::npos)
+        return line.substr(b + 1);
+    }
+    return "";
+  };
+  auto write = [](const std::string& file, const std::string& v) {
+    std::ofstream out(file);
+    out << v;
+    out.flush();
+    return out.good();
+  };
+  const std::string name = "/vscale_test_" + std::to_string(::getpid());
+  std::error_code ec;
+  // v1: the memory hierarchy.
+  if (std::filesystem::exists("/sys/fs/cgroup/memory/memory.limit_in_bytes")) {
+    std::string parent = "/sys/fs/cgroup/memory" + own_path("memory");
+    if (!std::filesystem::is_directory(parent)) parent = "/sys/fs/cgroup/memory";
+    const std::string dir = parent + name;
+    if (std::filesystem::create_directory(dir, ec) && write(dir + "/memory.limit_in_bytes", std::to_string(bytes)))
+      return dir;
+    std::filesystem::remove(dir, ec);
+    why_not += "cannot make a v1 memory cgroup under " + parent + "; ";
+  }
+  // v2.
+  std::string parent = "/sys/fs/cgroup" + own_path("");
+  if (std::filesystem::exists(parent + "/cgroup.controllers")) {
+    write(parent + "/cgroup.subtree_control", "+memory");
+    const std::string dir = parent + name;
+    if (std::filesystem::create_directory(dir, ec) && std::filesystem::exists(dir + "/memory.max") &&
+        write(dir + "/memory.max", std::to_string(bytes)))
+      return dir;
+    std::filesystem::remove(dir, ec);
+    why_not += "cannot make a v2 memory cgroup under " + parent;
+  } else {
+    why_not += "no cgroup v2 hierarchy";
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE("shared_array.a_cgroup_memory_limit_is_does_not_fit") {
+  // Issue 13: in a memory cgroup v1 a 500 MB SharedArray got the master OOM-killed instead of
+  // the "does not fit" exception (the check read only v2's memory.max). The check now uses
+  // placement's reader (v1 and v2). This runs a copy of this test binary (no workers) inside a
+  // fresh cgroup limited to 256 MiB, which asks for 1 GiB (the next test case).
+  constexpr std::uint64_t limit = std::uint64_t(256) << 20;
+  std::string why_not;
+  const std::string dir = make_memory_cgroup(limit, why_not);
+  if (dir.empty()) {
+    MESSAGE("skipped: " << why_not << " (needs root and a writable cgroup hierarchy)");
+    return;
+  }
+  char exe[4096] = {};
+  REQUIRE(::readlink("/proc/self/exe", exe, sizeof exe - 1) > 0);
+  const std::string out = "/tmp/vscale_test_cgroup_child_" + std::to_string(::getpid()) + ".log";
+  // The child moves itself into the cgroup before it runs the binary, so that everything it
+  // does (placement's first look included) happens inside.
+  const std::string cmd = "VSCALE_TEST_CGROUP_LIMIT=" + std::to_string(limit) + " sh -c 'echo $$ > \"" + dir +
+                          "/cgroup.procs\" && exec \"$0\" -p 0 --no-skip=true "
+                          "-tc=shared_array.zz_cgroup_child' \"" + std::string(exe) + "\" > " + out + " 2>&1";
+  const int rc = std::system(cmd.c_str());
+  std::ifstream in(out);
+  const std::string log{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  std::remove(out.c_str());
+  for (int i = 0; i < 100 && ::rmdir(dir.c_str()) != 0; ++i) std::this_thread::sleep_for(50ms);
+  INFO("child output:\n" << log);
+  CHECK(rc == 0);
+  CHECK(log.find("does not fit") != std::string::npos);
+}
+
+// Runs only in the child of the test above (doctest skips it otherwise).
+TEST_CASE("shared_array.zz_cgroup_child" * doctest::skip()) {
+  const char* want = std::getenv("VSCALE_TEST_CGROUP_LIMIT");
+  REQUIRE(want != nullptr);
+  REQUIRE(vscale::machine().memory_limit.has_value());
+  CHECK(*vscale::machine().memory_limit == std::stoull(want));
+  try {
+    vscale::SharedArray<char, 1> a(std::size_t(1) << 30);
+    FAIL("a 1 GiB SharedArray in a 256 MiB cgroup did not throw");
+  } catch (const vscale::Error& e) {
+    const std::string m = e.what();
+    MESSAGE(m);
+    CHECK(m.find("does not fit") != std::string::npos);
+    CHECK(m.find("cgroup") != std::string::npos);
+  }
 }
 
 TEST_CASE("shared_array.no_leaks.10000_arrays") {

@@ -1,13 +1,18 @@
 // File-backed SharedArrays (Julia's SharedArray{T}(filename, dims, offset; mode)): the modes
 // r, r+, w+, a+ and the default, offsets (page-aligned or not), values written by workers
 // landing in the file, clear errors for missing or short files and for init with mode r, and
-// no file descriptors left behind.
+// no file descriptors left behind; a full filesystem or `ulimit -f` is an exception at
+// construction (never SIGBUS or SIGXFSZ).
 #include <doctest/doctest.h>
 
 #include <vscale/vscale.hpp>
 
 #include "test_util.hpp"
 
+#include <sys/mount.h>
+#include <sys/resource.h>
+
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
@@ -409,4 +414,86 @@ TEST_CASE("shared_array_file.no_fds_left") {
   }
   CHECK(eventually([&] { return fds_under(dir.path) == 0; }));
   for (int w : ws) CHECK_MESSAGE(eventually([&] { return fds_under_on(w, dir.path) == 0; }), "worker " << w);
+}
+
+namespace {
+// A 1 MiB tmpfs mounted on a fresh directory while it lives (we are root); `ok` false when
+// mounting is not allowed here.
+struct SmallTmpfs {
+  TempDir dir;
+  bool ok = false;
+  SmallTmpfs() { ok = ::mount("tmpfs", dir.path.c_str(), "tmpfs", 0, "size=1m") == 0; }
+  ~SmallTmpfs() {
+    if (ok) ::umount2(dir.path.c_str(), MNT_DETACH);
+  }
+};
+
+// Every worker still answers (none was killed).
+void workers_alive(const std::vector<int>& ws) {
+  for (int w : ws) CHECK(vscale::remotecall_fetch(w, [] { return vscale::myid(); }) == w);
+  CHECK(vscale::workers() == ws);
+}
+}  // namespace
+
+TEST_CASE("shared_array_file.full_filesystem_is_an_exception_not_sigbus") {
+  // Issue 13: a file-backed array of 10 MB on a full 1 MB filesystem killed the workers with
+  // SIGBUS in init (the file was only extended sparsely). Its blocks are reserved now, so the
+  // constructor throws and no worker touches a page without a block.
+  SmallTmpfs fs1;
+  if (!fs1.ok) {
+    MESSAGE("skipped: cannot mount a tmpfs here (" << std::strerror(errno) << "; needs root)");
+    return;
+  }
+  const auto ws = vscale::workers();
+  const std::string path = fs1.dir.file("big.bin");
+  try {
+    vscale::SharedArray<char, 1> a(path, std::size_t(10) << 20, 0, FileMode::w_plus,
+                                   vscale::init([](const vscale::SharedArray<char, 1>& s) {
+                                     for (auto k : vscale::localindices(s)) s[k] = 1;
+                                   }));
+    FAIL("a 10 MiB file-backed array on a full 1 MiB filesystem did not throw");
+  } catch (const vscale::Error& e) {
+    const std::string m = e.what();
+    CAPTURE(m);
+    CHECK(m.find("cannot reserve") != std::string::npos);
+    CHECK(m.find(path) != std::string::npos);
+    CHECK(m.find("full") != std::string::npos);
+  }
+  CHECK(fs::file_size(path) == 0);  // as w+ left it: not a 10 MiB sparse file
+  workers_alive(ws);
+  // What fits works, on the same filesystem.
+  vscale::SharedArray<char, 1> fits(fs1.dir.file("small.bin"), std::size_t(256) << 10, 0, FileMode::w_plus,
+                                    vscale::init([](const vscale::SharedArray<char, 1>& s) {
+                                      for (auto k : vscale::localindices(s)) s[k] = 2;
+                                    }));
+  CHECK(fits[(std::size_t(256) << 10) - 1] == 2);
+}
+
+TEST_CASE("shared_array_file.file_size_limit_is_an_exception_not_sigxfsz") {
+  // Issue 13: growing a file past RLIMIT_FSIZE (`ulimit -f`) kills the process with SIGXFSZ;
+  // a file-backed array that would is refused, naming the limit.
+  TempDir dir;
+  rlimit saved{};
+  REQUIRE(getrlimit(RLIMIT_FSIZE, &saved) == 0);
+  rlimit r = saved;
+  r.rlim_cur = 1000 * 1024;
+  REQUIRE(setrlimit(RLIMIT_FSIZE, &r) == 0);
+  std::string what;
+  try {
+    Doubles a(dir.file("limited.bin"), std::size_t(25) << 20, 0, FileMode::w_plus);  // 200 MiB
+  } catch (const vscale::Error& e) {
+    what = e.what();
+  }
+  // Within the limit, a+ extending a short file.
+  bool small_ok = false;
+  try {
+    Doubles b(dir.file("small.bin"), 1000, 0, FileMode::a_plus);
+    small_ok = b.size() == 1000;
+  } catch (...) {
+  }
+  setrlimit(RLIMIT_FSIZE, &saved);
+  CAPTURE(what);
+  CHECK(what.find("ulimit -f") != std::string::npos);
+  CHECK(what.find("limited.bin") != std::string::npos);
+  CHECK(small_ok);
 }

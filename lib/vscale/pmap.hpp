@@ -17,6 +17,13 @@
 // worker that dies takes no more batches); after that
 // `on_error` supplies its result, or, without on_error, pmap throws PmapError (naming the
 // element's index) once every batch has finished.
+//
+// Options: pmap(f, xs, {.batch_size = 4, .on_error = [](const std::exception&) { return -1; }})
+// (designated initializers, in the order of the members below). The braced options are a
+// PmapOptionsFor<R>, R being f's result type, so that on_error is typed: a function from the
+// exception to R, and one whose result does not convert to R is a compile error. A named
+// options variable is a vscale::PmapOptionsFor<R>, or a vscale::PmapOptions (whose on_error
+// is the old untyped one, deprecated).
 #pragma once
 
 #include <unistd.h>
@@ -25,6 +32,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <concepts>
 #include <cstdint>
 #include <cstdio>
 #include <deque>
@@ -56,15 +64,45 @@
 
 namespace vscale {
 
-/// Options of pmap (Julia's keyword arguments).
-struct PmapOptions {
+/// pmap's on_error: a function from a failed element's exception (a RemoteException, or
+/// ProcessExitedException when its worker died) to the element's result, of type R or one
+/// that converts to it. Empty: pmap throws PmapError instead.
+template <class R>
+class PmapOnError {
+ public:
+  PmapOnError() = default;
+  /// From any callable `g(const std::exception&)` whose result converts to R.
+  template <class G>
+    requires(!std::is_same_v<std::decay_t<G>, PmapOnError>)
+  PmapOnError(G g) {  // NOLINT: implicit, so that `.on_error = lambda` works
+    static_assert(std::is_invocable_v<G&, const std::exception&>,
+                  "vscale::pmap: on_error must take the failure as `const std::exception&` (a RemoteException, "
+                  "or ProcessExitedException when the worker died) and return the element's result");
+    if constexpr (std::is_invocable_v<G&, const std::exception&>) {
+      constexpr bool converts = std::is_convertible_v<std::invoke_result_t<G&, const std::exception&>, R>;
+      static_assert(converts,
+                    "vscale::pmap: on_error must return the result type of pmap's function (or a type that "
+                    "converts to it): its value takes the failed element's place");
+      if constexpr (converts) fn_ = [g = std::move(g)](const std::exception& e) mutable -> R { return g(e); };
+    }
+  }
+  explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
+  R operator()(const std::exception& e) const { return fn_(e); }
+
+ private:
+  std::function<R(const std::exception&)> fn_;
+};
+
+/// Options of pmap (Julia's keyword arguments) for a function whose result type is R; what a
+/// braced list of options in a pmap call becomes.
+template <class R>
+struct PmapOptionsFor {
   /// Elements per remote call: 0 = automatic (about len / (4 * workers), at least 1).
   std::size_t batch_size = 0;
   /// Called on the calling process with a failed element's exception (a RemoteException, or
-  /// ProcessExitedException when its worker died); its value takes the element's place. It
-  /// must return exactly the result type of f (std::any carries it: return -1L, not -1, for a
-  /// long; another type is a UsageError). Empty: pmap throws PmapError.
-  std::function<std::any(std::exception_ptr)> on_error{};
+  /// ProcessExitedException when its worker died); its value (converted to R) takes the
+  /// element's place. Empty: pmap throws PmapError.
+  PmapOnError<R> on_error{};
   /// A failed element is retried after each of these delays in turn (Julia's retry_delays).
   std::vector<std::chrono::duration<double>> retry_delays{};
   /// Retry only when this accepts the exception (empty: always).
@@ -80,6 +118,22 @@ struct PmapOptions {
   /// Each worker runs the elements of a batch in parallel on its threads (its -t arena, with
   /// tbb::parallel_for) instead of one after the other; results keep their order.
   bool threads = false;
+};
+
+/// PmapOptionsFor<R> for options that do not depend on the result type (a named variable, a
+/// parameter of one's own function); pmap(f, xs, opts) takes it too. Its on_error is the old
+/// untyped one, kept for a transition only: use PmapOptionsFor<R> or a braced list instead.
+struct PmapOptions {
+  std::size_t batch_size = 0;  ///< see PmapOptionsFor
+  /// Deprecated, for a transition: its result is checked only at run time (a UsageError when
+  /// it is not exactly f's result type, e.g. -1 for a long). Use PmapOptionsFor<R>::on_error
+  /// (or a braced list in the call), which is typed.
+  std::function<std::any(std::exception_ptr)> on_error{};
+  std::vector<std::chrono::duration<double>> retry_delays{};  ///< see PmapOptionsFor
+  std::function<bool(std::exception_ptr)> retry_check{};      ///< see PmapOptionsFor
+  const WorkerPool* pool = nullptr;                           ///< see PmapOptionsFor
+  bool progress = false;                                      ///< see PmapOptionsFor
+  bool threads = false;                                       ///< see PmapOptionsFor
 };
 
 /// pmap's failure without on_error: the elements `indices()` failed (or were lost with a
@@ -108,6 +162,19 @@ class PmapError : public Error {
 };
 
 namespace detail {
+
+/// pmap's R: f's result on an element (void when f cannot take one: pmap's checks say so).
+template <class F, class Collection>
+struct pmap_result {
+  using type = void;
+};
+template <class F, class Collection>
+  requires std::is_invocable_v<const F&, const std::decay_t<std::ranges::range_value_t<Collection>>&>
+struct pmap_result<F, Collection> {
+  using type = std::decay_t<std::invoke_result_t<const F&, const std::decay_t<std::ranges::range_value_t<Collection>>&>>;
+};
+template <class F, class Collection>
+using pmap_result_t = typename pmap_result<F, Collection>::type;
 
 template <class T>
 concept PodElement = MemcpyShippable<T> && !std::is_same_v<T, bool> && !std::is_empty_v<T>;
@@ -238,7 +305,7 @@ class PmapProgress {
 /// worker). Elements and results must be shippable.
 /// Example: auto sq = pmap([](int x) { return x * x; }, std::vector<int>{1, 2, 3});
 template <class F, class Collection>
-auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
+auto pmap(F f, const Collection& collection, const PmapOptionsFor<detail::pmap_result_t<F, Collection>>& opt = {}) {
   using T = std::decay_t<std::ranges::range_value_t<Collection>>;
   static_assert(std::is_invocable_v<const F&, const T&>, "vscale: pmap's function cannot be called with an element");
   using R = std::decay_t<std::invoke_result_t<const F&, const T&>>;
@@ -249,9 +316,7 @@ auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
   static_assert(detail::shippable_v<R> && !std::is_pointer_v<R>,
                 "vscale: pmap's results cannot be shipped back: make them trivially copyable or give them a "
                 "cereal `serialize` member");
-  static_assert(detail::shippable_v<F>,
-                "vscale: pmap's function cannot be shipped: capture only trivially copyable values, or use "
-                "vscale::closure(f, captures...)");
+  static_assert(detail::shippable_v<F>, "vscale: pmap's function cannot be shipped. " VSCALE_SHIP_CAPTURE_RULE);
   using Clock = std::chrono::steady_clock;
   detail::require_session("pmap");
 
@@ -396,15 +461,19 @@ auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
       return;
     }
     if (opt.on_error) {
-      std::any v = opt.on_error(e);
-      if (const R* r = std::any_cast<R>(&v)) {
-        results[b.lo] = *r;
+      // (Failures are always a vscale::Error here; on_error's own exception ends the pmap.)
+      bool replaced = false;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& x) {
+        results[b.lo].emplace(opt.on_error(x));
+        replaced = true;
+      } catch (...) {
+      }
+      if (replaced) {
         ++done;
         return;
       }
-      e = std::make_exception_ptr(UsageError("vscale::pmap: on_error returned a " + detail::demangle(v.type().name()) +
-                                             ", not the result type of the function (" + detail::demangle(typeid(R).name()) +
-                                             ")"));
     }
     if (!first_error || b.lo < first_index) {
       first_error = e;
@@ -525,6 +594,26 @@ auto pmap(F f, const Collection& collection, const PmapOptions& opt = {}) {
   out.reserve(n);
   for (auto& r : results) out.push_back(std::move(*r));
   return out;
+}
+
+/// pmap with options that do not depend on the result type (a PmapOptions variable).
+template <class F, class Collection, std::same_as<PmapOptions> O>
+auto pmap(F f, const Collection& collection, const O& opt) {
+  using R = detail::pmap_result_t<F, Collection>;
+  PmapOptionsFor<R> typed{opt.batch_size, {}, opt.retry_delays, opt.retry_check, opt.pool, opt.progress, opt.threads};
+  if (opt.on_error) {
+    // The untyped on_error (deprecated): called where the typed one is, inside the handler of
+    // the failure; a value of another type than R ends the pmap with a UsageError saying so.
+    typed.on_error = [legacy = opt.on_error](const std::exception&) -> R {
+      std::any v = legacy(std::current_exception());
+      if (R* r = std::any_cast<R>(&v)) return std::move(*r);
+      throw UsageError("vscale::pmap: on_error returned a " + detail::demangle(v.type().name()) +
+                       ", not the result type of the function (" + detail::demangle(typeid(R).name()) +
+                       "): PmapOptions::on_error is untyped; use a braced list or vscale::PmapOptionsFor<R>, "
+                       "whose on_error converts its result");
+    };
+  }
+  return pmap(std::move(f), collection, typed);
 }
 
 }  // namespace vscale

@@ -4,24 +4,26 @@
 //
 // A channel's state (a bounded FIFO queue, a mutex, condition variables, an open flag) lives
 // on its owner process, in that process's registry of remote objects, under a 64-bit id
-// (creator id << 40 | sequence number). A handle is only {owner, id, capacity}: it is
-// trivially copyable, so it can be passed to remote calls, returned from them and captured by
-// value in shipped lambdas, and every copy, on every process, names the same channel. Every
-// operation is a remotecall_fetch to the owner that waits there on the channel's condition
-// variable (the owner adds executor threads when calls queue behind blocked ones, see
-// remotecall.hpp); on the owner itself it goes straight to the state. All operations may be
-// used from any process and any thread.
+// (owner id << 40 | sequence number). A handle names it and carries a weight, exactly as a
+// Future does (detail/core.hpp): copies in one process share one reference, a handle sent to
+// another process takes half of the sender's weight with it, and the owner keeps the state
+// while any weight is out there or any handle of its own exists. Handles travel as arguments
+// and results of remote calls (or inside vscale::closure); like every vscale handle they are
+// not trivially copyable, so a shipped lambda cannot capture one. Every operation is a
+// remotecall_fetch to the owner that waits there on the channel's condition variable (the
+// owner adds executor threads when calls queue behind blocked ones, see remotecall.hpp); on
+// the owner itself it goes straight to the state. All operations may be used from any process
+// and any thread.
 //
 //     vscale::RemoteChannel<int> jobs(32);          // owned by this process
 //     vscale::RemoteChannel<int> other(8, 2);       // owned by worker 2
-//     vscale::remote_do(2, [jobs] { for (int j : jobs) work(j); });
+//     vscale::remote_do(2, [](vscale::RemoteChannel<int> j) { for (int v : j) work(v); }, jobs);
 //     jobs.put(1); jobs.put(2); jobs.close();
 //
-// Lifetime: the owner frees a channel's state once it is closed and drained (closed with no
-// value left in it). A channel that is never closed lives until its owner ends. Operations on a
-// freed channel behave as on a closed, empty one (put and take throw ChannelClosedError,
-// isready() and is_open() are false). RemoteValue objects live until free() (or until their
-// owner ends).
+// Lifetime: the owner frees a channel's state when the last handle on any process is gone,
+// closed or not (values still in it are dropped, as in Julia). A process that dies holding a
+// handle never returns its weight: that channel then lives until its owner ends (as a Future's
+// value does). RemoteValue objects are freed the same way, or earlier by free().
 //
 // Failures: take/fetch/wait on a closed, empty channel and put on a closed one (also a put or
 // take blocked when close() is called) throw ChannelClosedError, whose message names the
@@ -31,14 +33,26 @@
 // (checked every 100 ms), so a value is not taken on behalf of a process that is gone.
 // Capacity 0 makes an unbuffered channel, as Julia's Channel(0): a put returns once a take
 // has its value (isready() and size() count the puts waiting), and fetch is refused.
+//
+// Timed operations (take_for, put_for, wait_for) give up after a duration, also when the
+// owner does not answer at all (stopped, hung). Nothing is lost and nothing happens twice: the
+// owner stops waiting at the deadline itself, and when a take_for or put_for from another
+// process is served, the owner holds the value aside and the caller decides: it accepts if the
+// answer came in time, or declines, and then the value goes back where it was (a take's value
+// to the front of the channel; a put's value is not put). A value held that way counts
+// towards the capacity, a closed channel is not "closed and empty" while one is out, and the
+// values held for a process that dies go back.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -62,6 +76,11 @@ class ChannelClosedError : public Error {
   using Error::Error;
 };
 
+template <class T>
+class RemoteChannel;
+template <class S>
+class RemoteValue;
+
 namespace detail {
 
 // ---- the per-process registry of remote objects ----------------------------------------
@@ -73,7 +92,6 @@ struct RemoteObjectRegistry {
   };
   std::mutex m;
   std::unordered_map<std::uint64_t, Entry> objects;
-  std::uint64_t next_seq = 1;
 };
 
 // Never destroyed: executor threads may still use it while the process ends.
@@ -82,19 +100,23 @@ inline RemoteObjectRegistry& remote_registry() {
   return *r;
 }
 
-/// A new id, unique across processes: creator id << 40 | sequence number.
-inline std::uint64_t new_remote_object_id() {
-  auto& r = remote_registry();
-  std::lock_guard lk(r.m);
-  return (std::uint64_t(std::uint32_t(self_id())) << 40) | (r.next_seq++ & ((std::uint64_t(1) << 40) - 1));
+inline constexpr std::uint64_t kSeqMask = (std::uint64_t(1) << 40) - 1;
+
+/// The 64-bit id of the object a reference names: creator id << 40 | sequence number.
+inline std::uint64_t object_id(const RefId& r) {
+  return (std::uint64_t(std::uint32_t(r.creator)) << 40) | (r.seq & kSeqMask);
 }
+
+/// A new id, unique across processes (drawn from the runtime's reference numbers, so that it
+/// never meets the id of a channel or remote object made here).
+inline std::uint64_t new_remote_object_id() { return object_id(new_local_core()->id); }
 
 /// "3.17": the id as creator.sequence, for messages.
 inline std::string remote_object_name(std::uint64_t id) {
-  return std::to_string(id >> 40) + "." + std::to_string(id & ((std::uint64_t(1) << 40) - 1));
+  return std::to_string(id >> 40) + "." + std::to_string(id & kSeqMask);
 }
 
-/// Number of remote objects (channels included) that live on this process now.
+/// Number of remote objects (channels and worker pools included) that live on this process now.
 inline std::size_t live_remote_objects() {
   auto& r = remote_registry();
   std::lock_guard lk(r.m);
@@ -134,9 +156,64 @@ inline bool erase_remote_object(std::uint64_t id) {
   return true;
 }
 
-template <class S, class... A>
-void remote_object_create(std::uint64_t id, A... a) {
-  register_remote_object<S>(id, std::make_shared<S>(std::move(a)...));
+// Kept by the owner's reference (the FutureCore of a channel or remote object, as its `typed`
+// value): when the owner's last handle is gone and all weight sent out has come back, the
+// runtime drops that reference, and this frees the object.
+struct RemoteAnchor {
+  explicit RemoteAnchor(std::uint64_t i) : id(i) {}
+  RemoteAnchor(const RemoteAnchor&) = delete;
+  RemoteAnchor& operator=(const RemoteAnchor&) = delete;
+  ~RemoteAnchor() { erase_remote_object(id); }
+  std::uint64_t id;
+};
+
+/// What a channel or RemoteValue handle holds: a reference with weight, as a Future's
+/// (detail/core.hpp, runtime.cpp export_ref/import_ref/kDelRef), shared by the copies in one
+/// process. Shipping it hands half of this process's weight to the copy that leaves.
+class RemoteRef {
+ public:
+  RemoteRef() = default;
+  explicit RemoteRef(std::shared_ptr<FutureCore> c) : core_(std::move(c)) {}
+  int owner() const noexcept { return core_ ? core_->id.owner : 0; }
+  std::uint64_t id() const noexcept { return core_ ? object_id(core_->id) : 0; }
+  bool valid() const noexcept { return core_ != nullptr; }
+  friend bool operator==(const RemoteRef& a, const RemoteRef& b) noexcept {
+    return a.owner() == b.owner() && a.id() == b.id();
+  }
+
+  template <class A>
+  void save(A& ar) const {
+    std::uint8_t has = core_ != nullptr;
+    ar(has);
+    if (!has) return;  // an empty handle travels as one (its use there is the error)
+    WireRef w = export_ref(core_);
+    ar(cereal::binary_data(&w, sizeof w));
+  }
+  template <class A>
+  void load(A& ar) {
+    std::uint8_t has = 0;
+    ar(has);
+    if (!has) {
+      core_.reset();
+      return;
+    }
+    WireRef w{};
+    ar(cereal::binary_data(&w, sizeof w));
+    core_ = import_ref(w);
+  }
+
+ private:
+  std::shared_ptr<FutureCore> core_;
+};
+
+/// Owner side: register `obj` under a new id and return the reference whose end frees it.
+template <class S>
+std::shared_ptr<FutureCore> new_remote_object(std::shared_ptr<S> obj) {
+  auto core = new_local_core();
+  const std::uint64_t id = object_id(core->id);
+  register_remote_object<S>(id, std::move(obj));
+  core->typed = std::make_shared<RemoteAnchor>(id);  // set before the core is shared
+  return core;
 }
 
 template <class S>
@@ -166,16 +243,32 @@ inline bool process_alive(int pid) {
   return false;
 }
 
-// Wait on `cv` until `pred` holds; give up (throw) if the calling process `caller` is gone
-// or was interrupted since the operation began (vscale::interrupt), or if the call running
-// this wait here was: nothing has been taken or put yet, so nothing is lost.
-// (`what` names the operation in those errors.)
+// ---- waiting on the owner ----------------------------------------------------------------
+
+/// steady_clock (CLOCK_MONOTONIC: one clock for every process of the host) in nanoseconds.
+inline std::int64_t ch_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+inline constexpr std::int64_t kNoDeadline = std::numeric_limits<std::int64_t>::max();
+
+// Wait on `cv` until `pred` holds (true), or until `until_ns` has passed (false). Give up
+// (throw) if the calling process `caller` is gone or was interrupted since the operation
+// began (vscale::interrupt), or if the call running this wait here was: nothing has been taken
+// or put yet, so nothing is lost. After `serve_ns`, pred is not even looked at: the caller of
+// a timed operation has given up by then, so it must not be served (`what` names the
+// operation in the errors).
 template <class Pred>
-void channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, int caller, Pred pred,
-                  const char* what = "channel operation") {
+bool channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, int caller, Pred pred,
+                  const char* what = "channel operation", std::int64_t until_ns = kNoDeadline,
+                  std::int64_t serve_ns = kNoDeadline) {
   const bool remote = caller != self_id();
   const std::uint32_t caller_gen = remote ? interrupts_of(caller) : 0;
-  while (!pred()) {
+  const bool timed = until_ns != kNoDeadline || serve_ns != kNoDeadline;
+  for (;;) {
+    const std::int64_t now = timed ? ch_now_ns() : 0;
+    if (now < serve_ns && pred()) return true;
+    if (now >= until_ns) return false;
     if (remote && !process_alive(caller))
       throw Error(std::string("vscale: ") + what + " abandoned: the calling process " + std::to_string(caller) +
                   " is gone");
@@ -183,7 +276,9 @@ void channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv,
       throw InterruptedException(std::string("vscale: ") + what + " abandoned: the calling process " +
                                  std::to_string(caller) + " was interrupted (vscale::interrupt)");
     check_interrupt();
-    cv.wait_for(lk, std::chrono::milliseconds(100));
+    std::chrono::nanoseconds step = std::chrono::milliseconds(100);
+    if (until_ns != kNoDeadline) step = std::min(step, std::chrono::nanoseconds(until_ns - now));
+    cv.wait_for(lk, step);
   }
 }
 
@@ -203,12 +298,26 @@ auto channel_remote(int owner, A&&... a) {
 
 // ---- channel state and the operations that run on the owner ---------------------------
 
+/// What a timed operation came to.
+enum ChOutcome : std::uint8_t { kChDone = 0, kChClosed = 1, kChTimedOut = 2 };
+
+/// The answer of a timed take: the outcome, and the value when kChDone.
+template <class T>
+struct ChReply {
+  std::uint8_t outcome = kChTimedOut;
+  std::optional<T> v;
+  template <class A>
+  void serialize(A& a) {  // (trivially copyable T: sent as bytes, this is not used)
+    a(outcome, v);
+  }
+};
+
 template <class T>
 struct ChannelState {
   explicit ChannelState(std::uint64_t cap) : capacity(cap) {}
   std::mutex m;
   std::condition_variable not_empty;  // a value arrived, or closed
-  std::condition_variable not_full;   // a value left, or closed
+  std::condition_variable not_full;   // a value left, a taker came, or closed
   std::deque<T> q;
   std::uint64_t capacity;
   bool open = true;
@@ -216,21 +325,92 @@ struct ChannelState {
   // qid[k] names the put of q[k].
   std::deque<std::uint64_t> qid;
   std::uint64_t next_put = 0;
+  // Values held aside for a timed take or put of another process until it decides (by its
+  // ticket); see the top of this file.
+  struct Held {
+    int caller;
+    bool take;          // a take's value (else a put's, not in the channel yet)
+    T v;
+    std::uint64_t qid;  // unbuffered take: the put the value came from
+  };
+  std::unordered_map<std::uint64_t, Held> held;
+  std::size_t held_takes = 0, held_puts = 0;
+  std::size_t takers = 0;  // takes waiting now (an unbuffered put_for is served only when one waits)
 
   void pop_front() {
     q.pop_front();
     if (capacity == 0) qid.pop_front();
   }
+  bool room() const { return q.size() + held_takes + held_puts < capacity; }
+  bool closed_and_empty() const { return !open && q.empty() && held_takes == 0; }
+  bool in_queue(std::uint64_t put) const { return std::find(qid.begin(), qid.end(), put) != qid.end(); }
+  bool on_offer(std::uint64_t put) const {
+    if (held_takes == 0) return false;
+    for (const auto& [t, h] : held)
+      if (h.take && h.qid == put) return true;
+    return false;
+  }
+  // With m held: the caller of held value `it` accepted it (it is theirs) or declined it (it
+  // goes back). The caller notifies both condition variables afterwards.
+  void settle(typename std::unordered_map<std::uint64_t, Held>::iterator it, bool accept) {
+    Held h = std::move(it->second);
+    held.erase(it);
+    if (h.take) {
+      --held_takes;
+      if (!accept) {
+        q.push_front(std::move(h.v));
+        if (capacity == 0) qid.push_front(h.qid);
+      }
+    } else {
+      --held_puts;
+      if (accept) {
+        q.push_back(std::move(h.v));
+        if (capacity == 0) qid.push_back(++next_put);  // nobody waits on it: the put returned
+      }
+    }
+  }
+  // With m held: values held for processes that are gone go back (their verdict never comes).
+  void sweep() {
+    if (held.empty()) return;
+    const auto live = procs();
+    bool any = false;
+    for (auto it = held.begin(); it != held.end();) {
+      auto cur = it++;
+      if (!std::binary_search(live.begin(), live.end(), cur->second.caller)) {
+        settle(cur, false);
+        any = true;
+      }
+    }
+    if (any) {
+      not_empty.notify_all();
+      not_full.notify_all();
+    }
+  }
 };
 
-// An unbuffered put (Julia's Channel(0)): the value waits in the queue until a take gets it,
-// and put returns only then. If the put is abandoned first (channel closed, caller
-// interrupted or gone), its value leaves the queue again: it was delivered or it was not,
-// never both, never lost. A closed channel is freed by the last put to leave it.
+// Counts a take as waiting while it lives (with the state's mutex held at both ends).
+struct TakerMark {
+  explicit TakerMark(std::size_t& n) : n_(n) { ++n_; }
+  ~TakerMark() { --n_; }
+  TakerMark(const TakerMark&) = delete;
+  TakerMark& operator=(const TakerMark&) = delete;
+  std::size_t& n_;
+};
+
 template <class T>
-bool ch_put_unbuffered(std::uint64_t id, ChannelState<T>& s, int caller, T v) {
+std::shared_ptr<ChannelState<T>> ch_state(std::uint64_t id) {
+  return find_remote_object<ChannelState<T>>(id);
+}
+
+// An unbuffered put (Julia's Channel(0)) on the owner's process: the value waits in the queue
+// until a take gets it, and put returns only then. If the put is abandoned first (channel
+// closed, caller interrupted or gone, deadline), its value leaves the queue again: it was
+// delivered or it was not, never both, never lost. A value out on offer to a timed take of
+// another process is neither: the put waits for that take's verdict.
+template <class T>
+ChOutcome ch_put_unbuffered(ChannelState<T>& s, int caller, T v, std::int64_t until_ns) {
   std::unique_lock lk(s.m);
-  if (!s.open) return false;
+  if (!s.open) return kChClosed;
   const std::uint64_t my = ++s.next_put;
   s.q.push_back(std::move(v));
   s.qid.push_back(my);
@@ -242,31 +422,38 @@ bool ch_put_unbuffered(std::uint64_t id, ChannelState<T>& s, int caller, T v) {
     s.qid.erase(it);
     return true;
   };
-  auto free_if_drained = [&] {
-    const bool drained = !s.open && s.q.empty();
-    lk.unlock();
-    if (drained) erase_remote_object(id);
+  auto await_verdict = [&] {
+    while (s.on_offer(my)) {
+      s.sweep();
+      if (s.on_offer(my)) s.not_full.wait_for(lk, std::chrono::milliseconds(100));
+    }
   };
+  bool ok;
   try {
-    channel_wait(lk, s.not_full, caller,
-                 [&] { return !s.open || std::find(s.qid.begin(), s.qid.end(), my) == s.qid.end(); });
+    ok = channel_wait(lk, s.not_full, caller, [&] {
+      s.sweep();
+      return !s.open || (!s.in_queue(my) && !s.on_offer(my));
+    }, "put", until_ns);
   } catch (...) {
-    withdraw();
-    free_if_drained();
-    throw;
+    await_verdict();
+    if (withdraw()) throw;
+    return kChDone;  // delivered meanwhile: the put happened
   }
-  const bool delivered = !withdraw();
-  free_if_drained();
-  return delivered;
+  await_verdict();
+  if (withdraw()) return ok ? kChClosed : kChTimedOut;
+  return kChDone;
 }
 
 template <class T>
 bool ch_put(std::uint64_t id, int caller, T v) {  // false: closed
-  auto s = find_remote_object<ChannelState<T>>(id);
+  auto s = ch_state<T>(id);
   if (!s) return false;
-  if (s->capacity == 0) return ch_put_unbuffered(id, *s, caller, std::move(v));
+  if (s->capacity == 0) return ch_put_unbuffered(*s, caller, std::move(v), kNoDeadline) == kChDone;
   std::unique_lock lk(s->m);
-  channel_wait(lk, s->not_full, caller, [&] { return !s->open || s->q.size() < s->capacity; });
+  channel_wait(lk, s->not_full, caller, [&] {
+    s->sweep();
+    return !s->open || s->room();
+  }, "put");
   if (!s->open) return false;
   s->q.push_back(std::move(v));
   lk.unlock();
@@ -274,46 +461,152 @@ bool ch_put(std::uint64_t id, int caller, T v) {  // false: closed
   return true;
 }
 
+/// A timed put: `ticket` 0 from the owner's own process (done at once), else the value is held
+/// for the caller's verdict (ch_verdict). Returns a ChOutcome.
+template <class T>
+std::uint8_t ch_put_timed(std::uint64_t id, int caller, std::uint64_t ticket, T v, std::int64_t until_ns,
+                          std::int64_t serve_ns) {
+  auto s = ch_state<T>(id);
+  if (!s) return kChClosed;
+  if (s->capacity == 0 && ticket == 0) return ch_put_unbuffered(*s, caller, std::move(v), until_ns);
+  std::unique_lock lk(s->m);
+  const bool ok = channel_wait(lk, s->not_full, caller, [&] {
+    s->sweep();
+    if (!s->open) return true;
+    // Unbuffered: served once a take waits for a value that no other put has promised.
+    return s->capacity ? s->room() : s->takers > s->q.size() + s->held_puts;
+  }, "put_for", until_ns, serve_ns);
+  if (!ok) return kChTimedOut;
+  if (!s->open) return kChClosed;
+  if (ticket == 0) {
+    s->q.push_back(std::move(v));
+    lk.unlock();
+    s->not_empty.notify_all();
+    return kChDone;
+  }
+  s->held.emplace(ticket, typename ChannelState<T>::Held{caller, false, std::move(v), 0});
+  ++s->held_puts;
+  return kChDone;
+}
+
 template <class T>
 std::optional<T> ch_take(std::uint64_t id, int caller) {  // nullopt: closed and empty
-  auto s = find_remote_object<ChannelState<T>>(id);
+  auto s = ch_state<T>(id);
   if (!s) return std::nullopt;
   std::unique_lock lk(s->m);
-  channel_wait(lk, s->not_empty, caller, [&] { return !s->open || !s->q.empty(); });
+  {
+    TakerMark mark(s->takers);
+    if (s->capacity == 0) s->not_full.notify_all();  // a put_for may wait for a taker
+    channel_wait(lk, s->not_empty, caller, [&] {
+      s->sweep();
+      return !s->q.empty() || s->closed_and_empty();
+    }, "take");
+  }
   if (s->q.empty()) return std::nullopt;
   std::optional<T> v(std::move(s->q.front()));
   s->pop_front();
-  const bool drained = !s->open && s->q.empty();
   const bool unbuffered = s->capacity == 0;
   lk.unlock();
   if (unbuffered) s->not_full.notify_all();  // the put whose value this was returns
   else s->not_full.notify_one();
-  if (drained) erase_remote_object(id);
   return v;
+}
+
+/// A timed take: `ticket` 0 from the owner's own process (taken at once), else the value is
+/// held for the caller's verdict (ch_verdict).
+template <class T>
+ChReply<T> ch_take_timed(std::uint64_t id, int caller, std::uint64_t ticket, std::int64_t until_ns,
+                         std::int64_t serve_ns) {
+  ChReply<T> r;
+  auto s = ch_state<T>(id);
+  if (!s) {
+    r.outcome = kChClosed;
+    return r;
+  }
+  std::unique_lock lk(s->m);
+  bool ok;
+  {
+    TakerMark mark(s->takers);
+    if (s->capacity == 0) s->not_full.notify_all();
+    ok = channel_wait(lk, s->not_empty, caller, [&] {
+      s->sweep();
+      return !s->q.empty() || s->closed_and_empty();
+    }, "take_for", until_ns, serve_ns);
+  }
+  if (!ok) return r;  // timed out
+  if (s->q.empty()) {
+    r.outcome = kChClosed;
+    return r;
+  }
+  r.outcome = kChDone;
+  if (ticket == 0) {
+    r.v.emplace(std::move(s->q.front()));
+    s->pop_front();
+    const bool unbuffered = s->capacity == 0;
+    lk.unlock();
+    if (unbuffered) s->not_full.notify_all();
+    else s->not_full.notify_one();
+    return r;
+  }
+  const std::uint64_t from = s->capacity == 0 ? s->qid.front() : 0;
+  r.v.emplace(s->q.front());  // a copy travels; the value itself is held until the verdict
+  s->held.emplace(ticket, typename ChannelState<T>::Held{caller, true, std::move(s->q.front()), from});
+  ++s->held_takes;
+  s->pop_front();
+  return r;
+}
+
+/// The caller of timed operation `ticket` accepts (the value is its own, or its put is in the
+/// channel) or declines (the value goes back, or is not put). 1 when the ticket was held.
+template <class T>
+std::uint8_t ch_verdict(std::uint64_t id, std::uint64_t ticket, bool accept) {
+  auto s = ch_state<T>(id);
+  if (!s) return 0;  // freed: no handle is left anywhere, nobody can see the value
+  {
+    std::lock_guard lk(s->m);
+    auto it = s->held.find(ticket);
+    if (it == s->held.end()) return 0;
+    s->settle(it, accept);
+  }
+  s->not_empty.notify_all();
+  s->not_full.notify_all();
+  return 1;
 }
 
 template <class T>
 std::optional<T> ch_fetch(std::uint64_t id, int caller) {  // nullopt: closed and empty
-  auto s = find_remote_object<ChannelState<T>>(id);
+  auto s = ch_state<T>(id);
   if (!s) return std::nullopt;
   std::unique_lock lk(s->m);
-  channel_wait(lk, s->not_empty, caller, [&] { return !s->open || !s->q.empty(); });
+  channel_wait(lk, s->not_empty, caller, [&] {
+    s->sweep();
+    return !s->q.empty() || s->closed_and_empty();
+  }, "fetch");
   if (s->q.empty()) return std::nullopt;
   return std::optional<T>(s->q.front());
 }
 
 template <class T>
-bool ch_wait(std::uint64_t id, int caller) {  // false: closed and empty
-  auto s = find_remote_object<ChannelState<T>>(id);
-  if (!s) return false;
+std::uint8_t ch_wait_timed(std::uint64_t id, int caller, std::int64_t until_ns, std::int64_t serve_ns) {
+  auto s = ch_state<T>(id);
+  if (!s) return kChClosed;
   std::unique_lock lk(s->m);
-  channel_wait(lk, s->not_empty, caller, [&] { return !s->open || !s->q.empty(); });
-  return !s->q.empty();
+  const bool ok = channel_wait(lk, s->not_empty, caller, [&] {
+    s->sweep();
+    return !s->q.empty() || s->closed_and_empty();
+  }, "wait", until_ns, serve_ns);
+  if (!ok) return kChTimedOut;
+  return s->q.empty() ? kChClosed : kChDone;
+}
+
+template <class T>
+bool ch_wait(std::uint64_t id, int caller) {  // false: closed and empty
+  return ch_wait_timed<T>(id, caller, kNoDeadline, kNoDeadline) == kChDone;
 }
 
 template <class T>
 bool ch_isready(std::uint64_t id) {
-  auto s = find_remote_object<ChannelState<T>>(id);
+  auto s = ch_state<T>(id);
   if (!s) return false;
   std::lock_guard lk(s->m);
   return !s->q.empty();
@@ -321,7 +614,7 @@ bool ch_isready(std::uint64_t id) {
 
 template <class T>
 bool ch_is_open(std::uint64_t id) {
-  auto s = find_remote_object<ChannelState<T>>(id);
+  auto s = ch_state<T>(id);
   if (!s) return false;
   std::lock_guard lk(s->m);
   return s->open;
@@ -329,7 +622,7 @@ bool ch_is_open(std::uint64_t id) {
 
 template <class T>
 std::uint64_t ch_length(std::uint64_t id) {
-  auto s = find_remote_object<ChannelState<T>>(id);
+  auto s = ch_state<T>(id);
   if (!s) return 0;
   std::lock_guard lk(s->m);
   return s->q.size();
@@ -337,17 +630,120 @@ std::uint64_t ch_length(std::uint64_t id) {
 
 template <class T>
 void ch_close(std::uint64_t id) {
-  auto s = find_remote_object<ChannelState<T>>(id);
+  auto s = ch_state<T>(id);
   if (!s) return;
-  bool drained;
   {
     std::lock_guard lk(s->m);
     s->open = false;
-    drained = s->q.empty();
   }
   s->not_empty.notify_all();
   s->not_full.notify_all();
-  if (drained) erase_remote_object(id);
+}
+
+template <class T>
+RemoteChannel<T> channel_make(std::uint64_t capacity);
+
+// ---- the caller's side of timed operations ----------------------------------------------
+
+// The owner hands nothing out later than this after the deadline, and the caller waits this
+// long for an answer: a value served just before the deadline still reaches it in time.
+inline constexpr std::int64_t kServeSlackNs = 25'000'000;
+inline constexpr std::int64_t kAnswerSlackNs = 50'000'000;
+
+struct TimedLimits {
+  std::int64_t until, serve, give_up;
+};
+template <class Rep, class Period>
+TimedLimits timed_limits(std::chrono::duration<Rep, Period> d) {
+  using namespace std::chrono;
+  constexpr std::int64_t kMax = std::int64_t(100) * 365 * 24 * 3600 * 1'000'000'000;  // a century
+  std::int64_t ns = 0;
+  if (d > duration<Rep, Period>::zero())  // (compared as doubles: no overflow for any Rep)
+    ns = duration<double, std::nano>(d).count() >= double(kMax) ? kMax : duration_cast<nanoseconds>(d).count();
+  const std::int64_t until = ch_now_ns() + ns;
+  return {until, until + kServeSlackNs, until + kAnswerSlackNs};
+}
+
+/// Names one timed operation of this process, for the owner's record of held values.
+inline std::uint64_t new_ticket() {
+  static std::atomic<std::uint64_t> next{0};
+  return (std::uint64_t(std::uint32_t(self_id())) << 40) | ((next.fetch_add(1) + 1) & kSeqMask);
+}
+
+/// Tell the owner the verdict on `ticket`. `may_block` false: from the polling thread (never
+/// waits for ring space). A gone owner needs no verdict.
+template <class T>
+void post_verdict(int owner, std::uint64_t id, std::uint64_t ticket, bool accept, bool may_block) noexcept {
+  using Fn = std::uint8_t (*)(std::uint64_t, std::uint64_t, bool);
+  try {
+    Writer w;
+    pack_call<Fn, std::uint64_t, std::uint64_t, bool>(w, &ch_verdict<T>, id, ticket, accept);
+    call_do(owner, code_of<&invoke_call<Fn, std::uint64_t, std::uint64_t, bool>>(), w, may_block);
+  } catch (...) {
+  }
+}
+
+/// Run `fn(args...)` on `owner` and wait for its answer until `give_up_ns`; nullopt when none
+/// came by then. An answer that comes later goes to `late` (on the polling thread: it must not
+/// block). Throws what the call threw (InterruptedException for an abandoned operation).
+template <class R, class... P>
+std::optional<R> timed_call(int owner, std::int64_t give_up_ns, std::function<void(const R&)> late, R (*fn)(P...),
+                            P... args) {
+  using Fn = R (*)(P...);
+  Writer w;
+  pack_call<Fn, P...>(w, fn, args...);
+  auto core = call_push(owner, code_of<&invoke_call<Fn, P...>>(), w);
+  struct Wait {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false, gave_up = false;
+  };
+  auto st = std::make_shared<Wait>();
+  FutureCore* c = core.get();  // alive while its continuations run
+  bool pending;
+  {
+    std::lock_guard lk(c->m);
+    pending = c->state.load() == FutureCore::Pending;
+    if (pending)
+      c->on_done.push_back([st, c, late = std::move(late)] {
+        {
+          std::lock_guard l(st->m);
+          if (!st->gave_up) {
+            st->done = true;
+            st->cv.notify_all();
+            return;
+          }
+        }
+        if (!late || c->state.load() != FutureCore::Ready) return;
+        try {
+          std::lock_guard l(c->m);
+          Reader r(c->bytes.data(), c->bytes.size());
+          late(read<R>(r));
+        } catch (...) {
+        }
+      });
+  }
+  if (pending) {
+    std::unique_lock l(st->m);
+    const std::chrono::steady_clock::time_point until(
+        std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::nanoseconds(give_up_ns)));
+    st->cv.wait_until(l, until, [&] { return st->done; });
+    if (!st->done) {
+      st->gave_up = true;  // from now on the answer goes to `late`
+      return std::nullopt;
+    }
+  }
+  if (c->state.load() == FutureCore::Failed) {
+    try {
+      c->error.raise();
+    } catch (const RemoteException& e) {
+      if (e.type() == "vscale::InterruptedException") throw InterruptedException(e.message());
+      throw;
+    }
+  }
+  std::lock_guard lk(c->m);
+  Reader r(c->bytes.data(), c->bytes.size());
+  return read<R>(r);
 }
 
 }  // namespace detail
@@ -368,23 +764,57 @@ class RemoteChannel {
 
   /// A new channel holding at most `capacity` values, owned by process `owner`. Capacity 0
   /// makes an unbuffered channel (Julia's Channel(0)): put blocks until a take gets its value.
-  explicit RemoteChannel(std::size_t capacity, int owner = myid()) : owner_(owner), capacity_(capacity) {
-    id_ = detail::new_remote_object_id();
+  explicit RemoteChannel(std::size_t capacity, int owner = myid()) {
     const std::uint64_t cap = capacity;
-    if (owner == myid()) {
-      detail::remote_object_create<detail::ChannelState<T>>(id_, cap);
-    } else {
-      remotecall_fetch(owner, &detail::remote_object_create<detail::ChannelState<T>, std::uint64_t>, id_, cap);
-    }
+    if (owner == myid()) *this = detail::channel_make<T>(cap);
+    else *this = remotecall_fetch(owner, &detail::channel_make<T>, cap);
   }
 
   /// Append `v`; blocks while the channel is full (unbuffered: until a take gets it). Throws
   /// ChannelClosedError when it is closed (unbuffered: also when closed before a take came).
   void put(T v) const {
     check("put");
-    const bool ok = local() ? detail::ch_put<T>(id_, myid(), std::move(v))
-                            : detail::channel_remote(owner_, &detail::ch_put<T>, id_, myid(), std::move(v));
+    const bool ok = local() ? detail::ch_put<T>(id(), myid(), std::move(v))
+                            : detail::channel_remote(owner(), &detail::ch_put<T>, id(), myid(), std::move(v));
     if (!ok) closed_error("put", "the channel is closed");
+  }
+
+  /// Like put(), but gives up after `d` (also when the owner does not answer): false then, and
+  /// `v` is not in the channel. Throws ChannelClosedError when it is closed. Unbuffered: true
+  /// once a take has the value (from another process than the owner: once a take was waiting
+  /// for it; should that take give up meanwhile, the value waits for the next one).
+  template <class Rep, class Period>
+  bool put_for(T v, std::chrono::duration<Rep, Period> d) const {
+    check("put_for");
+    const auto lim = detail::timed_limits(d);
+    std::uint8_t outcome;
+    if (local()) {
+      outcome = detail::ch_put_timed<T>(id(), myid(), 0, std::move(v), lim.until, detail::kNoDeadline);
+    } else {
+      const int own = owner();
+      const std::uint64_t oid = id(), ticket = detail::new_ticket();
+      auto got = detail::timed_call<std::uint8_t, std::uint64_t, int, std::uint64_t, T, std::int64_t, std::int64_t>(
+          own, lim.give_up,
+          [own, oid, ticket](const std::uint8_t& late) {
+            if (late == detail::kChDone) detail::post_verdict<T>(own, oid, ticket, false, false);
+          },
+          &detail::ch_put_timed<T>, oid, myid(), ticket, std::move(v), lim.until, lim.serve);
+      if (!got) return false;
+      outcome = *got;
+      if (outcome == detail::kChDone) {
+        // Accepted: wait until the value is in the channel, so that this process's next put
+        // comes after it (FIFO per producer). Only an owner that stops right now makes this
+        // wait long; after a second the put is known to be in, and its place follows.
+        try {
+          (void)detail::timed_call<std::uint8_t, std::uint64_t, std::uint64_t, bool>(
+              own, std::max(lim.give_up, detail::ch_now_ns() + 1'000'000'000), {}, &detail::ch_verdict<T>, oid, ticket,
+              true);
+        } catch (const ProcessExitedException&) {  // the value went with its owner, as any put's
+        }
+      }
+    }
+    if (outcome == detail::kChClosed) closed_error("put_for", "the channel is closed");
+    return outcome == detail::kChDone;
   }
 
   /// Remove and return the oldest value; blocks while the channel is empty and open. Throws
@@ -398,7 +828,34 @@ class RemoteChannel {
   /// Like take(), but an empty optional instead of an exception when closed and empty.
   std::optional<T> try_take() const {
     check("take");
-    return local() ? detail::ch_take<T>(id_, myid()) : detail::channel_remote(owner_, &detail::ch_take<T>, id_, myid());
+    return local() ? detail::ch_take<T>(id(), myid())
+                   : detail::channel_remote(owner(), &detail::ch_take<T>, id(), myid());
+  }
+
+  /// Like take(), but gives up after `d` (also when the owner does not answer): an empty
+  /// optional then, and nothing was taken. Throws ChannelClosedError when closed and empty.
+  template <class Rep, class Period>
+  std::optional<T> take_for(std::chrono::duration<Rep, Period> d) const {
+    check("take_for");
+    const auto lim = detail::timed_limits(d);
+    detail::ChReply<T> r;
+    if (local()) {
+      r = detail::ch_take_timed<T>(id(), myid(), 0, lim.until, detail::kNoDeadline);
+    } else {
+      const int own = owner();
+      const std::uint64_t oid = id(), ticket = detail::new_ticket();
+      auto got = detail::timed_call<detail::ChReply<T>, std::uint64_t, int, std::uint64_t, std::int64_t, std::int64_t>(
+          own, lim.give_up,
+          [own, oid, ticket](const detail::ChReply<T>& late) {
+            if (late.outcome == detail::kChDone) detail::post_verdict<T>(own, oid, ticket, false, false);
+          },
+          &detail::ch_take_timed<T>, oid, myid(), ticket, lim.until, lim.serve);
+      if (!got) return std::nullopt;
+      r = std::move(*got);
+      if (r.outcome == detail::kChDone) detail::post_verdict<T>(own, oid, ticket, true, true);
+    }
+    if (r.outcome == detail::kChClosed) closed_error("take_for", "the channel is closed and empty");
+    return std::move(r.v);
   }
 
   /// The oldest value, left in the channel; blocks like take(). Not on an unbuffered channel
@@ -407,7 +864,8 @@ class RemoteChannel {
     check("fetch");
     if (capacity_ == 0)
       throw UsageError("vscale: fetch on " + name() + ", an unbuffered channel (capacity 0): use take");
-    auto v = local() ? detail::ch_fetch<T>(id_, myid()) : detail::channel_remote(owner_, &detail::ch_fetch<T>, id_, myid());
+    auto v = local() ? detail::ch_fetch<T>(id(), myid())
+                     : detail::channel_remote(owner(), &detail::ch_fetch<T>, id(), myid());
     if (!v) closed_error("fetch", "the channel is closed and empty");
     return std::move(*v);
   }
@@ -415,44 +873,74 @@ class RemoteChannel {
   /// Whether a value is there now (take() would not block).
   bool isready() const {
     check("isready");
-    return local() ? detail::ch_isready<T>(id_) : detail::channel_remote(owner_, &detail::ch_isready<T>, id_);
+    return local() ? detail::ch_isready<T>(id()) : detail::channel_remote(owner(), &detail::ch_isready<T>, id());
   }
 
   /// Block until a value is there. Throws ChannelClosedError when closed and empty.
   void wait() const {
     check("wait");
-    const bool ok = local() ? detail::ch_wait<T>(id_, myid()) : detail::channel_remote(owner_, &detail::ch_wait<T>, id_, myid());
+    const bool ok = local() ? detail::ch_wait<T>(id(), myid())
+                            : detail::channel_remote(owner(), &detail::ch_wait<T>, id(), myid());
     if (!ok) closed_error("wait", "the channel is closed and empty");
+  }
+
+  /// Like wait(), but gives up after `d` (also when the owner does not answer): true when a
+  /// value is there. Throws ChannelClosedError when closed and empty.
+  template <class Rep, class Period>
+  bool wait_for(std::chrono::duration<Rep, Period> d) const {
+    check("wait_for");
+    const auto lim = detail::timed_limits(d);
+    std::uint8_t outcome;
+    if (local()) {
+      outcome = detail::ch_wait_timed<T>(id(), myid(), lim.until, detail::kNoDeadline);
+    } else {
+      auto got = detail::timed_call<std::uint8_t, std::uint64_t, int, std::int64_t, std::int64_t>(
+          owner(), lim.give_up, {}, &detail::ch_wait_timed<T>, id(), myid(), lim.until, lim.serve);
+      if (!got) return false;
+      outcome = *got;
+    }
+    if (outcome == detail::kChClosed) closed_error("wait_for", "the channel is closed and empty");
+    return outcome == detail::kChDone;
   }
 
   /// Close the channel: no more puts; values already in it can still be taken; every blocked
   /// put, and every take/fetch/wait that finds it empty, wakes with ChannelClosedError.
   void close() const {
     check("close");
-    if (local()) detail::ch_close<T>(id_);
-    else detail::channel_remote(owner_, &detail::ch_close<T>, id_);
+    if (local()) detail::ch_close<T>(id());
+    else detail::channel_remote(owner(), &detail::ch_close<T>, id());
   }
 
   bool is_open() const {
     check("is_open");
-    return local() ? detail::ch_is_open<T>(id_) : detail::channel_remote(owner_, &detail::ch_is_open<T>, id_);
+    return local() ? detail::ch_is_open<T>(id()) : detail::channel_remote(owner(), &detail::ch_is_open<T>, id());
   }
 
   /// Number of values in the channel now (unbuffered: puts waiting for a take).
   std::size_t size() const {
     check("size");
-    return local() ? detail::ch_length<T>(id_) : detail::channel_remote(owner_, &detail::ch_length<T>, id_);
+    return local() ? detail::ch_length<T>(id()) : detail::channel_remote(owner(), &detail::ch_length<T>, id());
   }
 
-  int owner() const noexcept { return owner_; }
+  int owner() const noexcept { return ref_.owner(); }
   std::size_t capacity() const noexcept { return capacity_; }
-  std::uint64_t id() const noexcept { return id_; }
-  bool valid() const noexcept { return id_ != 0; }
+  std::uint64_t id() const noexcept { return ref_.id(); }
+  bool valid() const noexcept { return ref_.valid(); }
   /// "RemoteChannel 1.3 (owned by process 2)".
   std::string name() const {
-    return "RemoteChannel " + detail::remote_object_name(id_) + " (owned by process " + std::to_string(owner_) + ")";
+    return "RemoteChannel " + detail::remote_object_name(id()) + " (owned by process " + std::to_string(owner()) + ")";
   }
-  friend bool operator==(const RemoteChannel&, const RemoteChannel&) = default;
+  friend bool operator==(const RemoteChannel& a, const RemoteChannel& b) noexcept { return a.ref_ == b.ref_; }
+
+  /// Ships the handle (a reference with weight, never the values).
+  template <class A>
+  void save(A& ar) const {
+    ar(ref_, capacity_);
+  }
+  template <class A>
+  void load(A& ar) {
+    ar(ref_, capacity_);
+  }
 
   /// `for (T v : ch)`: takes values until the channel is closed and drained.
   struct sentinel {};
@@ -479,9 +967,12 @@ class RemoteChannel {
   sentinel end() const { return {}; }
 
  private:
-  bool local() const { return owner_ == myid(); }
+  friend RemoteChannel detail::channel_make<T>(std::uint64_t);
+  RemoteChannel(detail::RemoteRef ref, std::uint64_t capacity) : ref_(std::move(ref)), capacity_(capacity) {}
+
+  bool local() const { return owner() == myid(); }
   void check(const char* op) const {
-    if (id_ == 0)
+    if (!ref_.valid())
       throw UsageError(std::string("vscale: ") + op + " on an empty RemoteChannel handle (default-constructed)");
   }
   [[noreturn]] void closed_error(const char* op, const char* why) const {
@@ -489,62 +980,86 @@ class RemoteChannel {
                              std::to_string(myid()) + ": " + why);
   }
 
-  std::int32_t owner_ = 0;
+  detail::RemoteRef ref_;
   std::uint64_t capacity_ = 0;
-  std::uint64_t id_ = 0;
 };
 
-static_assert(std::is_trivially_copyable_v<RemoteChannel<int>>);
+namespace detail {
+/// On the process that will own it: a new channel and the first handle on it.
+template <class T>
+RemoteChannel<T> channel_make(std::uint64_t capacity) {
+  return RemoteChannel<T>(RemoteRef(new_remote_object(std::make_shared<ChannelState<T>>(capacity))), capacity);
+}
+template <class S, class... A>
+RemoteValue<S> remote_object_make(A... a);
+}  // namespace detail
 
 /// A handle on an object of type S that lives on process `owner()` (made by remote_object).
-/// Trivially copyable like RemoteChannel: pass it to remote calls or capture it by value.
-/// `call(f, args...)` runs `f(S&, args...)` on the owner and returns its result; `f` may block
-/// there (on S's own condition variables, say), as channel operations do. Concurrent calls
-/// run concurrently: S does its own locking. The object lives until free().
+/// Carries a weight like RemoteChannel: pass it to remote calls as an argument (or inside
+/// vscale::closure); a shipped lambda cannot capture it. `call(f, args...)` runs
+/// `f(S&, args...)` on the owner and returns its result; `f` may block there (on S's own
+/// condition variables, say), as channel operations do. Concurrent calls run concurrently: S
+/// does its own locking. The object lives until the last handle on any process is gone, or
+/// until free().
 template <class S>
 class RemoteValue {
  public:
   RemoteValue() = default;
-  RemoteValue(int owner, std::uint64_t id) : owner_(owner), id_(id) {}
 
   template <class F, class... A>
   auto call(F&& f, A&&... args) const -> std::decay_t<std::invoke_result_t<std::decay_t<F>&, S&, std::decay_t<A>&...>> {
     using Fd = std::decay_t<F>;
-    if (id_ == 0) throw UsageError("vscale: call on an empty RemoteValue handle (default-constructed)");
-    if (owner_ == myid())
-      return detail::remote_object_call<S, Fd, std::decay_t<A>...>(id_, Fd(std::forward<F>(f)), std::forward<A>(args)...);
-    return remotecall_fetch(owner_, &detail::remote_object_call<S, Fd, std::decay_t<A>...>, id_, std::forward<F>(f),
+    if (!ref_.valid()) throw UsageError("vscale: call on an empty RemoteValue handle (default-constructed)");
+    if (owner() == myid())
+      return detail::remote_object_call<S, Fd, std::decay_t<A>...>(id(), Fd(std::forward<F>(f)), std::forward<A>(args)...);
+    return remotecall_fetch(owner(), &detail::remote_object_call<S, Fd, std::decay_t<A>...>, id(), std::forward<F>(f),
                             std::forward<A>(args)...);
   }
 
-  /// Destroy the object on its owner; later calls throw. Returns false if it was already gone.
+  /// Destroy the object on its owner now; later calls throw. Returns false if it was already gone.
   bool free() const {
-    if (id_ == 0) return false;
-    if (owner_ == myid()) return detail::remote_object_free<S>(id_);
-    return remotecall_fetch(owner_, &detail::remote_object_free<S>, id_);
+    if (!ref_.valid()) return false;
+    if (owner() == myid()) return detail::remote_object_free<S>(id());
+    return remotecall_fetch(owner(), &detail::remote_object_free<S>, id());
   }
 
-  int owner() const noexcept { return owner_; }
-  std::uint64_t id() const noexcept { return id_; }
-  friend bool operator==(const RemoteValue&, const RemoteValue&) = default;
+  int owner() const noexcept { return ref_.owner(); }
+  std::uint64_t id() const noexcept { return ref_.id(); }
+  bool valid() const noexcept { return ref_.valid(); }
+  friend bool operator==(const RemoteValue& a, const RemoteValue& b) noexcept { return a.ref_ == b.ref_; }
+
+  /// Ships the handle (a reference with weight, never the object).
+  template <class Ar>
+  void save(Ar& ar) const {
+    ar(ref_);
+  }
+  template <class Ar>
+  void load(Ar& ar) {
+    ar(ref_);
+  }
 
  private:
-  std::int32_t owner_ = 0;
-  std::uint64_t id_ = 0;
+  template <class U, class... B>
+  friend RemoteValue<U> detail::remote_object_make(B...);
+  explicit RemoteValue(detail::RemoteRef ref) : ref_(std::move(ref)) {}
+  detail::RemoteRef ref_;
 };
+
+namespace detail {
+/// On the process that will own it: construct the object and return the first handle on it.
+template <class S, class... A>
+RemoteValue<S> remote_object_make(A... a) {
+  return RemoteValue<S>(RemoteRef(new_remote_object(std::make_shared<S>(std::move(a)...))));
+}
+}  // namespace detail
 
 /// Construct an S from `args` on process `owner` (the arguments are shipped there; S itself
 /// need not be shippable) and return a handle on it.
 /// Example: auto d = vscale::remote_object<DictChannel>(1); d.call([](DictChannel& c, int k) { ... }, 3);
 template <class S, class... A>
 RemoteValue<S> remote_object(int owner, A&&... args) {
-  const std::uint64_t id = detail::new_remote_object_id();
-  if (owner == myid()) {
-    detail::remote_object_create<S, std::decay_t<A>...>(id, std::forward<A>(args)...);
-  } else {
-    remotecall_fetch(owner, &detail::remote_object_create<S, std::decay_t<A>...>, id, std::forward<A>(args)...);
-  }
-  return RemoteValue<S>(owner, id);
+  if (owner == myid()) return detail::remote_object_make<S, std::decay_t<A>...>(std::forward<A>(args)...);
+  return remotecall_fetch(owner, &detail::remote_object_make<S, std::decay_t<A>...>, std::forward<A>(args)...);
 }
 
 }  // namespace vscale

@@ -6,10 +6,16 @@
 //   - function pointers: as code addresses;
 //   - std strings and containers, Eigen matrices, types with a cereal `serialize` member:
 //     cereal's binary archive;
-//   - vscale handles (Future, ...): as ids, resolved on arrival (see future.hpp);
+//   - vscale handles (Future, RemoteChannel, RemoteValue, SharedArray, WorkerPool): as ids
+//     (with weights, so that the owner knows when the last one is gone), resolved on arrival;
 //   - vscale::closure(f, captures...): f plus its captures, for lambdas whose captures are
 //     not trivially copyable.
 // Anything else is a compile-time error that says what to add.
+//
+// One rule for handles: a shipped lambda captures none (a handle is not trivially copyable,
+// and a lambda has no way to ship its captures otherwise). Pass a handle as an argument of the
+// call, `remotecall(p, [](vscale::RemoteChannel<int> ch) { ... }, ch)`, or bundle it with the
+// function, `vscale::closure([](const vscale::RemoteChannel<int>& ch, int x) { ... }, ch)`.
 #pragma once
 
 #include <complex>
@@ -77,6 +83,14 @@ void load(Archive& ar, Eigen::Array<S, R, C, O, MR, MC>& m) {
   ar(binary_data(m.data(), sizeof(S) * static_cast<std::size_t>(rows * cols)));
 }
 }  // namespace cereal
+
+/// The rule for shipped callables, as a string literal so that every header's static_assert
+/// about an unshippable callable can say it (see the top of this file).
+#define VSCALE_SHIP_CAPTURE_RULE                                                                        \
+  "A shipped lambda may capture only trivially copyable values (by value), and no vscale handle "      \
+  "(Future, RemoteChannel, RemoteValue, SharedArray, WorkerPool): pass a handle, or other data that is " \
+  "not trivially copyable, as an argument of the call (remotecall(p, f, ch)) or bundle it with "         \
+  "vscale::closure(f, handles...), whose function takes them as leading parameters."
 
 namespace vscale {
 
@@ -263,9 +277,7 @@ void write(Writer& w, const T& v) {
     static_assert(dependent_false_v<T>,
                   "vscale: this type cannot be shipped to another process. Make it trivially copyable, or "
                   "give it a cereal member `template <class A> void serialize(A& a) { a(field1, field2); }` "
-                  "(and a default constructor), or, for a lambda whose captures are not trivially "
-                  "copyable, wrap it as vscale::closure(lambda, captures...) and take the captures as "
-                  "leading parameters.");
+                  "(and a default constructor). " VSCALE_SHIP_CAPTURE_RULE);
   }
 }
 
@@ -286,6 +298,10 @@ T read(Reader& r) {
     alignas(T) unsigned char storage[sizeof(T)] = {};
     if constexpr (!std::is_empty_v<T>) r.read_raw(storage, sizeof(T));
     return *std::launder(reinterpret_cast<T*>(storage));
+  } else if constexpr (!CerealShippable<T>) {
+    // Not shippable: write<T> (or the caller's check) has said so at compile time already;
+    // nothing more is instantiated here, so that its message is the one to read.
+    throw Error("vscale: internal error: reading a type that cannot be shipped");
   } else {
     static_assert(std::is_default_constructible_v<T>,
                   "vscale: a type received through cereal needs a default constructor");

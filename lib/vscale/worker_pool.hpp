@@ -4,8 +4,9 @@
 // A pool's state (members, free ids, a mutex and a condition variable) lives on the process
 // that made it, in that process's registry of remote objects (see remote_channel.hpp), like
 // a RemoteChannel's. A WorkerPool is a handle {owner, id}: copy it freely, pass it to remote
-// calls as an argument or through vscale::closure, and every copy on every process names the
-// same pool. On the owner the operations go straight to the state; elsewhere each is a
+// calls as an argument or through vscale::closure (like every vscale handle it is not
+// trivially copyable, so a shipped lambda cannot capture it), and every copy on every process
+// names the same pool. On the owner the operations go straight to the state; elsewhere each is a
 // remotecall_fetch to the owner (take() then waits there until a worker is put back).
 //
 // Lifetime: the state lives while a copy of the handle exists on the owner (copies held on

@@ -2,8 +2,10 @@
 // (Julia's SharedArrays). Column-major like Julia, Fortran and Eigen; 0-based indices.
 //
 // The memory is a memfd (never a name in /dev/shm, so nothing can leak), sized and reserved
-// with fallocate at construction: too little memory is an exception then, never a SIGBUS
-// later. Each participating process reserves (and so first-touches) the pages of its own
+// with fallocate at construction: too little memory (MemAvailable, the cgroup v1/v2 limit that
+// placement.hpp reads) or a size beyond RLIMIT_FSIZE (`ulimit -f`) is an exception then, never
+// a SIGBUS or SIGXFSZ later. A file-backed array's blocks are reserved the same way
+// (posix_fallocate): a full filesystem is an exception at construction. Each participating process reserves (and so first-touches) the pages of its own
 // localindices. A SharedArray passed to a remote call travels as a handle: the receiver gets
 // the memfd from the master over its control socket once, maps it, and sees the same memory.
 // The memory is released when the last handle in every process is gone.
@@ -16,7 +18,6 @@
 #include <memory>
 #include <mutex>
 #include <span>
-#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -214,6 +215,20 @@ class SharedArray {
 #endif
     return data_[k];
   }
+  /// Element (i0, i1, ...), its indices checked in every build (operator() checks them only
+  /// without NDEBUG): a bad one throws vscale::UsageError naming it and the dimensions.
+  template <std::integral... I>
+    requires(sizeof...(I) == N)
+  T& at(I... idx) const {
+    const std::size_t ix[N] = {checked_index(idx)...};
+    std::size_t lin = 0, stride = 1;
+    for (std::size_t d = 0; d < N; ++d) {
+      if (ix[d] >= dims_[d]) bounds_error(d, ix[d]);
+      lin += ix[d] * stride;
+      stride *= dims_[d];
+    }
+    return data_[lin];
+  }
 
   T* data() const noexcept { return data_; }
   std::size_t size() const noexcept {
@@ -313,14 +328,23 @@ class SharedArray {
   }
 
  private:
+  // A negative index becomes one too large for any dimension (no array has 2^63 elements).
+  template <class I>
+  static std::size_t checked_index(I i) {
+    if constexpr (std::is_signed_v<I>)
+      if (i < 0) return std::numeric_limits<std::size_t>::max();
+    return static_cast<std::size_t>(i);
+  }
   [[noreturn]] void bounds_error(std::size_t dim, std::size_t i) const {
     std::string d = "(";
     for (std::size_t k = 0; k < N; ++k) d += (k ? ", " : "") + std::to_string(dims_[k]);
     d += ")";
+    const std::string idx = i == std::numeric_limits<std::size_t>::max() ? std::string("(negative)") : std::to_string(i);
     if (dim == N)
-      throw std::out_of_range("vscale: SharedArray linear index " + std::to_string(i) + " is out of range for dimensions " + d);
-    throw std::out_of_range("vscale: SharedArray index " + std::to_string(i) + " in dimension " + std::to_string(dim + 1) +
-                            " is out of range for dimensions " + d);
+      throw UsageError("vscale: SharedArray linear index " + idx + " is out of range for dimensions " + d +
+                       " on process " + std::to_string(myid()));
+    throw UsageError("vscale: SharedArray index " + idx + " in dimension " + std::to_string(dim + 1) +
+                     " is out of range for dimensions " + d + " on process " + std::to_string(myid()));
   }
 
   std::shared_ptr<detail::SharedMapping> map_;
