@@ -250,7 +250,8 @@ inline std::int64_t ch_now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
       .count();
 }
-inline constexpr std::int64_t kNoDeadline = std::numeric_limits<std::int64_t>::max();
+// Channel deadlines travel as steady_clock nanoseconds (core.hpp's kNoDeadline is a time_point).
+inline constexpr std::int64_t kNoDeadlineNs = std::numeric_limits<std::int64_t>::max();
 
 // Wait on `cv` until `pred` holds (true), or until `until_ns` has passed (false). Give up
 // (throw) if the calling process `caller` is gone or was interrupted since the operation
@@ -260,11 +261,11 @@ inline constexpr std::int64_t kNoDeadline = std::numeric_limits<std::int64_t>::m
 // operation in the errors).
 template <class Pred>
 bool channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv, int caller, Pred pred,
-                  const char* what = "channel operation", std::int64_t until_ns = kNoDeadline,
-                  std::int64_t serve_ns = kNoDeadline) {
+                  const char* what = "channel operation", std::int64_t until_ns = kNoDeadlineNs,
+                  std::int64_t serve_ns = kNoDeadlineNs) {
   const bool remote = caller != self_id();
   const std::uint32_t caller_gen = remote ? interrupts_of(caller) : 0;
-  const bool timed = until_ns != kNoDeadline || serve_ns != kNoDeadline;
+  const bool timed = until_ns != kNoDeadlineNs || serve_ns != kNoDeadlineNs;
   for (;;) {
     const std::int64_t now = timed ? ch_now_ns() : 0;
     if (now < serve_ns && pred()) return true;
@@ -277,7 +278,7 @@ bool channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv,
                                  std::to_string(caller) + " was interrupted (vscale::interrupt)");
     check_interrupt();
     std::chrono::nanoseconds step = std::chrono::milliseconds(100);
-    if (until_ns != kNoDeadline) step = std::min(step, std::chrono::nanoseconds(until_ns - now));
+    if (until_ns != kNoDeadlineNs) step = std::min(step, std::chrono::nanoseconds(until_ns - now));
     cv.wait_for(lk, step);
   }
 }
@@ -448,7 +449,7 @@ template <class T>
 bool ch_put(std::uint64_t id, int caller, T v) {  // false: closed
   auto s = ch_state<T>(id);
   if (!s) return false;
-  if (s->capacity == 0) return ch_put_unbuffered(*s, caller, std::move(v), kNoDeadline) == kChDone;
+  if (s->capacity == 0) return ch_put_unbuffered(*s, caller, std::move(v), kNoDeadlineNs) == kChDone;
   std::unique_lock lk(s->m);
   channel_wait(lk, s->not_full, caller, [&] {
     s->sweep();
@@ -601,7 +602,7 @@ std::uint8_t ch_wait_timed(std::uint64_t id, int caller, std::int64_t until_ns, 
 
 template <class T>
 bool ch_wait(std::uint64_t id, int caller) {  // false: closed and empty
-  return ch_wait_timed<T>(id, caller, kNoDeadline, kNoDeadline) == kChDone;
+  return ch_wait_timed<T>(id, caller, kNoDeadlineNs, kNoDeadlineNs) == kChDone;
 }
 
 template <class T>
@@ -789,7 +790,7 @@ class RemoteChannel {
     const auto lim = detail::timed_limits(d);
     std::uint8_t outcome;
     if (local()) {
-      outcome = detail::ch_put_timed<T>(id(), myid(), 0, std::move(v), lim.until, detail::kNoDeadline);
+      outcome = detail::ch_put_timed<T>(id(), myid(), 0, std::move(v), lim.until, detail::kNoDeadlineNs);
     } else {
       const int own = owner();
       const std::uint64_t oid = id(), ticket = detail::new_ticket();
@@ -840,7 +841,7 @@ class RemoteChannel {
     const auto lim = detail::timed_limits(d);
     detail::ChReply<T> r;
     if (local()) {
-      r = detail::ch_take_timed<T>(id(), myid(), 0, lim.until, detail::kNoDeadline);
+      r = detail::ch_take_timed<T>(id(), myid(), 0, lim.until, detail::kNoDeadlineNs);
     } else {
       const int own = owner();
       const std::uint64_t oid = id(), ticket = detail::new_ticket();
@@ -892,7 +893,7 @@ class RemoteChannel {
     const auto lim = detail::timed_limits(d);
     std::uint8_t outcome;
     if (local()) {
-      outcome = detail::ch_wait_timed<T>(id(), myid(), lim.until, detail::kNoDeadline);
+      outcome = detail::ch_wait_timed<T>(id(), myid(), lim.until, detail::kNoDeadlineNs);
     } else {
       auto got = detail::timed_call<std::uint8_t, std::uint64_t, int, std::int64_t, std::int64_t>(
           owner(), lim.give_up, {}, &detail::ch_wait_timed<T>, id(), myid(), lim.until, lim.serve);
