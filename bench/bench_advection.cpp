@@ -36,18 +36,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <iostream>
 #include <limits>
 #include <map>
 #include <memory>
 #include <new>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -55,6 +51,8 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#include <fmt/format.h>
 
 #include <advection.hpp>
 #include <vscale/vscale.hpp>
@@ -75,7 +73,7 @@ using bench_util::time_reps;
 long parse_positive(const std::string& opt, const std::string& v) { return bench_util::parse_positive("bench_advection", opt, v); }
 
 [[noreturn]] void die(const std::string& what) {
-  std::cerr << "bench_advection: " << what << '\n';
+  fmt::print(stderr, "bench_advection: {}\n", what);
   std::exit(2);
 }
 
@@ -213,12 +211,12 @@ double gb_per_s(std::size_t n, std::size_t steps, double seconds) {
 
 
 void print_json(const Result& r) {
-  std::printf("{\"bench\":\"advection\",\"variant\":\"%s\",\"procs\":%d,\"threads\":%d,\"n\":%zu,\"seconds\":%.9g,"
-              "\"steps\":%zu,\"reps\":%d,\"gb_per_s\":%.6g,\"max_abs_diff\":%.17g",
-              r.variant.c_str(), r.procs, r.threads, r.n, r.seconds, r.steps, r.reps, r.gb_per_s, r.max_abs_diff);
-  if (r.ratio) std::printf(",\"ratio_to_openmp\":%.4g", *r.ratio);
-  std::printf("}\n");
-  std::fflush(stdout);
+  bench_util::JsonLine j;
+  j.add(R"("bench":"advection","variant":"{}","procs":{},"threads":{},"n":{},"seconds":{:.9g},)"
+        R"("steps":{},"reps":{},"gb_per_s":{:.6g},"max_abs_diff":{:.17g})",
+        r.variant, r.procs, r.threads, r.n, r.seconds, r.steps, r.reps, r.gb_per_s, r.max_abs_diff);
+  if (r.ratio) j.add(R"(,"ratio_to_openmp":{:.4g})", *r.ratio);
+  j.print();
 }
 
 
@@ -233,7 +231,7 @@ Result measure_openmp(std::size_t n, std::size_t steps, int threads, int reps) {
     qm.reset(new double[count]);
     um.reset(new double[count]);
   } catch (const std::bad_alloc&) {
-    die("openmp_reference: cannot allocate 2 x " + std::to_string(count * sizeof(double) >> 20) + " MiB");
+    die(fmt::format("openmp_reference: cannot allocate 2 x {} MiB", count * sizeof(double) >> 20));
   }
   const kn::Grid3<double> q{qm.get(), n, n, steps}, u{um.get(), n, n, steps};
   omp_set_num_threads(threads);
@@ -282,25 +280,19 @@ std::vector<int> set_workers(int p) {
   if (static_cast<int>(have.size()) < p) {
     auto got = vscale::addprocs(p - static_cast<int>(have.size()));
     if (static_cast<int>(got.size() + have.size()) != p)
-      die("addprocs started " + std::to_string(got.size()) + " of " + std::to_string(p - have.size()) + " workers");
+      die(fmt::format("addprocs started {} of {} workers", got.size(), p - have.size()));
   }
   std::vector<int> w = vscale::workers();
-  if (static_cast<int>(w.size()) != p) die("have " + std::to_string(w.size()) + " workers, wanted " + std::to_string(p));
+  if (static_cast<int>(w.size()) != p) die(fmt::format("have {} workers, wanted {}", w.size(), p));
   return w;
 }
 
 // --- the chart ------------------------------------------------------------------------------
 
-std::string fmt_g(double v, int digits) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.*g", digits, v);
-  return buf;
-}
-
 // A grouped bar chart: one group per core count (processes, or OpenMP threads), one bar per
 // variant, the time (ms) on the y axis, each bar labelled with its value. The axis is linear,
 // or logarithmic when the times span more than a factor of 30 (else the fast bars vanish).
-// Plain SVG text, no dependencies.
+// Plain SVG text, no dependencies; coordinates with one decimal.
 void write_svg(const std::string& path, const std::vector<Result>& results, std::size_t n, std::size_t steps, int reps) {
   const std::vector<std::pair<std::string, const char*>> palette = {{"openmp_reference", "#4c72b0"},
                                                                      {"shared_chunks", "#55a868"},
@@ -349,57 +341,53 @@ void write_svg(const std::string& path, const std::vector<Result>& results, std:
     return top + ph - ph * ms / yhi;
   };
 
-  std::ostringstream s;
-  s.setf(std::ios::fixed);
-  s.precision(1);
-  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
-    << ' ' << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-  s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  s << "<text x=\"" << W / 2 << "\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">advection " << n << " x " << n
-    << " x " << steps << " doubles: median time of " << reps << " reps (lower is better)</text>\n";
+  bench_util::Text svg;
+  svg.line(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{0:.1f}" height="{1:.1f}" viewBox="0 0 {0:.1f} {1:.1f}")"
+           R"( font-family="sans-serif" font-size="12">)",
+           W, H);
+  svg.line(R"(<rect width="100%" height="100%" fill="white"/>)");
+  svg.line(R"(<text x="{:.1f}" y="24" text-anchor="middle" font-size="15">)"
+           "advection {} x {} x {} doubles: median time of {} reps (lower is better)</text>",
+           W / 2, n, n, steps, reps);
   for (double v : ticks) {
     const double y = y_of(v);
-    s << "<line x1=\"" << left << "\" y1=\"" << y << "\" x2=\"" << left + pw << "\" y2=\"" << y
-      << "\" stroke=\"#ddd\"/>\n";
-    s << "<text x=\"" << left - 6 << "\" y=\"" << y + 4 << "\" text-anchor=\"end\">" << fmt_g(v, 6) << "</text>\n";
+    svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="#ddd"/>)", left, y, left + pw, y);
+    svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{:.6g}</text>)", left - 6, y + 4, v);
   }
-  s << "<line x1=\"" << left << "\" y1=\"" << top << "\" x2=\"" << left << "\" y2=\"" << top + ph
-    << "\" stroke=\"black\"/>\n";
-  s << "<line x1=\"" << left << "\" y1=\"" << top + ph << "\" x2=\"" << left + pw << "\" y2=\"" << top + ph
-    << "\" stroke=\"black\"/>\n";
-  s << "<text transform=\"translate(22," << top + ph / 2 << ") rotate(-90)\" text-anchor=\"middle\">time (ms"
-    << (log_scale ? ", log scale" : "") << ")</text>\n";
-  s << "<text x=\"" << left + pw / 2 << "\" y=\"" << H - 15
-    << "\" text-anchor=\"middle\">cores used: processes (openmp_reference: threads)</text>\n";
+  svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", left, top, left, top + ph);
+  svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", left, top + ph, left + pw,
+           top + ph);
+  svg.line(R"svg(<text transform="translate(22,{:.1f}) rotate(-90)" text-anchor="middle">time (ms{})</text>)svg",
+           top + ph / 2, log_scale ? ", log scale" : "");
+  svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">)"
+           "cores used: processes (openmp_reference: threads)</text>",
+           left + pw / 2, H - 15);
   std::size_t g = 0;
   for (int c : cores) {
     const double gx = left + group_w * static_cast<double>(g) + group_w * 0.1;
-    s << "<text x=\"" << left + group_w * (static_cast<double>(g) + 0.5) << "\" y=\"" << top + ph + 18
-      << "\" text-anchor=\"middle\">" << c << "</text>\n";
+    svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{}</text>)",
+             left + group_w * (static_cast<double>(g) + 0.5), top + ph + 18, c);
     for (std::size_t v = 0; v < variants.size(); ++v)
       for (const auto& r : results)
         if (r.variant == variants[v].first && r.cores() == c) {
           const double ms = r.seconds * 1e3, x = gx + bar_w * static_cast<double>(v), y = y_of(ms);
-          s << "<rect x=\"" << x << "\" y=\"" << y << "\" width=\"" << bar_w * 0.92 << "\" height=\"" << top + ph - y
-            << "\" fill=\"" << variants[v].second << "\"><title>" << r.variant << ", " << r.procs
-            << " process(es) x " << r.threads << " thread(s): " << human_time(r.seconds) << ", "
-            << fmt_g(r.gb_per_s, 3) << " GB/s</title></rect>\n";
-          s << "<text x=\"" << x + bar_w * 0.46 << "\" y=\"" << y - 4 << "\" text-anchor=\"middle\" font-size=\"10\">"
-            << fmt_g(ms, 3) << "</text>\n";
+          svg.line(R"(<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}">)"
+                   "<title>{}, {} process(es) x {} thread(s): {}, {:.3g} GB/s</title></rect>",
+                   x, y, bar_w * 0.92, top + ph - y, variants[v].second, r.variant, r.procs, r.threads,
+                   human_time(r.seconds), r.gb_per_s);
+          svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle" font-size="10">{:.3g}</text>)", x + bar_w * 0.46,
+                   y - 4, ms);
         }
     ++g;
   }
   double ly = top + 10;
   for (const auto& v : variants) {
-    s << "<rect x=\"" << left + pw + 20 << "\" y=\"" << ly << "\" width=\"14\" height=\"14\" fill=\"" << v.second
-      << "\"/>\n";
-    s << "<text x=\"" << left + pw + 40 << "\" y=\"" << ly + 11 << "\">" << v.first << "</text>\n";
+    svg.line(R"(<rect x="{:.1f}" y="{:.1f}" width="14" height="14" fill="{}"/>)", left + pw + 20, ly, v.second);
+    svg.line(R"(<text x="{:.1f}" y="{:.1f}">{}</text>)", left + pw + 40, ly + 11, v.first);
     ly += 22;
   }
-  s << "</svg>\n";
-  std::ofstream out(path);
-  out << s.str();
-  if (!out) die("cannot write the chart to '" + path + "'");
+  svg.line("</svg>");
+  if (!svg.write_to(path)) die(fmt::format("cannot write the chart to '{}'", path));
 }
 
 // --- options ------------------------------------------------------------------------------
@@ -476,7 +464,7 @@ int main(int argc, char** argv) {
     } else if (a == "--svg") {
       svg = value();
     } else if (a == "-h" || a == "--help") {
-      std::cout << kUsage;
+      fmt::print("{}", kUsage);
       return 0;
     } else {
       die("unknown option '" + a + "'\n" + kUsage);
@@ -504,7 +492,7 @@ int main(int argc, char** argv) {
   auto wants = [&](const std::string& v) { return std::find(variants.begin(), variants.end(), v) != variants.end(); };
 #ifndef _OPENMP
   if (wants("openmp_reference")) {
-    std::cerr << "bench_advection: built without OpenMP: no openmp_reference (and no ratios)\n";
+    fmt::print(stderr, "bench_advection: built without OpenMP: no openmp_reference (and no ratios)\n");
     variants.erase(std::find(variants.begin(), variants.end(), "openmp_reference"));
   }
 #endif
@@ -520,13 +508,13 @@ int main(int argc, char** argv) {
     results.push_back(std::move(r));
   };
   auto mib = [](std::size_t bytes) {
-    return bytes >= (1u << 20) ? std::to_string(bytes >> 20) + " MiB" : std::to_string((bytes + 1023) >> 10) + " KiB";
+    return bytes >= (1u << 20) ? fmt::format("{} MiB", bytes >> 20) : fmt::format("{} KiB", (bytes + 1023) >> 10);
   };
   const std::size_t array_bytes = n * n * steps * sizeof(double);
   if (!json)
-    std::printf("bench_advection: q(i,j,t+1) = q(i,j,t) + u(i,j,t) on %zu x %zu x %zu doubles (2 arrays of %s), "
-                "median of %d reps, %d usable CPUs\n",
-                n, n, steps, mib(array_bytes).c_str(), reps, vscale::usable_cpus());
+    fmt::print("bench_advection: q(i,j,t+1) = q(i,j,t) + u(i,j,t) on {} x {} x {} doubles (2 arrays of {}), "
+               "median of {} reps, {} usable CPUs\n",
+               n, n, steps, mib(array_bytes), reps, vscale::usable_cpus());
 
   bool serial_done = false;
   for (int p : proc_counts) {
@@ -571,15 +559,12 @@ int main(int argc, char** argv) {
   }
 
   if (!json) {
-    std::printf("\n%-22s %9s %8s %12s %9s %14s %10s\n", "variant", "processes", "threads", "time", "GB/s",
-                "vs OpenMP", "max diff");
-    for (const Result& r : results) {
-      char ratio[32] = "-";
-      if (r.ratio) std::snprintf(ratio, sizeof ratio, "%.2fx", *r.ratio);
-      std::printf("%-22s %9d %8d %12s %9.2f %14s %10.3g\n", r.variant.c_str(), r.procs, r.threads,
-                  human_time(r.seconds).c_str(), r.gb_per_s, ratio, r.max_abs_diff);
-    }
-    std::printf("(vs OpenMP: time / openmp_reference time with as many threads as the variant uses cores)\n");
+    fmt::print("\n{:<22} {:>9} {:>8} {:>12} {:>9} {:>14} {:>10}\n", "variant", "processes", "threads", "time", "GB/s",
+               "vs OpenMP", "max diff");
+    for (const Result& r : results)
+      fmt::print("{:<22} {:>9} {:>8} {:>12} {:>9.2f} {:>14} {:>10.3g}\n", r.variant, r.procs, r.threads,
+                 human_time(r.seconds), r.gb_per_s, r.ratio ? fmt::format("{:.2f}x", *r.ratio) : "-", r.max_abs_diff);
+    fmt::print("(vs OpenMP: time / openmp_reference time with as many threads as the variant uses cores)\n");
     for (int p : proc_counts) {
       const Result *sc = nullptr, *ps = nullptr, *hy = nullptr;
       for (const auto& r : results) {
@@ -588,26 +573,26 @@ int main(int argc, char** argv) {
         if (r.variant == "hybrid" && r.procs == p) hy = &r;
       }
       if (hy && hy->ratio)
-        std::printf("%2d processes x %d threads: hybrid / openmp_reference = %.2f (target <= 1.15 on 2 cores, <= 1.05 on 16)\n",
-                    p, hy->threads, *hy->ratio);
+        fmt::print("{:>2} processes x {} threads: hybrid / openmp_reference = {:.2f} (target <= 1.15 on 2 cores, <= 1.05 on 16)\n",
+                   p, hy->threads, *hy->ratio);
       if (sc && sc->ratio)
-        std::printf("%2d processes: shared_chunks / openmp_reference = %.2f (target <= 1.15 on 2 cores, <= 1.05 on 16)\n",
-                    p, *sc->ratio);
+        fmt::print("{:>2} processes: shared_chunks / openmp_reference = {:.2f} (target <= 1.15 on 2 cores, <= 1.05 on 16)\n",
+                   p, *sc->ratio);
       if (sc && ps)
-        std::printf("%2d processes: distributed_per_step / shared_chunks = %.2f (target <= 2)\n", p,
-                    ps->seconds / sc->seconds);
+        fmt::print("{:>2} processes: distributed_per_step / shared_chunks = {:.2f} (target <= 2)\n", p,
+                   ps->seconds / sc->seconds);
     }
   }
   if (!svg.empty()) {
     write_svg(svg, results, n, steps, reps);
-    if (!json) std::printf("chart: %s\n", svg.c_str());
+    if (!json) fmt::print("chart: {}\n", svg);
   }
 
   bool ok = true;
   for (const auto& r : results)
     if (r.max_abs_diff != 0) {
-      std::cerr << "bench_advection: " << r.variant << " with " << r.procs << " process(es) differs from serial by "
-                << r.max_abs_diff << '\n';
+      fmt::print(stderr, "bench_advection: {} with {} process(es) differs from serial by {:g}\n", r.variant, r.procs,
+                 r.max_abs_diff);
       ok = false;
     }
   return ok ? 0 : 1;

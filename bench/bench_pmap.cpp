@@ -25,15 +25,14 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <iostream>
 #include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <vscale/vscale.hpp>
 #include <vscale/pmap.hpp>
 
@@ -58,20 +57,17 @@ struct Result {
 };
 
 void print_json(const Result& r) {
-  std::printf("{\"bench\":\"pmap\",\"variant\":\"%s\",\"procs\":%d,\"threads\":1,\"n\":%ld,\"seconds\":%.9g", r.variant.c_str(),
-              r.procs, r.n, r.seconds);
-  if (r.tasks_per_s) std::printf(",\"tasks_per_s\":%.6g", *r.tasks_per_s);
-  if (r.ratio_to_socketpair) std::printf(",\"ratio_to_socketpair\":%.4g", *r.ratio_to_socketpair);
-  if (r.per_task_1kb_s) std::printf(",\"per_task_1kb_s\":%.9g", *r.per_task_1kb_s);
-  if (r.ratio_to_1kb) std::printf(",\"ratio_to_1kb\":%.4g", *r.ratio_to_1kb);
-  std::printf("}\n");
-  std::fflush(stdout);
+  bench_util::JsonLine j;
+  j.add(R"("bench":"pmap","variant":"{}","procs":{},"threads":1,"n":{},"seconds":{:.9g})", r.variant, r.procs, r.n,
+        r.seconds);
+  if (r.tasks_per_s) j.add(R"(,"tasks_per_s":{:.6g})", *r.tasks_per_s);
+  if (r.ratio_to_socketpair) j.add(R"(,"ratio_to_socketpair":{:.4g})", *r.ratio_to_socketpair);
+  if (r.per_task_1kb_s) j.add(R"(,"per_task_1kb_s":{:.9g})", *r.per_task_1kb_s);
+  if (r.ratio_to_1kb) j.add(R"(,"ratio_to_1kb":{:.4g})", *r.ratio_to_1kb);
+  j.print();
 }
 
-[[noreturn]] void die(const std::string& what) {
-  std::cerr << "bench_pmap: " << what << '\n';
-  std::exit(1);
-}
+[[noreturn]] void die(const std::string& what) { bench_util::fail("bench_pmap", what); }
 
 double socketpair_rtt(int reps, long calls) { return bench_util::socketpair_rtt("bench_pmap", reps, calls); }
 
@@ -89,9 +85,9 @@ template <class F, class Check>
 double time_pmap(const F& f, const std::vector<long>& xs, const vscale::PmapOptions& opt, int reps, Check check, const char* what) {
   auto run = [&] {
     auto r = vscale::pmap(f, xs, opt);
-    if (r.size() != xs.size()) die(std::string(what) + ": wrong number of results");
+    if (r.size() != xs.size()) die(fmt::format("{}: wrong number of results", what));
     for (std::size_t i = 0; i < r.size(); ++i)
-      if (!check(xs[i], r[i])) die(std::string(what) + ": wrong result at " + std::to_string(i));
+      if (!check(xs[i], r[i])) die(fmt::format("{}: wrong result at {}", what, i));
   };
   run();
   std::vector<double> per;
@@ -176,14 +172,15 @@ int main(int argc, char** argv) {
   if (json) {
     for (const auto& r : results) print_json(r);
   } else {
-    std::printf("bench_pmap: %d process(es), median of %d reps\n\n", procs, reps);
-    std::printf("%-20s %6s %10s %14s %14s %s\n", "variant", "procs", "n", "time/task", "tasks/s", "notes");
+    fmt::print("bench_pmap: {} process(es), median of {} reps\n\n", procs, reps);
+    fmt::print("{:<20} {:>6} {:>10} {:>14} {:>14} {}\n", "variant", "procs", "n", "time/task", "tasks/s", "notes");
     for (const auto& r : results) {
       std::string notes;
-      if (r.ratio_to_socketpair && r.variant != "socketpair_rtt") notes = "x" + std::to_string(*r.ratio_to_socketpair) + " socketpair";
-      if (r.per_task_1kb_s) notes = "1 KiB capture: " + human_time(*r.per_task_1kb_s) + " (x" + std::to_string(*r.ratio_to_1kb) + ")";
-      std::printf("%-20s %6d %10ld %14s %14.4g %s\n", r.variant.c_str(), r.procs, r.n, human_time(r.seconds).c_str(),
-                  r.tasks_per_s.value_or(0), notes.c_str());
+      if (r.ratio_to_socketpair && r.variant != "socketpair_rtt") notes = fmt::format("x{:f} socketpair", *r.ratio_to_socketpair);
+      if (r.per_task_1kb_s)
+        notes = fmt::format("1 KiB capture: {} (x{:f})", human_time(*r.per_task_1kb_s), r.ratio_to_1kb.value_or(0));
+      fmt::print("{:<20} {:>6} {:>10} {:>14} {:>14.4g} {}\n", r.variant, r.procs, r.n, human_time(r.seconds),
+                 r.tasks_per_s.value_or(0), notes);
     }
   }
   return 0;

@@ -24,14 +24,13 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <iostream>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
 #include <vscale/vscale.hpp>
 
 #include "bench_util.hpp"
@@ -53,18 +52,15 @@ struct Result {
 };
 
 void print_json(const Result& r) {
-  std::printf("{\"bench\":\"remotecall\",\"variant\":\"%s\",\"procs\":%d,\"threads\":1,\"n\":%ld,\"seconds\":%.9g",
-              r.variant.c_str(), r.procs, r.n, r.seconds);
-  if (r.per_s) std::printf(",\"per_s\":%.6g", *r.per_s);
-  if (r.ratio) std::printf(",\"ratio_to_socketpair\":%.4g", *r.ratio);
-  std::printf("}\n");
-  std::fflush(stdout);
+  bench_util::JsonLine j;
+  j.add(R"("bench":"remotecall","variant":"{}","procs":{},"threads":1,"n":{},"seconds":{:.9g})", r.variant, r.procs,
+        r.n, r.seconds);
+  if (r.per_s) j.add(R"(,"per_s":{:.6g})", *r.per_s);
+  if (r.ratio) j.add(R"(,"ratio_to_socketpair":{:.4g})", *r.ratio);
+  j.print();
 }
 
-[[noreturn]] void die(const std::string& what) {
-  std::cerr << "bench_remotecall: " << what << '\n';
-  std::exit(1);
-}
+[[noreturn]] void die(const std::string& what) { bench_util::fail("bench_remotecall", what); }
 
 // --- the reference: 1-byte ping-pong over a Unix socketpair -------------------------------
 
@@ -101,7 +97,7 @@ Result rtt_small(int w, int reps, long calls, double ref) {
   // Every call returned i + 1: check the sum, so the work cannot be skipped unnoticed.
   long k = std::max(1000L, calls / 10);
   long expect = k * (k + 1) / 2 + static_cast<long>(reps) * (calls * (calls + 1) / 2);
-  if (sink != expect) die("remotecall_fetch_rtt: wrong results (sum " + std::to_string(sink) + ", expected " + std::to_string(expect) + ")");
+  if (sink != expect) die(fmt::format("remotecall_fetch_rtt: wrong results (sum {}, expected {})", sink, expect));
   Result res{"remotecall_fetch_rtt", vscale::nprocs(), calls, median(per), {}, {}};
   res.per_s = 1.0 / res.seconds;
   res.ratio = res.seconds / ref;
@@ -140,8 +136,8 @@ Result remote_do_rate(int w, int reps, long calls) {
     for (;;) {
       long got = vscale::remotecall_fetch(w, read_counter);
       if (got == target) return;
-      if (got > target) die("remote_do_rate: counter overshot (" + std::to_string(got) + " > " + std::to_string(target) + ")");
-      if (Clock::now() > deadline) die("remote_do_rate: lost calls (" + std::to_string(got) + " of " + std::to_string(target) + " after 30 s)");
+      if (got > target) die(fmt::format("remote_do_rate: counter overshot ({} > {})", got, target));
+      if (Clock::now() > deadline) die(fmt::format("remote_do_rate: lost calls ({} of {} after 30 s)", got, target));
       ++extra_polls;
     }
   };
@@ -155,8 +151,10 @@ Result remote_do_rate(int w, int reps, long calls) {
     per.push_back(seconds_since(t0) / static_cast<double>(calls));
   }
   if (extra_polls)
-    std::cerr << "bench_remotecall: note: remote_do calls were still running after a later remotecall_fetch returned ("
-              << extra_polls << " extra counter reads; the worker runs calls on several threads)\n";
+    fmt::print(stderr,
+               "bench_remotecall: note: remote_do calls were still running after a later remotecall_fetch returned "
+               "({} extra counter reads; the worker runs calls on several threads)\n",
+               extra_polls);
   Result res{"remote_do_rate", vscale::nprocs(), calls, median(per), {}, {}};
   res.per_s = 1.0 / res.seconds;
   return res;
@@ -172,10 +170,11 @@ Result startup(int n, int reps) {
       // Process ids are never reused and a session has a fixed number of them
       // (VSCALE_MAX_PROCS): many reps of a large n can use them all up.
       if (!ids.empty()) vscale::rmprocs(ids);
-      if (per.empty()) die("startup: addprocs(" + std::to_string(n) + ") started " + std::to_string(ids.size()) + " workers");
-      std::cerr << "bench_remotecall: note: startup n=" << n << " stopped after " << per.size()
-                << " reps: addprocs started only " << ids.size()
-                << " workers (process ids used up? raise VSCALE_MAX_PROCS)\n";
+      if (per.empty()) die(fmt::format("startup: addprocs({}) started {} workers", n, ids.size()));
+      fmt::print(stderr,
+                 "bench_remotecall: note: startup n={} stopped after {} reps: addprocs started only {} workers "
+                 "(process ids used up? raise VSCALE_MAX_PROCS)\n",
+                 n, per.size(), ids.size());
       break;
     }
     // Prove they serve calls (outside the timed region), then remove them.
@@ -231,16 +230,18 @@ int main(int argc, char** argv) {
   if (cores != 1) emit(startup(cores, reps));
 
   if (!json) {
-    std::printf("bench_remotecall: %d process(es), calls to worker %d, median of %d reps\n\n", vscale::nprocs(), w, reps);
-    std::printf("%-26s %6s %9s %14s %14s %10s\n", "variant", "procs", "n", "time/unit", "per second", "vs socket");
+    fmt::print("bench_remotecall: {} process(es), calls to worker {}, median of {} reps\n\n", vscale::nprocs(), w, reps);
+    constexpr auto row = "{:<26} {:>6} {:>9} {:>14} {:>14} {:>10}\n";
+    fmt::print(row, "variant", "procs", "n", "time/unit", "per second", "vs socket");
     for (const Result& r : results) {
-      std::printf("%-26s %6d %9ld %14s %14s %10s\n", r.variant.c_str(), r.procs, r.n, human_time(r.seconds).c_str(),
-                  r.per_s ? std::to_string(static_cast<long long>(*r.per_s)).c_str() : "-",
-                  r.ratio ? (std::to_string(*r.ratio).substr(0, 6) + "x").c_str() : "-");
+      // The ratio is cut to 6 characters of its %f text ("0.9452", "12.345", "123.45").
+      fmt::print(row, r.variant, r.procs, r.n, human_time(r.seconds),
+                 r.per_s ? fmt::to_string(static_cast<long long>(*r.per_s)) : "-",
+                 r.ratio ? fmt::format("{:f}", *r.ratio).substr(0, 6) + "x" : "-");
     }
     const Result& rtt = results[1];
-    std::printf("\nremotecall_fetch round trip / socketpair round trip = %.2f  (%s vs %s; target: <= 2 us)\n",
-                rtt.seconds / ref.seconds, human_time(rtt.seconds).c_str(), human_time(ref.seconds).c_str());
+    fmt::print("\nremotecall_fetch round trip / socketpair round trip = {:.2f}  ({} vs {}; target: <= 2 us)\n",
+               rtt.seconds / ref.seconds, human_time(rtt.seconds), human_time(ref.seconds));
   }
   return 0;
 }

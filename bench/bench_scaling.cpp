@@ -64,7 +64,6 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
-#include <iostream>
 #include <map>
 #include <numbers>
 #include <optional>
@@ -74,6 +73,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <vscale/vscale.hpp>
 
 #include "bench_util.hpp"
@@ -91,7 +92,7 @@ using bench_util::time_reps;
 long parse_positive(const std::string& opt, const std::string& v) { return bench_util::parse_positive("bench_scaling", opt, v); }
 
 [[noreturn]] void die(const std::string& what) {
-  std::cerr << "bench_scaling: " << what << '\n';
+  fmt::print(stderr, "bench_scaling: {}\n", what);
   std::exit(2);
 }
 
@@ -135,16 +136,17 @@ int mc_child(long n, int reps) {
     worst = std::max(worst, z);
     inside_all += inside;
     if (!(z < 6)) {
-      std::fprintf(stderr, "bench_scaling --mc-child: WRONG: run %d estimates pi as %.9f, %.1f standard errors away\n",
-                   r + 1, est, z);
+      fmt::print(stderr, "bench_scaling --mc-child: WRONG: run {} estimates pi as {:.9f}, {:.1f} standard errors away\n",
+                 r + 1, est, z);
       ok = false;
     }
   }
   const double pi_all = static_cast<double>(4.0L * inside_all / (static_cast<long double>(n) * reps));
-  std::printf("{\"bench\":\"monte_carlo_pi\",\"variant\":\"distributed_for_threaded\",\"procs\":%d,\"threads\":%d,"
-              "\"n\":%ld,\"seconds\":%.9g,\"reps\":%d,\"pi\":%.9f,\"max_stderrs\":%.3g}\n",
-              std::max(1, vscale::nworkers()), vscale::nthreads(), n, median(times), reps, pi_all, worst);
-  std::fflush(stdout);
+  bench_util::JsonLine()
+      .add(R"("bench":"monte_carlo_pi","variant":"distributed_for_threaded","procs":{},"threads":{},)"
+           R"("n":{},"seconds":{:.9g},"reps":{},"pi":{:.9f},"max_stderrs":{:.3g})",
+           std::max(1, vscale::nworkers()), vscale::nthreads(), n, median(times), reps, pi_all, worst)
+      .print();
   return ok ? 0 : 1;
 }
 
@@ -160,21 +162,21 @@ std::string quote_for_shell(const std::string& s) {
 }
 
 std::string command_text(const std::vector<std::string>& argv) {
-  std::string out;
-  for (const auto& a : argv) out += (out.empty() ? "" : " ") + quote_for_shell(a);
-  return out;
+  std::vector<std::string> words;
+  for (const auto& a : argv) words.push_back(quote_for_shell(a));
+  return fmt::format("{}", fmt::join(words, " "));
 }
 
 std::string status_text(int status) {
-  if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
+  if (WIFEXITED(status)) return fmt::format("exit status {}", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) {
     const char* name = sigabbrev_np(WTERMSIG(status));
-    return std::string("killed by signal ") + (name ? std::string("SIG") + name : std::to_string(WTERMSIG(status)));
+    return name ? fmt::format("killed by signal SIG{}", name) : fmt::format("killed by signal {}", WTERMSIG(status));
   }
-  return "status " + std::to_string(status);
+  return fmt::format("status {}", status);
 }
 
-std::string cores_text(int k) { return std::to_string(k) + (k == 1 ? " core" : " cores"); }
+std::string cores_text(int k) { return fmt::format("{} {}", k, k == 1 ? "core" : "cores"); }
 
 struct ChildRun {
   bool ok = false;                  // started, and exited with status 0
@@ -229,7 +231,7 @@ ChildRun run_child(const std::vector<std::string>& args) {
     if (!line.empty() && line.front() == '{')
       res.json.push_back(line);
     else if (!line.empty())
-      std::fprintf(stderr, "%s\n", line.c_str());  // e.g. output forwarded from its workers
+      fmt::print(stderr, "{}\n", line);  // e.g. output forwarded from its workers
   }
   res.ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
   if (!res.ok) res.why = status_text(status);
@@ -287,14 +289,9 @@ struct Config {
 };
 
 std::string size_text(const Config& c, const std::string& w) {
-  char buf[160];
-  if (w == "advection")
-    std::snprintf(buf, sizeof buf, "%ld x %ld x %ld doubles (q and u)", c.advection_n, c.advection_n, c.advection_n);
-  else if (w == "stencil")
-    std::snprintf(buf, sizeof buf, "%ld^3 doubles x 2 arrays, %ld steps", c.stencil_n, c.stencil_steps);
-  else
-    std::snprintf(buf, sizeof buf, "%ld samples, distributed_for(threaded, +)", c.mc_samples);
-  return buf;
+  if (w == "advection") return fmt::format("{0} x {0} x {0} doubles (q and u)", c.advection_n);
+  if (w == "stencil") return fmt::format("{}^3 doubles x 2 arrays, {} steps", c.stencil_n, c.stencil_steps);
+  return fmt::format("{} samples, distributed_for(threaded, +)", c.mc_samples);
 }
 
 long workload_n(const Config& c, const std::string& w) {
@@ -308,9 +305,7 @@ class Driver {
   void run_workload(const std::string& w) {
     std::string program = w == "advection" ? dir_ + "/bench_advection" : w == "stencil" ? dir_ + "/bench_stencil" : self_;
     if (access(program.c_str(), X_OK) != 0) {
-      failures_.push_back(w + ": " + program + " is missing (" + std::strerror(errno) + "); build that target. Skipped " +
-                          w + ".");
-      std::fprintf(stderr, "bench_scaling: %s\n", failures_.back().c_str());
+      fail(fmt::format("{0}: {1} is missing ({2}); build that target. Skipped {0}.", w, program, std::strerror(errno)));
       return;
     }
     for (int k : c_.cores) {
@@ -320,8 +315,8 @@ class Driver {
         if (k <= vscale::usable_cpus())
           measure(w, program, "hybrid", k, k / 2, 2);
         else
-          notes_.push_back(w + ": no hybrid run at " + std::to_string(k) + " cores (more than the " +
-                           std::to_string(vscale::usable_cpus()) + " usable CPUs)");
+          notes_.push_back(
+              fmt::format("{}: no hybrid run at {} cores (more than the {} usable CPUs)", w, k, vscale::usable_cpus()));
       }
     }
   }
@@ -360,8 +355,7 @@ class Driver {
     const std::string cmd = command_text(args);
     const ChildRun run = run_child(args);
     if (!run.ok) {
-      failures_.push_back(w + ", " + mode + " at " + cores_text(k) + ": `" + cmd + "` failed: " + run.why);
-      std::fprintf(stderr, "bench_scaling: %s\n", failures_.back().c_str());
+      fail(fmt::format("{}, {} at {}: `{}` failed: {}", w, mode, cores_text(k), cmd, run.why));
       return;
     }
     auto take = [&](const std::string& want, const std::string& as) -> std::optional<Point> {
@@ -378,9 +372,7 @@ class Driver {
         p.max_stderrs = json_number(line, "max_stderrs").value_or(0);
         return p;
       }
-      failures_.push_back(w + ", " + mode + " at " + cores_text(k) + ": `" + cmd + "` printed no '" + want +
-                          "' line with seconds > 0");
-      std::fprintf(stderr, "bench_scaling: %s\n", failures_.back().c_str());
+      fail(fmt::format("{}, {} at {}: `{}` printed no '{}' line with seconds > 0", w, mode, cores_text(k), cmd, want));
       return std::nullopt;
     };
     // The mode's point first: at k = 1 it is the baseline that the reference's speed-up needs.
@@ -404,23 +396,28 @@ class Driver {
       p.ratio = p.seconds / omp->seconds;
     if (c_.json) print_json(p);
     if (!c_.json)
-      std::fprintf(stderr, "bench_scaling: %s, %d core%s, %s (%d x %d): %s\n", p.workload.c_str(), p.cores,
-                   p.cores == 1 ? "" : "s", p.mode.c_str(), p.procs, p.threads, human_time(p.seconds).c_str());
+      fmt::print(stderr, "bench_scaling: {}, {}, {} ({} x {}): {}\n", p.workload, cores_text(p.cores), p.mode, p.procs,
+                 p.threads, human_time(p.seconds));
     points_.push_back(std::move(p));
   }
 
   void print_json(const Point& p) const {
-    std::printf("{\"bench\":\"scaling\",\"workload\":\"%s\",\"variant\":\"%s\",\"procs\":%d,\"threads\":%d,\"n\":%ld,"
-                "\"seconds\":%.9g,\"cores\":%d",
-                p.workload.c_str(), p.mode.c_str(), p.procs, p.threads, workload_n(c_, p.workload), p.seconds, p.cores);
-    if (p.speedup) std::printf(",\"speedup\":%.4g", *p.speedup);
-    if (p.workload == "advection") std::printf(",\"steps\":%ld", c_.advection_n);
-    if (p.workload == "stencil") std::printf(",\"steps\":%ld", c_.stencil_steps);
-    std::printf(",\"reps\":%d", c_.reps);
-    if (p.ratio) std::printf(",\"ratio_to_openmp\":%.4g", *p.ratio);
-    if (p.workload == "monte_carlo_pi") std::printf(",\"pi\":%.9f,\"max_stderrs\":%.3g", p.pi, p.max_stderrs);
-    std::printf("}\n");
-    std::fflush(stdout);
+    bench_util::JsonLine j;
+    j.add(R"("bench":"scaling","workload":"{}","variant":"{}","procs":{},"threads":{},"n":{},"seconds":{:.9g},"cores":{})",
+          p.workload, p.mode, p.procs, p.threads, workload_n(c_, p.workload), p.seconds, p.cores);
+    if (p.speedup) j.add(R"(,"speedup":{:.4g})", *p.speedup);
+    if (p.workload == "advection") j.add(R"(,"steps":{})", c_.advection_n);
+    if (p.workload == "stencil") j.add(R"(,"steps":{})", c_.stencil_steps);
+    j.add(R"(,"reps":{})", c_.reps);
+    if (p.ratio) j.add(R"(,"ratio_to_openmp":{:.4g})", *p.ratio);
+    if (p.workload == "monte_carlo_pi") j.add(R"(,"pi":{:.9f},"max_stderrs":{:.3g})", p.pi, p.max_stderrs);
+    j.print();
+  }
+
+  // Records a failure (reported again at the end) and says it now.
+  void fail(std::string what) {
+    fmt::print(stderr, "bench_scaling: {}\n", what);
+    failures_.push_back(std::move(what));
   }
 
   Config c_;
@@ -433,21 +430,19 @@ class Driver {
 
 void print_table(const Config& c, const Driver& d, const std::string& w) {
   if (std::none_of(d.points().begin(), d.points().end(), [&](const Point& p) { return p.workload == w; })) {
-    std::printf("\n%s: no measurements (see the failures below)\n", w.c_str());
+    fmt::print("\n{}: no measurements (see the failures below)\n", w);
     return;
   }
-  std::printf("\n%s: %s, median of %d reps\n", w.c_str(), size_text(c, w).c_str(), c.reps);
+  fmt::print("\n{}: {}, median of {} reps\n", w, size_text(c, w), c.reps);
   const bool omp = w != "monte_carlo_pi";  // it has no OpenMP reference: the ideal is its yardstick
-  std::printf("%6s  %-17s %6s %8s %12s %9s %10s\n", "cores", "mode", "procs", "threads", "time", "speed-up",
-              omp ? "vs OpenMP" : "");
+  constexpr auto row = "{:>6}  {:<17} {:>6} {:>8} {:>12} {:>9} {:>10}\n";
+  fmt::print(row, "cores", "mode", "procs", "threads", "time", "speed-up", omp ? "vs OpenMP" : "");
   for (int k : c.cores)
     for (const auto& mode : kModes)
       if (const Point* p = d.find(w, mode, k)) {
-        char su[32] = "-", ratio[32] = "-";
-        if (p->speedup) std::snprintf(su, sizeof su, "%.2f", *p->speedup);
-        if (p->ratio) std::snprintf(ratio, sizeof ratio, "%.2fx", *p->ratio);
-        std::printf("%6d  %-17s %6d %8d %12s %9s %10s\n", k, mode.c_str(), p->procs, p->threads,
-                    human_time(p->seconds).c_str(), su, omp ? ratio : "");
+        const std::string su = p->speedup ? fmt::format("{:.2f}", *p->speedup) : "-";
+        const std::string ratio = !omp ? "" : p->ratio ? fmt::format("{:.2f}x", *p->ratio) : "-";
+        fmt::print(row, k, mode, p->procs, p->threads, human_time(p->seconds), su, ratio);
       }
 }
 
@@ -457,45 +452,40 @@ void print_targets(std::FILE* out, const Config& c, const Driver& d) {
   auto wanted = [&](const std::string& w) { return std::find(c.workloads.begin(), c.workloads.end(), w) != c.workloads.end(); };
   const int kmax = c.cores.back();
   if (!wanted("monte_carlo_pi") && !wanted("advection")) return;
-  std::fprintf(out, "\ntargets:\n");
+  fmt::print(out, "\ntargets:\n");
   if (wanted("monte_carlo_pi")) {
     if (const Point* p = d.find("monte_carlo_pi", "processes", 16); p && p->speedup)
-      std::fprintf(out, "  Monte Carlo pi, 16 processes vs 1: %.2f x speed-up (target >= 15)\n", *p->speedup);
+      fmt::print(out, "  Monte Carlo pi, 16 processes vs 1: {:.2f} x speed-up (target >= 15)\n", *p->speedup);
     else if (const Point* q = d.find("monte_carlo_pi", "processes", kmax); q && q->speedup)
-      std::fprintf(out, "  Monte Carlo pi: target >= 15 x speed-up at 16 processes; not measured here (largest: %d "
-                   "processes, %.2f x, ideal %d)\n", kmax, *q->speedup, kmax);
+      fmt::print(out, "  Monte Carlo pi: target >= 15 x speed-up at 16 processes; not measured here (largest: {0} "
+                      "processes, {1:.2f} x, ideal {0})\n", kmax, *q->speedup);
     else
-      std::fprintf(out, "  Monte Carlo pi: target >= 15 x speed-up at 16 processes; not measured\n");
+      fmt::print(out, "  Monte Carlo pi: target >= 15 x speed-up at 16 processes; not measured\n");
   }
   if (wanted("advection")) {
     if (const Point* p = d.find("advection", "hybrid", 16); p && p->ratio)
-      std::fprintf(out, "  advection hybrid, 8 processes x 2 threads / openmp_reference, 16 threads: %.3f (target <= 1.05)\n",
-                   *p->ratio);
+      fmt::print(out, "  advection hybrid, 8 processes x 2 threads / openmp_reference, 16 threads: {:.3f} (target <= 1.05)\n",
+                 *p->ratio);
     else {
       const Point* best = nullptr;  // the largest k with a hybrid (else threads) ratio
       for (int k : c.cores)
         for (const char* m : {"threads", "hybrid"})
           if (const Point* q = d.find("advection", m, k); q && q->ratio) best = q;
       if (best)
-        std::fprintf(out, "  advection hybrid / openmp_reference at 16 cores: target <= 1.05; not measured here "
-                     "(largest: %s, %d x %d at %d cores, %.3f)\n", best->mode.c_str(), best->procs, best->threads,
-                     best->cores, *best->ratio);
+        fmt::print(out, "  advection hybrid / openmp_reference at 16 cores: target <= 1.05; not measured here "
+                        "(largest: {}, {} x {} at {} cores, {:.3f})\n", best->mode, best->procs, best->threads,
+                   best->cores, *best->ratio);
       else
-        std::fprintf(out, "  advection hybrid / openmp_reference at 16 cores: target <= 1.05; not measured\n");
+        fmt::print(out, "  advection hybrid / openmp_reference at 16 cores: target <= 1.05; not measured\n");
     }
   }
 }
 
 // --- the chart ------------------------------------------------------------------------------
 
-std::string fmt_g(double v, int digits) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.*g", digits, v);
-  return buf;
-}
-
 // One panel per workload: speed-up (linear) against cores (log2: the counts double), a line per
-// mode, the ideal y = x dashed; a legend under the panels. Plain SVG text, no dependencies.
+// mode, the ideal y = x dashed; a legend under the panels. Plain SVG text, no dependencies;
+// coordinates with one decimal.
 void write_svg(const std::string& path, const Config& c, const Driver& d) {
   const std::vector<std::pair<std::string, std::string>> modes = {
       {"processes", "#1f77b4"}, {"threads", "#ff7f0e"}, {"hybrid", "#2ca02c"}, {"openmp_reference", "#7f7f7f"}};
@@ -508,19 +498,20 @@ void write_svg(const std::string& path, const Config& c, const Driver& d) {
       }
   const double pw = 360, ph = 280, left = 60, gap = 70, top = 70, bottom = 60, legend_h = 40;
   const double W = left + static_cast<double>(std::max<std::size_t>(1, panels.size())) * (pw + gap), H = top + ph + bottom + legend_h;
-  std::ostringstream s;
-  s.setf(std::ios::fixed);
-  s.precision(1);
-  s << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H << "\" viewBox=\"0 0 " << W
-    << ' ' << H << "\" font-family=\"sans-serif\" font-size=\"12\">\n";
-  s << "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  s << "<text x=\"" << W / 2 << "\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">vscale scaling: speed-up over 1 "
-    << "process x 1 thread (median of " << c.reps << " reps; higher is better)</text>\n";
+  bench_util::Text svg;
+  svg.line(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{0:.1f}" height="{1:.1f}" viewBox="0 0 {0:.1f} {1:.1f}")"
+           R"( font-family="sans-serif" font-size="12">)",
+           W, H);
+  svg.line(R"(<rect width="100%" height="100%" fill="white"/>)");
+  svg.line(R"(<text x="{:.1f}" y="24" text-anchor="middle" font-size="15">)"
+           "vscale scaling: speed-up over 1 process x 1 thread (median of {} reps; higher is better)</text>",
+           W / 2, c.reps);
   if (panels.empty())
-    s << "<text x=\"" << W / 2 << "\" y=\"" << top + ph / 2 << "\" text-anchor=\"middle\">no measurements</text>\n";
+    svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">no measurements</text>)", W / 2, top + ph / 2);
 
   const int kmin = c.cores.front(), kmax = c.cores.back();
-  const double xlo = std::log2(static_cast<double>(kmin)), xhi = std::max(xlo + 1, std::log2(static_cast<double>(kmax)));
+  const double xlo = std::log2(static_cast<double>(kmin)),
+               xhi = std::max(xlo + 1, std::log2(static_cast<double>(kmax)));
   for (std::size_t i = 0; i < panels.size(); ++i) {
     const std::string& w = panels[i];
     const double x0 = left + static_cast<double>(i) * (pw + gap), y0 = top;
@@ -538,64 +529,61 @@ void write_svg(const std::string& path, const Config& c, const Driver& d) {
     auto X = [&](double k) { return x0 + pw * (std::log2(k) - xlo) / (xhi - xlo); };
     auto Y = [&](double v) { return y0 + ph - ph * std::min(v, yhi) / yhi; };
 
-    s << "<text x=\"" << x0 + pw / 2 << "\" y=\"" << y0 - 24 << "\" text-anchor=\"middle\" font-size=\"14\">" << w
-      << "</text>\n";
-    s << "<text x=\"" << x0 + pw / 2 << "\" y=\"" << y0 - 8 << "\" text-anchor=\"middle\" font-size=\"10\">"
-      << size_text(c, w) << "</text>\n";
+    svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle" font-size="14">{}</text>)", x0 + pw / 2, y0 - 24, w);
+    svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle" font-size="10">{}</text>)", x0 + pw / 2, y0 - 8,
+             size_text(c, w));
     for (int k = 0; k * step <= yhi * 1.0001; ++k) {
       const double v = k * step, y = Y(v);
-      s << "<line x1=\"" << x0 << "\" y1=\"" << y << "\" x2=\"" << x0 + pw << "\" y2=\"" << y << "\" stroke=\"#ddd\"/>\n";
-      s << "<text x=\"" << x0 - 6 << "\" y=\"" << y + 4 << "\" text-anchor=\"end\">" << fmt_g(v, 6) << "</text>\n";
+      svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="#ddd"/>)", x0, y, x0 + pw, y);
+      svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{:.6g}</text>)", x0 - 6, y + 4, v);
     }
     for (int k : c.cores) {
       const double x = X(k);
-      s << "<line x1=\"" << x << "\" y1=\"" << y0 << "\" x2=\"" << x << "\" y2=\"" << y0 + ph << "\" stroke=\"#eee\"/>\n";
-      s << "<text x=\"" << x << "\" y=\"" << y0 + ph + 16 << "\" text-anchor=\"middle\">" << k << "</text>\n";
+      svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="#eee"/>)", x, y0, x, y0 + ph);
+      svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{}</text>)", x, y0 + ph + 16, k);
     }
-    s << "<line x1=\"" << x0 << "\" y1=\"" << y0 << "\" x2=\"" << x0 << "\" y2=\"" << y0 + ph << "\" stroke=\"black\"/>\n";
-    s << "<line x1=\"" << x0 << "\" y1=\"" << y0 + ph << "\" x2=\"" << x0 + pw << "\" y2=\"" << y0 + ph
-      << "\" stroke=\"black\"/>\n";
-    s << "<text x=\"" << x0 + pw / 2 << "\" y=\"" << y0 + ph + 36 << "\" text-anchor=\"middle\">cores</text>\n";
-    s << "<text transform=\"translate(" << x0 - 40 << "," << y0 + ph / 2
-      << ") rotate(-90)\" text-anchor=\"middle\">speed-up</text>\n";
+    svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", x0, y0, x0, y0 + ph);
+    svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", x0, y0 + ph, x0 + pw,
+             y0 + ph);
+    svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">cores</text>)", x0 + pw / 2, y0 + ph + 36);
+    svg.line(R"svg(<text transform="translate({:.1f},{:.1f}) rotate(-90)" text-anchor="middle">speed-up</text>)svg",
+             x0 - 40, y0 + ph / 2);
     // The ideal: speed-up = cores, clipped at the top of the panel.
-    s << "<polyline fill=\"none\" stroke=\"black\" stroke-dasharray=\"5,4\" points=\"";
-    for (int k : c.cores) s << X(k) << ',' << Y(k) << ' ';
-    s << "\"/>\n";
+    svg.add(R"(<polyline fill="none" stroke="black" stroke-dasharray="5,4" points=")");
+    for (int k : c.cores) svg.add("{:.1f},{:.1f} ", X(k), Y(k));
+    svg.line(R"("/>)");
     for (const auto& [mode, colour] : modes) {
       std::vector<const Point*> pts;
       for (int k : c.cores)
         if (const Point* p = d.find(w, mode, k); p && p->speedup) pts.push_back(p);
       if (pts.empty()) continue;
-      s << "<polyline fill=\"none\" stroke=\"" << colour << "\" stroke-width=\"2\" points=\"";
-      for (const Point* p : pts) s << X(p->cores) << ',' << Y(*p->speedup) << ' ';
-      s << "\"/>\n";
+      svg.add(R"(<polyline fill="none" stroke="{}" stroke-width="2" points=")", colour);
+      for (const Point* p : pts) svg.add("{:.1f},{:.1f} ", X(p->cores), Y(*p->speedup));
+      svg.line(R"("/>)");
       for (const Point* p : pts)
-        s << "<circle cx=\"" << X(p->cores) << "\" cy=\"" << Y(*p->speedup) << "\" r=\"3.5\" fill=\"" << colour
-          << "\"><title>" << mode << ", " << p->procs << " process(es) x " << p->threads
-          << " thread(s): " << human_time(p->seconds) << ", speed-up " << fmt_g(*p->speedup, 3) << "</title></circle>\n";
+        svg.line(R"(<circle cx="{:.1f}" cy="{:.1f}" r="3.5" fill="{}">)"
+                 "<title>{}, {} process(es) x {} thread(s): {}, speed-up {:.3g}</title></circle>",
+                 X(p->cores), Y(*p->speedup), colour, mode, p->procs, p->threads, human_time(p->seconds), *p->speedup);
     }
   }
   // The legend, in one row under the panels.
   double lx = left;
   const double ly = top + ph + bottom + 10;
   for (const auto& [mode, colour] : modes) {
-    s << "<line x1=\"" << lx << "\" y1=\"" << ly << "\" x2=\"" << lx + 24 << "\" y2=\"" << ly << "\" stroke=\"" << colour
-      << "\" stroke-width=\"2\"/>\n";
+    svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="{}" stroke-width="2"/>)", lx, ly, lx + 24,
+             ly, colour);
     const std::string label = mode == "processes" ? "processes (k x 1)"
                               : mode == "threads" ? "threads (1 x k)"
                               : mode == "hybrid"  ? "hybrid (k/2 x 2)"
                                                   : "OpenMP, k threads";
-    s << "<text x=\"" << lx + 30 << "\" y=\"" << ly + 4 << "\">" << label << "</text>\n";
+    svg.line(R"(<text x="{:.1f}" y="{:.1f}">{}</text>)", lx + 30, ly + 4, label);
     lx += 170;
   }
-  s << "<line x1=\"" << lx << "\" y1=\"" << ly << "\" x2=\"" << lx + 24 << "\" y2=\"" << ly
-    << "\" stroke=\"black\" stroke-dasharray=\"5,4\"/>\n";
-  s << "<text x=\"" << lx + 30 << "\" y=\"" << ly + 4 << "\">ideal</text>\n";
-  s << "</svg>\n";
-  std::ofstream out(path);
-  out << s.str();
-  if (!out) die("cannot write the chart to '" + path + "'");
+  svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black" stroke-dasharray="5,4"/>)", lx, ly,
+           lx + 24, ly);
+  svg.line(R"(<text x="{:.1f}" y="{:.1f}">ideal</text>)", lx + 30, ly + 4);
+  svg.line("</svg>");
+  if (!svg.write_to(path)) die(fmt::format("cannot write the chart to '{}'", path));
 }
 
 // --- options ------------------------------------------------------------------------------
@@ -643,9 +631,10 @@ int main(int argc, char** argv) {
   }
 
   if (vscale::nworkers() > 0 || vscale::nthreads() > 1) {
-    std::cerr << "bench_scaling: the driver starts every run with its own processes and threads; give it no -p/-t "
-                 "(nor VSCALE_PROCS/VSCALE_THREADS)\n"
-              << kUsage;
+    fmt::print(stderr,
+               "bench_scaling: the driver starts every run with its own processes and threads; give it no -p/-t "
+               "(nor VSCALE_PROCS/VSCALE_THREADS)\n{}",
+               kUsage);
     return 2;
   }
 
@@ -684,7 +673,7 @@ int main(int argc, char** argv) {
     } else if (a == "--mc-samples") {
       mc_n = parse_positive(a, value());
     } else if (a == "-h" || a == "--help") {
-      std::cout << kUsage;
+      fmt::print("{}", kUsage);
       return 0;
     } else {
       die("unknown option '" + a + "'\n" + kUsage);
@@ -728,19 +717,18 @@ int main(int argc, char** argv) {
   const std::string dir = self.substr(0, self.rfind('/'));
 
   if (!c.json) {
-    std::printf("bench_scaling: %d usable CPUs; cores:", usable);
-    for (int k : c.cores) std::printf(" %d", k);
-    std::printf("; median of %d reps%s\n", c.reps, c.quick ? " (--quick: small sizes, not a measurement)" : "");
-    std::printf("modes: processes = k workers x 1 thread; threads = one process x k threads (advection, stencil: 1 "
-                "worker x k,\n       the master only waits; Monte Carlo: the master alone, -p 0 -t k); hybrid = k/2 "
-                "processes x 2 threads\n       (even k >= 4); speed-up = time of processes at k = 1 / time\n");
+    fmt::print("bench_scaling: {} usable CPUs; cores: {}; median of {} reps{}\n", usable, fmt::join(c.cores, " "), c.reps,
+               c.quick ? " (--quick: small sizes, not a measurement)" : "");
+    fmt::print("modes: processes = k workers x 1 thread; threads = one process x k threads (advection, stencil: 1 "
+               "worker x k,\n       the master only waits; Monte Carlo: the master alone, -p 0 -t k); hybrid = k/2 "
+               "processes x 2 threads\n       (even k >= 4); speed-up = time of processes at k = 1 / time\n");
     for (int k : c.cores)
-      if (k > usable) std::printf("note: %d cores is more than the %d usable CPUs: oversubscribed\n", k, usable);
+      if (k > usable) fmt::print("note: {} cores is more than the {} usable CPUs: oversubscribed\n", k, usable);
     // Timings on a shared machine mean little under load: say what the load was.
     if (std::ifstream la("/proc/loadavg"); la) {
       double l1 = 0;
       if (la >> l1 && l1 > 0.5 * usable)
-        std::printf("note: load average %.2f at start on %d usable CPUs: expect noisy timings\n", l1, usable);
+        fmt::print("note: load average {:.2f} at start on {} usable CPUs: expect noisy timings\n", l1, usable);
     }
     std::fflush(stdout);
   }
@@ -753,16 +741,16 @@ int main(int argc, char** argv) {
   }
   std::FILE* info = c.json ? stderr : stdout;  // with --json, stdout carries JSON lines only
   if (!c.json && std::any_of(c.workloads.begin(), c.workloads.end(), [](const std::string& w) { return w != "monte_carlo_pi"; }))
-    std::printf("(vs OpenMP: time / openmp_reference time with k threads in one process)\n");
+    fmt::print("(vs OpenMP: time / openmp_reference time with k threads in one process)\n");
   print_targets(info, c, d);
-  for (const auto& n : d.notes()) std::fprintf(info, "note: %s\n", n.c_str());
+  for (const auto& n : d.notes()) fmt::print(info, "note: {}\n", n);
   if (!c.svg.empty()) {
     write_svg(c.svg, c, d);
-    std::fprintf(info, "chart: %s\n", c.svg.c_str());
+    fmt::print(info, "chart: {}\n", c.svg);
   }
   if (!d.failures().empty()) {
-    std::fprintf(stderr, "\nbench_scaling: %zu failure(s):\n", d.failures().size());
-    for (const auto& f : d.failures()) std::fprintf(stderr, "  %s\n", f.c_str());
+    fmt::print(stderr, "\nbench_scaling: {} failure(s):\n", d.failures().size());
+    for (const auto& f : d.failures()) fmt::print(stderr, "  {}\n", f);
     return 1;
   }
   return 0;

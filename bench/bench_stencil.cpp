@@ -36,15 +36,12 @@
 // on the 16-core bench host a Barrier crossing with 16 processes <= 2 us.
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
-#include <iostream>
 #include <limits>
 #include <map>
 #include <memory>
 #include <new>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -53,6 +50,7 @@
 #include <omp.h>
 #endif
 
+#include <fmt/format.h>
 #include <tbb/task_arena.h>
 
 #include <heat.hpp>
@@ -75,7 +73,7 @@ using View = vscale::kernels::Grid3<double>;
 namespace kn = vscale::kernels;
 
 [[noreturn]] void die(const std::string& what) {
-  std::cerr << "bench_stencil: " << what << '\n';
+  fmt::print(stderr, "bench_stencil: {}\n", what);
   std::exit(2);
 }
 
@@ -146,13 +144,13 @@ double gb_per_s(std::size_t n, std::size_t steps, double seconds) {
 }
 
 void print_json(const Result& r) {
-  std::printf("{\"bench\":\"stencil\",\"variant\":\"%s\",\"procs\":%d,\"threads\":%d,\"n\":%zu,\"seconds\":%.9g,"
-              "\"steps\":%zu,\"reps\":%d,\"gb_per_s\":%.6g,\"max_abs_diff\":%.17g",
-              r.variant.c_str(), r.procs, r.threads, r.n, r.seconds, r.steps, r.reps, r.gb_per_s, r.max_abs_diff);
-  if (r.ratio) std::printf(",\"ratio_to_openmp\":%.4g", *r.ratio);
-  if (r.us_per_crossing) std::printf(",\"us_per_crossing\":%.6g", *r.us_per_crossing);
-  std::printf("}\n");
-  std::fflush(stdout);
+  bench_util::JsonLine j;
+  j.add(R"("bench":"stencil","variant":"{}","procs":{},"threads":{},"n":{},"seconds":{:.9g},)"
+        R"("steps":{},"reps":{},"gb_per_s":{:.6g},"max_abs_diff":{:.17g})",
+        r.variant, r.procs, r.threads, r.n, r.seconds, r.steps, r.reps, r.gb_per_s, r.max_abs_diff);
+  if (r.ratio) j.add(R"(,"ratio_to_openmp":{:.4g})", *r.ratio);
+  if (r.us_per_crossing) j.add(R"(,"us_per_crossing":{:.6g})", *r.us_per_crossing);
+  j.print();
 }
 
 
@@ -161,7 +159,7 @@ std::unique_ptr<double[]> raw_array(std::size_t n, const char* who) {
   try {
     return std::unique_ptr<double[]>(new double[n * n * n]);
   } catch (const std::bad_alloc&) {
-    die(std::string(who) + ": cannot allocate " + std::to_string((n * n * n * sizeof(double)) >> 20) + " MiB");
+    die(fmt::format("{}: cannot allocate {} MiB", who, (n * n * n * sizeof(double)) >> 20));
   }
 }
 
@@ -282,10 +280,10 @@ std::vector<int> set_workers(int p) {
   if (static_cast<int>(have.size()) < p) {
     auto got = vscale::addprocs(p - static_cast<int>(have.size()));
     if (static_cast<int>(got.size() + have.size()) != p)
-      die("addprocs started " + std::to_string(got.size()) + " of " + std::to_string(p - have.size()) + " workers");
+      die(fmt::format("addprocs started {} of {} workers", got.size(), p - have.size()));
   }
   std::vector<int> w = vscale::workers();
-  if (static_cast<int>(w.size()) != p) die("have " + std::to_string(w.size()) + " workers, wanted " + std::to_string(p));
+  if (static_cast<int>(w.size()) != p) die(fmt::format("have {} workers, wanted {}", w.size(), p));
   return w;
 }
 
@@ -370,7 +368,7 @@ int main(int argc, char** argv) {
         if (std::find(kVariants.begin(), kVariants.end(), v) == kVariants.end())
           die("unknown variant '" + v + "'\n" + kUsage);
     } else if (a == "-h" || a == "--help") {
-      std::cout << kUsage;
+      fmt::print("{}", kUsage);
       return 0;
     } else {
       die("unknown option '" + a + "'\n" + kUsage);
@@ -388,7 +386,7 @@ int main(int argc, char** argv) {
 #ifndef _OPENMP
   for (const char* v : {"openmp_reference", "openmp_barrier"})
     if (wants(v)) {
-      std::cerr << "bench_stencil: built without OpenMP: no " << v << " (and no ratios to it)\n";
+      fmt::print(stderr, "bench_stencil: built without OpenMP: no {} (and no ratios to it)\n", v);
       variants.erase(std::find(variants.begin(), variants.end(), v));
     }
 #endif
@@ -405,10 +403,10 @@ int main(int argc, char** argv) {
   };
   const bool stencil = wants("serial") || wants("per_step") || wants("persistent") || wants("openmp_reference");
   if (!json)
-    std::printf("bench_stencil: 7-point heat stencil on %zu^3 doubles (2 arrays of %zu MiB), %zu steps, median of %d "
-                "reps, %d usable CPUs, TBB arena of %d threads on the master\n",
-                n, (n * n * n * sizeof(double)) >> 20, steps, reps, vscale::usable_cpus(),
-                tbb::this_task_arena::max_concurrency());
+    fmt::print("bench_stencil: 7-point heat stencil on {}^3 doubles (2 arrays of {} MiB), {} steps, median of {} "
+               "reps, {} usable CPUs, TBB arena of {} threads on the master\n",
+               n, (n * n * n * sizeof(double)) >> 20, steps, reps, vscale::usable_cpus(),
+               tbb::this_task_arena::max_concurrency());
 
   // The serial result is the reference for every other variant (computed even when serial is
   // not measured).
@@ -467,19 +465,16 @@ int main(int argc, char** argv) {
   }
 
   if (!json) {
-    std::printf("\n%-18s %9s %8s %14s %9s %11s %10s\n", "variant", "processes", "threads", "time", "GB/s", "vs OpenMP",
-                "max diff");
+    fmt::print("\n{:<18} {:>9} {:>8} {:>14} {:>9} {:>11} {:>10}\n", "variant", "processes", "threads", "time", "GB/s",
+               "vs OpenMP", "max diff");
     for (const Result& r : results) {
-      char ratio[32] = "-", gbs[32] = "-";
-      if (r.ratio) std::snprintf(ratio, sizeof ratio, "%.2fx", *r.ratio);
-      if (!r.is_barrier()) std::snprintf(gbs, sizeof gbs, "%.2f", r.gb_per_s);
       const std::string time = human_time(r.seconds) + (r.is_barrier() ? "/cross" : "");
-      std::printf("%-18s %9d %8d %14s %9s %11s %10.3g\n", r.variant.c_str(), r.procs, r.threads, time.c_str(), gbs, ratio,
-                  r.max_abs_diff);
+      fmt::print("{:<18} {:>9} {:>8} {:>14} {:>9} {:>11} {:>10.3g}\n", r.variant, r.procs, r.threads, time,
+                 r.is_barrier() ? "-" : fmt::format("{:.2f}", r.gb_per_s), r.ratio ? fmt::format("{:.2f}x", *r.ratio) : "-",
+                 r.max_abs_diff);
     }
-    std::printf("(vs OpenMP: time / openmp_reference time with as many threads as the variant uses cores; the\n"
-                " barrier lines give the time per crossing, measured over %s)\n",
-                "many crossings in a loop on every participant");
+    fmt::print("(vs OpenMP: time / openmp_reference time with as many threads as the variant uses cores; the\n"
+               " barrier lines give the time per crossing, measured over many crossings in a loop on every participant)\n");
     auto find = [&](const std::string& v, int p, int t) -> const Result* {
       for (const auto& r : results)
         if (r.variant == v && r.procs == p && r.threads == t) return &r;
@@ -489,23 +484,23 @@ int main(int argc, char** argv) {
       for (int t : thread_counts) {
         const Result *pe = find("persistent", p, t), *ps = find("per_step", p, t);
         if (pe && pe->ratio)
-          std::printf("%2d processes x %d threads: persistent / openmp_reference = %.2f (target <= 1.15 on 2 cores)\n", p,
-                      t, *pe->ratio);
+          fmt::print("{:>2} processes x {} threads: persistent / openmp_reference = {:.2f} (target <= 1.15 on 2 cores)\n",
+                     p, t, *pe->ratio);
         if (pe && ps)
-          std::printf("%2d processes x %d threads: per_step / persistent = %.2f\n", p, t, ps->seconds / pe->seconds);
+          fmt::print("{:>2} processes x {} threads: per_step / persistent = {:.2f}\n", p, t, ps->seconds / pe->seconds);
       }
       const Result *vb = find("barrier", p, 1), *ob = find("openmp_barrier", p, 1);
       if (vb && ob)
-        std::printf("%2d processes: Barrier crossing %s, OpenMP barrier (%d threads) %s: ratio %.2f\n", p,
-                    human_time(vb->seconds).c_str(), p, human_time(ob->seconds).c_str(), vb->seconds / ob->seconds);
+        fmt::print("{:>2} processes: Barrier crossing {}, OpenMP barrier ({} threads) {}: ratio {:.2f}\n", p,
+                   human_time(vb->seconds), p, human_time(ob->seconds), vb->seconds / ob->seconds);
     }
   }
 
   bool ok = true;
   for (const auto& r : results)
     if (r.max_abs_diff != 0) {
-      std::cerr << "bench_stencil: " << r.variant << " with " << r.procs << " process(es) x " << r.threads
-                << " thread(s) differs from serial by " << r.max_abs_diff << '\n';
+      fmt::print(stderr, "bench_stencil: {} with {} process(es) x {} thread(s) differs from serial by {:g}\n", r.variant,
+                 r.procs, r.threads, r.max_abs_diff);
       ok = false;
     }
   return ok ? 0 : 1;

@@ -1,5 +1,6 @@
-// What every vscale benchmark needs: timing, medians, readable times, and the reference that
-// remote calls are measured against (a 1-byte round trip over a Unix socketpair).
+// What every vscale benchmark needs: timing, medians, readable times, the --json lines, and the
+// reference that remote calls are measured against (a 1-byte round trip over a Unix socketpair).
+// Text is formatted with fmt (its {:.9g} etc. write exactly what printf's %.9g does).
 #pragma once
 
 #include <sys/socket.h>
@@ -13,9 +14,14 @@
 #include <cstdlib>
 #include <cmath>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include <fmt/format.h>
 
 namespace bench_util {
 
@@ -31,20 +37,63 @@ inline double median(std::vector<double> v) {
 
 /// "1.69 us", "8.2 ms", ...
 inline std::string human_time(double s) {
-  char buf[64];
-  if (s < 1e-6)
-    std::snprintf(buf, sizeof buf, "%.1f ns", s * 1e9);
-  else if (s < 1e-3)
-    std::snprintf(buf, sizeof buf, "%.2f us", s * 1e6);
-  else if (s < 1)
-    std::snprintf(buf, sizeof buf, "%.2f ms", s * 1e3);
-  else
-    std::snprintf(buf, sizeof buf, "%.3f s", s);
-  return buf;
+  if (s < 1e-6) return fmt::format("{:.1f} ns", s * 1e9);
+  if (s < 1e-3) return fmt::format("{:.2f} us", s * 1e6);
+  if (s < 1) return fmt::format("{:.2f} ms", s * 1e3);
+  return fmt::format("{:.3f} s", s);
 }
 
+/// One line of a bench's --json output: a flat object, appended to piece by piece (each piece
+/// an fmt format, e.g. add(R"(,"per_s":{:.6g})", x)), then printed whole and flushed, so that
+/// a driver reading the pipe (bench_scaling) gets every measurement as it is made.
+class JsonLine {
+ public:
+  JsonLine() { buf_.push_back('{'); }
+  /// Appends `f` formatted with `args`.
+  template <class... T>
+  JsonLine& add(fmt::format_string<T...> f, T&&... args) {
+    fmt::format_to(std::back_inserter(buf_), f, std::forward<T>(args)...);
+    return *this;
+  }
+  /// Closes the object and prints it on stdout as one line.
+  void print() {
+    fmt::print("{}}}\n", fmt::string_view(buf_.data(), buf_.size()));
+    std::fflush(stdout);
+  }
+
+ private:
+  fmt::memory_buffer buf_;
+};
+
+/// Text made with fmt piece by piece or line by line (the SVG charts), then written to a file.
+class Text {
+ public:
+  /// Appends `f` formatted with `args`.
+  template <class... T>
+  Text& add(fmt::format_string<T...> f, T&&... args) {
+    fmt::format_to(std::back_inserter(buf_), f, std::forward<T>(args)...);
+    return *this;
+  }
+  /// The same, and a newline.
+  template <class... T>
+  Text& line(fmt::format_string<T...> f, T&&... args) {
+    fmt::format_to(std::back_inserter(buf_), f, std::forward<T>(args)...);
+    buf_.push_back('\n');
+    return *this;
+  }
+  /// Writes it all to `path`; false when that fails.
+  bool write_to(const std::string& path) const {
+    std::ofstream out(path);
+    out.write(buf_.data(), static_cast<std::streamsize>(buf_.size()));
+    return static_cast<bool>(out);
+  }
+
+ private:
+  fmt::memory_buffer buf_;
+};
+
 [[noreturn]] inline void fail(const char* program, const std::string& what) {
-  std::fprintf(stderr, "%s: %s\n", program, what.c_str());
+  fmt::print(stderr, "{}: {}\n", program, what);
   std::exit(1);
 }
 
@@ -109,7 +158,7 @@ inline long parse_positive(const char* program, const std::string& opt, const st
   char* end = nullptr;
   const double x = std::strtod(v.c_str(), &end);
   if (v.empty() || *end != '\0' || !(x >= 1) || x > 9e18 || x != std::floor(x)) {
-    std::fprintf(stderr, "%s: %s needs a positive integer, got '%s'\n", program, opt.c_str(), v.c_str());
+    fmt::print(stderr, "{}: {} needs a positive integer, got '{}'\n", program, opt, v);
     std::exit(2);
   }
   return static_cast<long>(x);

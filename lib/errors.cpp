@@ -7,6 +7,8 @@
 #include <typeinfo>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "vscale/detail/core.hpp"
 
 namespace vscale {
@@ -16,14 +18,14 @@ namespace {
 // "worker 3", or the master by name (it is not a worker).
 std::string process_name(int pid, bool origin) {
   if (pid == 1) return origin ? "the master (process 1)" : "the master";
-  return "worker " + std::to_string(pid);
+  return fmt::format("worker {}", pid);
 }
 
 // The path origin first, as what() tells it: "on worker 3, called from worker 2".
 std::string remote_what(const std::vector<int>& path, const std::string& type, const std::string& message) {
-  std::string s = "on " + process_name(path.front(), true);
-  for (std::size_t i = 1; i < path.size(); ++i) s += ", called from " + process_name(path[i], false);
-  return s + ": " + type + ": " + message;
+  std::string s = fmt::format("on {}", process_name(path.front(), true));
+  for (std::size_t i = 1; i < path.size(); ++i) s += fmt::format(", called from {}", process_name(path[i], false));
+  return fmt::format("{}: {}: {}", s, type, message);
 }
 
 std::vector<int> normal_path(int pid, std::vector<int> path) {
@@ -35,7 +37,8 @@ std::vector<int> normal_path(int pid, std::vector<int> path) {
 // "is gone".
 std::string exited_what(int pid, const std::string& reason) {
   const bool not_dead = reason.rfind("does not exist", 0) == 0 || reason.rfind("has not finished starting", 0) == 0;
-  return "vscale: process " + std::to_string(pid) + (not_dead ? " " : " is gone: ") + reason;
+  if (not_dead) return fmt::format("vscale: process {} {}", pid, reason);
+  return fmt::format("vscale: process {} is gone: {}", pid, reason);
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 
 #include "vscale/errors.hpp"
 
+#include <fmt/format.h>
 #include <hwloc.h>
 #include <sched.h>
 #include <unistd.h>
@@ -12,7 +13,6 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
-#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -542,9 +542,7 @@ Topology sysfs_topology(const std::string& root, const std::vector<int>& cpus) {
 // ------------------------------------------------------------------------------------------
 // planning helpers
 
-std::string plural(long n, const char* one, const char* many) {
-  return std::to_string(n) + " " + (n == 1 ? one : many);
-}
+std::string plural(long n, const char* one, const char* many) { return fmt::format("{} {}", n, n == 1 ? one : many); }
 
 // The CPUs processes may be pinned to, ascending: the usable set, cut to `u` CPUs when the
 // quota allows fewer, taking one CPU per physical core before any SMT sibling.
@@ -579,23 +577,16 @@ std::string human_bytes(std::uint64_t b) {
     v /= 1024.0;
     ++u;
   }
-  char buf[64];
-  if (u == 0)
-    std::snprintf(buf, sizeof buf, "%llu bytes", static_cast<unsigned long long>(b));
-  else
-    std::snprintf(buf, sizeof buf, "%.1f %s (%llu bytes)", v, units[u], static_cast<unsigned long long>(b));
-  return buf;
+  if (u == 0) return fmt::format("{} bytes", b);
+  return fmt::format("{:.1f} {} ({} bytes)", v, units[u], b);
 }
 
+// "2: [0-3] [4-7]"
 std::string describe_groups(const Groups& g) {
-  std::string s = std::to_string(g.size());
+  std::string s = fmt::to_string(g.size());
   const char* sep = ": ";
   for (auto& x : g) {
-    s += sep;
-    // Appended piecewise: GCC 12 warns falsely (-Wrestrict) about "[" + std::string&&.
-    s += '[';
-    s += format_cpu_list(x);
-    s += ']';
+    s += fmt::format("{}[{}]", sep, format_cpu_list(x));
     sep = " ";
   }
   return s;
@@ -630,8 +621,7 @@ std::string format_cpu_list(const std::vector<int>& cpus) {
     std::size_t j = i;
     while (j + 1 < v.size() && v[j + 1] == v[j] + 1) ++j;
     if (!s.empty()) s += ',';
-    s += std::to_string(v[i]);
-    if (j > i) s += "-" + std::to_string(v[j]);
+    s += j > i ? fmt::format("{}-{}", v[i], v[j]) : fmt::to_string(v[i]);
     i = j + 1;
   }
   return s;
@@ -714,11 +704,11 @@ const MachineInfo& machine() {
 
 Placement plan_placement(const MachineInfo& m, int procs, int threads, int bind) {
   if (procs < -1)
-    throw UsageError("vscale: the number of workers must be >= 0 or auto, got " + std::to_string(procs));
+    throw UsageError(fmt::format("vscale: the number of workers must be >= 0 or auto, got {}", procs));
   if (threads < -1)
-    throw UsageError("vscale: the number of threads must be >= 1 or auto, got " + std::to_string(threads));
+    throw UsageError(fmt::format("vscale: the number of threads must be >= 1 or auto, got {}", threads));
   if (bind < -1 || bind > 1)
-    throw UsageError("vscale: bind must be -1 (default), 0 (off) or 1 (on), got " + std::to_string(bind));
+    throw UsageError(fmt::format("vscale: bind must be -1 (default), 0 (off) or 1 (on), got {}", bind));
 
   const bool p_auto = procs == -1, t_auto = threads == -1;
   const int u = std::max(1, m.usable_cpus);
@@ -754,17 +744,15 @@ Placement plan_placement(const MachineInfo& m, int procs, int threads, int bind)
       }
       p.workers = static_cast<int>(groups.size());
       p.threads = static_cast<int>(lo);
-      p.how = args + ": one worker per " + kind + " (" + std::to_string(groups.size()) + "), " +
-              plural(p.threads, "thread", "threads") + " each";
-      if (lo != hi)
-        p.how += " (the smallest group's CPU count; groups have " + std::to_string(lo) + "-" +
-                 std::to_string(hi) + " CPUs)";
+      p.how = fmt::format("{}: one worker per {} ({}), {} each", args, kind, groups.size(),
+                          plural(p.threads, "thread", "threads"));
+      if (lo != hi) p.how += fmt::format(" (the smallest group's CPU count; groups have {}-{} CPUs)", lo, hi);
     } else {
       groups.clear();
       p.workers = 0;
       p.threads = u;
-      p.how = args + ": " + ucpus + " in one group (one NUMA node and L3 cache): the master alone runs " +
-              plural(u, "thread", "threads");
+      p.how = fmt::format("{}: {} in one group (one NUMA node and L3 cache): the master alone runs {}", args, ucpus,
+                          plural(u, "thread", "threads"));
     }
   } else if (p_auto) {
     const int t = std::max(1, threads);
@@ -772,35 +760,35 @@ Placement plan_placement(const MachineInfo& m, int procs, int threads, int bind)
     p.threads = t;
     if (k >= 2) {
       p.workers = k;
-      p.how = threads == 0 ? args + ": one worker per usable CPU (" + std::to_string(u) + ")"
-                           : args + ": " + ucpus + " / " + plural(t, "thread", "threads") + " = " +
-                                 plural(k, "worker", "workers");
+      p.how = threads == 0 ? fmt::format("{}: one worker per usable CPU ({})", args, u)
+                           : fmt::format("{}: {} / {} = {}", args, ucpus, plural(t, "thread", "threads"),
+                                         plural(k, "worker", "workers"));
     } else {
       // One worker beside an idle master would only add a hop to every call.
       p.workers = 0;
-      p.how = args + ": " + ucpus + (threads == 0 ? "" : " / " + plural(t, "thread", "threads") + ": room for 1 process") +
-              ": the master alone does the work (a worker would add nothing)";
+      p.how = fmt::format("{}: {}{}: the master alone does the work (a worker would add nothing)", args, ucpus,
+                          threads == 0 ? "" : fmt::format(" / {}: room for 1 process", plural(t, "thread", "threads")));
     }
   } else if (t_auto) {
     if (procs == 0) {
       p.workers = 0;
       p.threads = u;
-      p.how = args + ": the master alone, one thread per usable CPU (" + std::to_string(u) + ")";
+      p.how = fmt::format("{}: the master alone, one thread per usable CPU ({})", args, u);
     } else {
       p.workers = procs;
       p.threads = std::max(1, u / procs);
-      p.how = args + ": " + ucpus + " / " + plural(procs, "worker", "workers") + " = " +
-              plural(p.threads, "thread", "threads") + " each";
+      p.how = fmt::format("{}: {} / {} = {} each", args, ucpus, plural(procs, "worker", "workers"),
+                          plural(p.threads, "thread", "threads"));
     }
   } else {
     p.workers = procs;
     p.threads = std::max(1, threads);
     if (procs == 0)
-      p.how = (threads == 0 ? std::string("no -p or -t") : args) + ": the master alone with " +
-              plural(p.threads, "thread", "threads");
+      p.how = fmt::format("{}: the master alone with {}", threads == 0 ? "no -p or -t" : args,
+                          plural(p.threads, "thread", "threads"));
     else
-      p.how = args + ": " + plural(procs, "worker", "workers") + ", " + plural(p.threads, "thread", "threads") +
-              " each" + (threads == 0 ? " (-t not given)" : "");
+      p.how = fmt::format("{}: {}, {} each{}", args, plural(procs, "worker", "workers"),
+                          plural(p.threads, "thread", "threads"), threads == 0 ? " (-t not given)" : "");
   }
 
   p.worker_cpus.assign(static_cast<std::size_t>(p.workers), {});
@@ -819,10 +807,9 @@ Placement plan_placement(const MachineInfo& m, int procs, int threads, int bind)
   const long nproc = std::max(1, p.workers);
   const long need = nproc * p.threads;
   if (need > static_cast<long>(cpus.size())) {
-    p.warnings.push_back(std::string(bind == 1 ? "--bind: " : "") + plural(nproc, "process", "processes") +
-                         " x " + plural(p.threads, "thread", "threads") + (nproc == 1 ? " needs " : " need ") +
-                         plural(need, "CPU", "CPUs") + ", " + std::to_string(cpus.size()) +
-                         " usable; not pinning");
+    p.warnings.push_back(fmt::format("{}{} x {} {} {}, {} usable; not pinning", bind == 1 ? "--bind: " : "",
+                                     plural(nproc, "process", "processes"), plural(p.threads, "thread", "threads"),
+                                     nproc == 1 ? "needs" : "need", plural(need, "CPU", "CPUs"), cpus.size()));
     p.how += "; not pinned (does not fit)";
     return p;
   }
@@ -863,46 +850,46 @@ long oom_kill_count(const MachineInfo& m) {
 }
 
 std::string describe_machine(const MachineInfo& m) {
-  std::ostringstream o;
-  o << "online CPUs: " << m.online_cpus << "\n";
-  o << "affinity: " << format_cpu_list(m.affinity) << " (" << plural(static_cast<long>(m.affinity.size()), "CPU", "CPUs") << ")\n";
-  o << "cgroup: ";
-  if (m.cgroup_version == 0)
-    o << "none found\n";
-  else
-    o << "v" << m.cgroup_version << (m.cgroup_path.empty() ? "" : " " + m.cgroup_path) << "\n";
-  o << "CPU quota: ";
-  if (m.cpu_quota)
-    o << *m.cpu_quota << " cores\n";
-  else
-    o << "unlimited\n";
-  o << "cpuset: " << (m.cpuset.empty() ? std::string("not found") : format_cpu_list(m.cpuset)) << "\n";
-  o << "memory limit: " << (m.memory_limit ? human_bytes(*m.memory_limit) : std::string("unlimited")) << "\n";
-  o << "NUMA nodes: " << describe_groups(m.numa) << "\n";
-  o << "L3 groups: " << describe_groups(m.l3) << "\n";
   std::size_t widest = 0;
   for (auto& c : m.cores) widest = std::max(widest, c.size());
-  o << "cores: " << m.cores.size() << " (up to " << plural(static_cast<long>(widest), "CPU", "CPUs") << " each)\n";
-  o << "topology from: " << (m.topology_source.empty() ? "none" : m.topology_source) << "\n";
-  o << "usable CPUs: " << m.usable_cpus << " (of " << format_cpu_list(m.usable_set) << ")\n";
-  return o.str();
+  fmt::memory_buffer s;
+  auto o = std::back_inserter(s);
+  fmt::format_to(o, "online CPUs: {}\n", m.online_cpus);
+  fmt::format_to(o, "affinity: {} ({})\n", format_cpu_list(m.affinity),
+                 plural(static_cast<long>(m.affinity.size()), "CPU", "CPUs"));
+  if (m.cgroup_version == 0)
+    fmt::format_to(o, "cgroup: none found\n");
+  else
+    fmt::format_to(o, "cgroup: v{}{}{}\n", m.cgroup_version, m.cgroup_path.empty() ? "" : " ", m.cgroup_path);
+  if (m.cpu_quota)
+    fmt::format_to(o, "CPU quota: {:g} cores\n", *m.cpu_quota);
+  else
+    fmt::format_to(o, "CPU quota: unlimited\n");
+  fmt::format_to(o, "cpuset: {}\n", m.cpuset.empty() ? "not found" : format_cpu_list(m.cpuset));
+  fmt::format_to(o, "memory limit: {}\n", m.memory_limit ? human_bytes(*m.memory_limit) : "unlimited");
+  fmt::format_to(o, "NUMA nodes: {}\n", describe_groups(m.numa));
+  fmt::format_to(o, "L3 groups: {}\n", describe_groups(m.l3));
+  fmt::format_to(o, "cores: {} (up to {} each)\n", m.cores.size(), plural(static_cast<long>(widest), "CPU", "CPUs"));
+  fmt::format_to(o, "topology from: {}\n", m.topology_source.empty() ? "none" : m.topology_source);
+  fmt::format_to(o, "usable CPUs: {} (of {})\n", m.usable_cpus, format_cpu_list(m.usable_set));
+  return fmt::to_string(s);
 }
 
 std::string describe_placement(const Placement& p) {
-  std::ostringstream o;
   auto where = [](const std::vector<int>& cpus) {
-    return cpus.empty() ? std::string("not pinned") : "cpus " + format_cpu_list(cpus);
+    return cpus.empty() ? std::string("not pinned") : fmt::format("cpus {}", format_cpu_list(cpus));
   };
   const std::string th = plural(p.threads, "thread", "threads");
-  o << "master: " << th << ", " << where(p.master_cpus) << "\n";
+  fmt::memory_buffer s;
+  auto o = std::back_inserter(s);
+  fmt::format_to(o, "master: {}, {}\n", th, where(p.master_cpus));
   const auto n = static_cast<std::size_t>(std::max(p.workers, 0));
-  for (std::size_t i = 0; i < n; ++i) {
-    o << "worker " << i + 1 << " of " << n << ": " << th << ", "
-      << where(i < p.worker_cpus.size() ? p.worker_cpus[i] : std::vector<int>{}) << "\n";
-  }
-  o << p.how << "\n";
-  for (auto& w : p.warnings) o << "warning: " << w << "\n";
-  return o.str();
+  for (std::size_t i = 0; i < n; ++i)
+    fmt::format_to(o, "worker {} of {}: {}, {}\n", i + 1, n, th,
+                   where(i < p.worker_cpus.size() ? p.worker_cpus[i] : std::vector<int>{}));
+  fmt::format_to(o, "{}\n", p.how);
+  for (auto& w : p.warnings) fmt::format_to(o, "warning: {}\n", w);
+  return fmt::to_string(s);
 }
 
 }  // namespace vscale
