@@ -24,4 +24,14 @@ int futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, long ti
 
 int futex_wake(std::atomic<std::uint32_t>& word, int count) { return detail::futex_wake(word, count); }
 
+// std::atomic<uint32_t> and a uint32_t under atomic_ref have the same size and layout.
+static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t) && std::atomic_ref<std::uint32_t>::is_always_lock_free);
+
+int futex_wait(std::uint32_t* word, std::uint32_t expected, long timeout_ns) {
+  return futex_wait(*reinterpret_cast<std::atomic<std::uint32_t>*>(word), expected, timeout_ns);
+}
+int futex_wake(std::uint32_t* word, int count) {
+  return futex_wake(*reinterpret_cast<std::atomic<std::uint32_t>*>(word), count);
+}
+
 }  // namespace vscale::ext

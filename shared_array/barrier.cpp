@@ -1,9 +1,6 @@
 // Barrier's non-template part: construction (on the master, or asked of it), the crossing,
 // and the slow path (futex sleep, liveness checks, the broken state).
-#include <linux/futex.h>
 #include <sched.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
@@ -13,8 +10,7 @@
 #include <string>
 
 #include "vscale/barrier.hpp"
-#include "vscale/detail/runtime.hpp"
-#include "vscale/detail/transport.hpp"
+#include "vscale/ext.hpp"
 
 namespace vscale {
 
@@ -32,13 +28,10 @@ constexpr long kSleepNs = 100'000'000L;
 // std::atomic_ref, which for uint32_t is lock-free and has the word's own size and layout.
 static_assert(std::atomic_ref<std::uint32_t>::is_always_lock_free);
 
-// Shared futexes (no FUTEX_PRIVATE_FLAG): the waiter and the waker are different processes,
-// and the kernel keys a shared futex on the memfd page, not on the (per-process) address.
-int futex_wait(std::uint32_t* word, std::uint32_t expected, long timeout_ns) {
-  timespec ts{timeout_ns / 1'000'000'000L, timeout_ns % 1'000'000'000L};
-  return static_cast<int>(syscall(SYS_futex, word, FUTEX_WAIT, expected, &ts, nullptr, 0));
-}
-void futex_wake_all(std::uint32_t* word) { syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0); }
+// Shared futexes (ext.hpp): the waiter and the waker are different processes, and the kernel
+// keys a shared futex on the memfd page, not on the (per-process) address.
+using ext::futex_wait;
+void futex_wake_all(std::uint32_t* word) { ext::futex_wake(word, INT_MAX); }
 
 std::string pid_list(const std::vector<int>& pids) {
   std::string s;
@@ -58,12 +51,11 @@ Barrier::Barrier(const std::vector<int>& pids) {
       if (pids[a] == pids[b])
         throw UsageError("vscale: Barrier" + pid_list(pids) + ": process " + std::to_string(pids[a]) +
                          " is listed twice (each participant waits once per phase)");
-  detail::Runtime& rt = detail::Runtime::get("Barrier");
   for (int p : pids)
-    if (!rt.alive(p))
+    if (!ext::alive(p))
       throw UsageError("vscale: Barrier" + pid_list(pids) + ": process " + std::to_string(p) + " " +
-                       rt.dead_reason(p) + " (procs() = " + pid_list(procs()) + ")");
-  if (!rt.master()) {
+                       ext::dead_reason(p) + " (procs() = " + pid_list(procs()) + ")");
+  if (!ext::is_master()) {
     *this = remotecall_fetch(1, &make_on_master, pids);
     return;
   }
@@ -76,8 +68,7 @@ std::string Barrier::describe() const { return "vscale::Barrier over processes "
 
 void Barrier::wait() const {
   if (!state_.valid()) throw UsageError("vscale: wait() on an empty Barrier (moved-from or default-constructed)");
-  detail::Runtime& rt = detail::Runtime::get("Barrier::wait");
-  const int me = rt.self();
+  const int me = myid();
   bool member = false;
   for (int p : state_.pids()) member |= p == me;
   if (!member)
@@ -106,20 +97,16 @@ void Barrier::wait() const {
   // touching the job-wide spinner count (one more contended cache line per crossing).
   for (unsigned n = 0; n < 128; ++n) {
     if (generation.load(std::memory_order_acquire) != g) return;
-    detail::cpu_relax();
+    ext::cpu_relax();
   }
   // Spin on only within the job's spin budget (one spinner more than CPUs, shared with the
   // runtime's idle threads): where every CPU already has a spinner, spinning only delays the
   // participant we wait for.
-  if (rt.try_spin()) {
-    struct Leave {
-      detail::Runtime& r;
-      ~Leave() { r.leave_spin(); }
-    } leave{rt};
+  if (ext::SpinPlace place; place) {
     const auto until = std::chrono::steady_clock::now() + kSpin;
     for (unsigned n = 1;; ++n) {
       if (generation.load(std::memory_order_acquire) != g) return;
-      detail::cpu_relax();
+      ext::cpu_relax();
       if ((n & 63) == 0) {
         if (std::chrono::steady_clock::now() > until) break;
         // On a busy (or oversubscribed) host the participant we wait for may be runnable on
@@ -165,8 +152,12 @@ void Barrier::wait_slow(std::uint32_t g) const {
 }
 
 void Barrier::throw_broken(int dead) const {
-  std::string reason = "is gone";
-  if (detail::Runtime* rt = detail::Runtime::current()) reason = rt->dead_reason(dead);
+  std::string reason = "exited";
+  try {
+    reason = ext::dead_reason(dead);
+  } catch (const Error&) {
+    // no Session any more: keep the plain word
+  }
   throw ProcessExitedException(dead, reason + "; the " + describe() + " can no longer complete (process " +
                                          std::to_string(dead) + " will never arrive; waited in process " +
                                          std::to_string(myid()) + ")");

@@ -43,6 +43,13 @@ class SpinPlace {
 int futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, long timeout_ns);
 /// Wake up to `count` threads sleeping on `word`, in any process. Returns how many woke.
 int futex_wake(std::atomic<std::uint32_t>& word, int count);
+/// The same on a plain word that is only ever accessed through std::atomic_ref (a word of a
+/// SharedArray, say).
+int futex_wait(std::uint32_t* word, std::uint32_t expected, long timeout_ns);
+int futex_wake(std::uint32_t* word, int count);
+
+/// A pause for spin loops (PAUSE on x86, YIELD on Arm).
+using detail::cpu_relax;
 
 /// remote_do that never waits for ring space (a full ring queues it, sent in order) and
 /// never throws (a message to a process that is gone is dropped): for code that runs where

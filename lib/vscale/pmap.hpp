@@ -22,13 +22,12 @@
 // (designated initializers, in the order of the members below). The braced options are a
 // PmapOptionsFor<R>, R being f's result type, so that on_error is typed: a function from the
 // exception to R, and one whose result does not convert to R is a compile error. A named
-// options variable is a vscale::PmapOptionsFor<R>, or a vscale::PmapOptions (whose on_error
-// is the old untyped one, deprecated).
+// options variable is a vscale::PmapOptionsFor<R>, or a vscale::PmapOptions (every option but
+// on_error, for options that do not depend on the result type).
 #pragma once
 
 #include <unistd.h>
 
-#include <any>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -120,15 +119,10 @@ struct PmapOptionsFor {
   bool threads = false;
 };
 
-/// PmapOptionsFor<R> for options that do not depend on the result type (a named variable, a
-/// parameter of one's own function); pmap(f, xs, opts) takes it too. Its on_error is the old
-/// untyped one, kept for a transition only: use PmapOptionsFor<R> or a braced list instead.
+/// PmapOptionsFor<R> without on_error, for options that do not depend on the result type (a
+/// named variable, a parameter of one's own function); pmap(f, xs, opts) takes it too.
 struct PmapOptions {
   std::size_t batch_size = 0;  ///< see PmapOptionsFor
-  /// Deprecated, for a transition: its result is checked only at run time (a UsageError when
-  /// it is not exactly f's result type, e.g. -1 for a long). Use PmapOptionsFor<R>::on_error
-  /// (or a braced list in the call), which is typed.
-  std::function<std::any(std::exception_ptr)> on_error{};
   std::vector<std::chrono::duration<double>> retry_delays{};  ///< see PmapOptionsFor
   std::function<bool(std::exception_ptr)> retry_check{};      ///< see PmapOptionsFor
   const WorkerPool* pool = nullptr;                           ///< see PmapOptionsFor
@@ -601,18 +595,6 @@ template <class F, class Collection, std::same_as<PmapOptions> O>
 auto pmap(F f, const Collection& collection, const O& opt) {
   using R = detail::pmap_result_t<F, Collection>;
   PmapOptionsFor<R> typed{opt.batch_size, {}, opt.retry_delays, opt.retry_check, opt.pool, opt.progress, opt.threads};
-  if (opt.on_error) {
-    // The untyped on_error (deprecated): called where the typed one is, inside the handler of
-    // the failure; a value of another type than R ends the pmap with a UsageError saying so.
-    typed.on_error = [legacy = opt.on_error](const std::exception&) -> R {
-      std::any v = legacy(std::current_exception());
-      if (R* r = std::any_cast<R>(&v)) return std::move(*r);
-      throw UsageError("vscale::pmap: on_error returned a " + detail::demangle(v.type().name()) +
-                       ", not the result type of the function (" + detail::demangle(typeid(R).name()) +
-                       "): PmapOptions::on_error is untyped; use a braced list or vscale::PmapOptionsFor<R>, "
-                       "whose on_error converts its result");
-    };
-  }
   return pmap(std::move(f), collection, typed);
 }
 

@@ -43,10 +43,8 @@ constexpr void check_call() {
                 "vscale: the function cannot be called with these arguments (after decay: each argument "
                 "arrives as a value of its decayed type)");
   static_assert(shippable_v<F>,
-                "vscale: this callable cannot be shipped to another process. A lambda must capture only "
-                "trivially copyable values (capture by value; no std::string/std::vector captures): "
-                "pass big or non-trivial data as arguments, or use vscale::closure(lambda, captures...). "
-                "A function object needs a cereal serialize member.");
+                "vscale: this callable cannot be shipped to another process. " VSCALE_SHIP_CAPTURE_RULE
+                " A function object needs a cereal serialize member.");
   static_assert((!(std::is_pointer_v<A> && !FunctionPointer<A>)&&...),
                 "vscale: a raw pointer cannot be shipped to another process (its address means nothing "
                 "there). Pass the value itself, a std::vector, or a SharedArray.");

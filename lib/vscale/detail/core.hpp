@@ -19,6 +19,15 @@
 
 namespace vscale::detail {
 
+/// A pause for spin loops (PAUSE on x86, YIELD on Arm).
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
 /// Names a remote value: `owner` keeps it, `creator` made the id, `seq` is unique per creator.
 struct RefId {
   std::int32_t owner = 0;

@@ -292,12 +292,6 @@ class ShmTransport final : public Transport {
   std::atomic<std::uint64_t> messages_sent_{0};
 };
 
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_ia32_pause();
-#elif defined(__aarch64__)
-  asm volatile("yield");
-#endif
-}
+
 
 }  // namespace vscale::detail
