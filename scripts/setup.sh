@@ -15,7 +15,7 @@ case "$mode" in
   *) echo "usage: $0 [demo|test]" >&2; exit 2 ;;
 esac
 
-packages=(g++ cmake make pkg-config libtbb-dev libboost-dev libeigen3-dev libfmt-dev
+packages=(g++ cmake make pkg-config libtbb-dev libeigen3-dev libfmt-dev
           doctest-dev libcereal-dev libhwloc-dev)
 
 missing=()
