@@ -162,19 +162,6 @@ void check_pair(const SharedArray<T, 3>& a, const SharedArray<T, 3>& b, const ch
                      ": the two arrays need the same dimensions and the same processes (procs)");
 }
 
-// Wait for every call; rethrow the first failure once all have finished.
-inline void wait_all(std::vector<Future<void>>& calls) {
-  std::exception_ptr first;
-  for (auto& c : calls) {
-    try {
-      c.wait();
-    } catch (...) {
-      if (!first) first = std::current_exception();
-    }
-  }
-  if (first) std::rethrow_exception(first);
-}
-
 // Run f() with `threads` TBB threads at hand: in the calling thread's arena when it has that
 // many (the runtime's per-process arena), else in an arena made for the call.
 template <class F>
@@ -207,7 +194,7 @@ void heat_per_step(const SharedArray<T, 3>& a, const SharedArray<T, 3>& b, std::
     calls.clear();
     for (int p : procs(a))
       calls.push_back(remotecall(p, &heat_step_part<T>, s % 2 ? b : a, s % 2 ? a : b, threads));
-    detail::wait_all(calls);
+    vscale::wait_all(calls);
   }
 }
 
@@ -241,7 +228,7 @@ void heat_persistent(const SharedArray<T, 3>& a, const SharedArray<T, 3>& b, std
     throw UsageError("vscale: heat_persistent: the Barrier must be over procs(a), the processes that share the arrays");
   std::vector<Future<void>> calls;
   for (int p : procs(a)) calls.push_back(remotecall(p, &heat_persistent_part<T>, a, b, bar, steps, threads));
-  detail::wait_all(calls);
+  vscale::wait_all(calls);
 }
 
 }  // namespace vscale::kernels

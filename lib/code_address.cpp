@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "vscale/detail/hash.hpp"
 #include "vscale/serialize.hpp"
 
 namespace vscale::detail {
@@ -22,9 +23,9 @@ struct Object {
 };
 
 std::uint64_t fnv1a(const char* s) {
-  std::uint64_t h = 1469598103934665603ull;
-  for (; *s; ++s) h = (h ^ static_cast<unsigned char>(*s)) * 1099511628211ull;
-  return h;
+  Fnv1a h;
+  h.add_cstr(s);
+  return h.value;
 }
 
 std::mutex table_mutex;

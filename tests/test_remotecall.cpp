@@ -1089,3 +1089,27 @@ TEST_CASE("remotecall.own_id_rvalue_parameter_gets_a_copy") {
   CHECK(vscale::remotecall_fetch(vscale::workers().front(), take_rvalue_vector, v) == 3);
   CHECK(v.size() == 3);  // the caller's vector is untouched either way
 }
+
+TEST_CASE("remotecall.wait_all_waits_for_every_call_then_rethrows_the_first_failure") {
+  std::vector<vscale::Future<void>> calls;
+  const int w = vscale::workers().front();
+  static std::atomic<int> finished_here{0};
+  finished_here = 0;
+  calls.push_back(vscale::remotecall(w, [] { throw std::runtime_error("first"); }));
+  calls.push_back(vscale::remotecall(1, [] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    finished_here.fetch_add(1);
+  }));
+  calls.push_back(vscale::remotecall(w, [] { throw std::logic_error("second"); }));
+  try {
+    vscale::wait_all(calls);
+    FAIL("wait_all did not rethrow");
+  } catch (const vscale::RemoteException& e) {
+    CHECK(e.message() == "first");
+  }
+  CHECK(finished_here.load() == 1);  // the slow call had finished before the error came out
+  std::vector<vscale::Future<int>> fine;
+  for (int i = 0; i < 4; ++i) fine.push_back(vscale::remotecall(w, [](int x) { return x; }, i));
+  vscale::wait_all(fine);
+  for (int i = 0; i < 4; ++i) CHECK(fine[static_cast<std::size_t>(i)].fetch() == i);
+}

@@ -34,17 +34,7 @@ class Waitable {
  public:
   Waitable() = default;
   explicit Waitable(std::vector<Future<void>> parts) : parts_(std::move(parts)) {}
-  void wait() const {
-    std::exception_ptr first;
-    for (const auto& f : parts_) {
-      try {
-        f.wait();
-      } catch (...) {
-        if (!first) first = std::current_exception();
-      }
-    }
-    if (first) std::rethrow_exception(first);
-  }
+  void wait() const { wait_all(parts_); }
   bool isready() const {
     for (const auto& f : parts_)
       if (!f.isready()) return false;

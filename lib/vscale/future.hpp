@@ -2,11 +2,13 @@
 #pragma once
 
 #include <chrono>
+#include <exception>
 #include <memory>
 #include <new>
 #include <optional>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "vscale/detail/core.hpp"
 
@@ -204,6 +206,22 @@ class Future {
   }
   std::shared_ptr<detail::FutureCore> core_;
 };
+
+/// Wait for every Future in `futures`, then rethrow the first failure, if any (so that no call
+/// is still running when the error reaches the caller). Example:
+///     std::vector<vscale::Future<void>> calls; ...; vscale::wait_all(calls);
+template <class R>
+void wait_all(const std::vector<Future<R>>& futures) {
+  std::exception_ptr first;
+  for (const auto& f : futures) {
+    try {
+      f.wait();
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
+}
 
 /// Free-function spellings, as in Julia (on an rvalue Future, fetch returns the value).
 template <class R>

@@ -304,15 +304,7 @@ class SharedArray {
           detail::shm_pin(s.map_);
         }, *this));
     detail::shm_note_pinned(*map_, pids_);
-    std::exception_ptr first;
-    for (auto& f : done) {
-      try {
-        f.wait();
-      } catch (...) {
-        if (!first) first = std::current_exception();
-      }
-    }
-    if (first) std::rethrow_exception(first);
+    wait_all(done);
   }
 
  public:
