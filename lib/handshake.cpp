@@ -116,8 +116,11 @@ bool read_all(int fd, void* p, std::size_t n) {
 /// the join only). VSCALE_DEBUGGABLE=1 keeps the process debuggable (gdb -p, perf, core
 /// dumps). Sanitizer builds stay dumpable: LeakSanitizer ptraces its own process at exit.
 void make_private() {
+  const bool debuggable = env_long("VSCALE_DEBUGGABLE", 0, 0, 1) == 1;  // checked in every build
 #if !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
-  if (env_long("VSCALE_DEBUGGABLE", 0, 0, 1) == 0) prctl(PR_SET_DUMPABLE, 0);
+  if (!debuggable) prctl(PR_SET_DUMPABLE, 0);
+#else
+  (void)debuggable;
 #endif
 }
 
