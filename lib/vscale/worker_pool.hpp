@@ -2,7 +2,7 @@
 // pool of all workers, and remotecall / remotecall_fetch on "any free worker of this pool".
 //
 // A pool's state (members, free ids, a mutex and a condition variable) lives on the process
-// that made it, in that process's registry of remote objects (see remote_channel.hpp), like
+// that made it, in that process's registry of remote objects (see detail/remote_object.hpp), like
 // a RemoteChannel's. A WorkerPool is a handle {owner, id}: copy it freely, pass it to remote
 // calls as an argument or through vscale::closure (like every vscale handle it is not
 // trivially copyable, so a shipped lambda cannot capture it), and every copy on every process
@@ -33,7 +33,7 @@
 #include "vscale/cluster.hpp"
 #include "vscale/errors.hpp"
 #include "vscale/future.hpp"
-#include "vscale/remote_channel.hpp"
+#include "vscale/detail/remote_object.hpp"
 #include "vscale/remotecall.hpp"
 
 namespace vscale {
