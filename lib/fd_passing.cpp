@@ -19,24 +19,36 @@ namespace {
 std::mutex g_fd_m;  // fds the master pushed to this worker, not yet taken
 std::condition_variable g_fd_cv;
 std::vector<std::pair<FdKey, int>> g_fds;
-}  // namespace
 
-bool send_fd(int sock, FdKey key, int fd) {
+// One message of the exchange, both ways: the key as data, one fd as SCM_RIGHTS ancillary data.
+// Not copyable: the header points into the object.
+struct FdMessage {
+  FdKey key;
   char ctrl[CMSG_SPACE(sizeof(int))] = {};
   iovec iov{&key, sizeof key};
   msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = ctrl;
-  msg.msg_controllen = sizeof ctrl;
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  FdMessage() {
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctrl;
+    msg.msg_controllen = sizeof ctrl;
+  }
+  FdMessage(const FdMessage&) = delete;
+  FdMessage& operator=(const FdMessage&) = delete;
+};
+}  // namespace
+
+bool send_fd(int sock, FdKey key, int fd) {
+  FdMessage m;
+  m.key = key;
+  cmsghdr* c = CMSG_FIRSTHDR(&m.msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN(sizeof(int));
   std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
   ssize_t k;
   do {
-    k = sendmsg(sock, &msg, MSG_NOSIGNAL);
+    k = sendmsg(sock, &m.msg, MSG_NOSIGNAL);
   } while (k < 0 && errno == EINTR);
   if (k >= 0 && k != static_cast<ssize_t>(sizeof key)) errno = EMSGSIZE;
   return k == static_cast<ssize_t>(sizeof key);
@@ -45,26 +57,19 @@ bool send_fd(int sock, FdKey key, int fd) {
 void start_fd_receiver(int sock) {
   std::thread([sock] {
     while (true) {
-      FdKey key;
-      char ctrl[CMSG_SPACE(sizeof(int))] = {};
-      iovec iov{&key, sizeof key};
-      msghdr msg{};
-      msg.msg_iov = &iov;
-      msg.msg_iovlen = 1;
-      msg.msg_control = ctrl;
-      msg.msg_controllen = sizeof ctrl;
-      ssize_t k = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+      FdMessage m;
+      ssize_t k = recvmsg(sock, &m.msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
       if (k < 0 && errno == EINTR) continue;
       if (k <= 0) {
         std::fflush(nullptr);
         _exit(0);
       }
-      cmsghdr* c = CMSG_FIRSTHDR(&msg);
-      if (k == static_cast<ssize_t>(sizeof key) && c && c->cmsg_type == SCM_RIGHTS) {
+      cmsghdr* c = CMSG_FIRSTHDR(&m.msg);
+      if (k == static_cast<ssize_t>(sizeof m.key) && c && c->cmsg_type == SCM_RIGHTS) {
         int fd;
         std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
         std::lock_guard lk(g_fd_m);
-        g_fds.emplace_back(key, fd);
+        g_fds.emplace_back(m.key, fd);
         g_fd_cv.notify_all();
       }
     }

@@ -98,6 +98,16 @@ pid_t start_helper_master(const std::string& test_case, const std::vector<std::s
   return pid;
 }
 
+// A helper master's pids, its own first, then its workers', written whole (renamed into place).
+void write_helper_pids(const std::string& out) {
+  {
+    std::ofstream f(out + ".tmp");
+    f << ::getpid() << '\n';
+    for (int w : vscale::workers()) f << os_pid_of(w) << '\n';
+  }
+  std::rename((out + ".tmp").c_str(), out.c_str());
+}
+
 std::vector<int> read_pids(const std::string& path, std::size_t want) {
   std::vector<int> pids;
   eventually([&] {
@@ -118,12 +128,7 @@ std::vector<int> read_pids(const std::string& path, std::size_t want) {
 TEST_CASE("reliability.helper_busy_master") {
   const char* out = std::getenv("VSCALE_TEST_HELPER");
   if (!out) return;
-  {
-    std::ofstream f(std::string(out) + ".tmp");
-    f << ::getpid() << '\n';
-    for (int w : vscale::workers()) f << os_pid_of(w) << '\n';
-  }
-  std::rename((std::string(out) + ".tmp").c_str(), out);
+  write_helper_pids(out);
   // A pmap that never ends (mid-pmap is when the master gets killed).
   std::vector<long> xs(1'000'000);
   for (;;) (void)vscale::pmap([](long x) {
@@ -403,15 +408,10 @@ TEST_CASE("reliability.exit_in_a_call_is_a_clean_death") {
   cluster_works();
 }
 
-TEST_CASE("reliability.helper_master_exits_in_a_call" * doctest::skip()) {
+TEST_CASE("reliability.helper_master_exits_in_a_call") {
   const char* out = std::getenv("VSCALE_TEST_HELPER");
   if (!out) return;
-  {
-    std::ofstream f(std::string(out) + ".tmp");
-    f << ::getpid() << '\n';
-    for (int w : vscale::workers()) f << os_pid_of(w) << '\n';
-  }
-  std::rename((std::string(out) + ".tmp").c_str(), out);
+  write_helper_pids(out);
   std::this_thread::sleep_for(100ms);
   // A call the master runs itself (on one of its executor threads) ends the program.
   vscale::remotecall_fetch(1, [] { std::exit(7); return 0; });
@@ -421,19 +421,7 @@ TEST_CASE("reliability.master_exit_in_a_call_ends_the_job") {
   char dir[] = "/tmp/vscale_test_exit_XXXXXX";
   REQUIRE(::mkdtemp(dir));
   const std::string pidfile = std::string(dir) + "/pids";
-  std::vector<std::string> args = {"/proc/self/exe", "-p", "2", "--test-case=reliability.helper_master_exits_in_a_call",
-                                   "--no-skip", "--no-version"};
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::vector<std::string> env_store;
-  for (char** e = environ; *e; ++e) env_store.emplace_back(*e);
-  env_store.push_back("VSCALE_TEST_HELPER=" + pidfile);
-  std::vector<char*> envp;
-  for (auto& e : env_store) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  pid_t master = -1;
-  REQUIRE(::posix_spawn(&master, "/proc/self/exe", nullptr, nullptr, argv.data(), envp.data()) == 0);
+  const pid_t master = start_helper_master("reliability.helper_master_exits_in_a_call", {"VSCALE_TEST_HELPER=" + pidfile});
   const auto pids = read_pids(pidfile, 3);
   REQUIRE(pids.size() == 3);
   int status = 0;

@@ -56,19 +56,8 @@ using detail::cpu_relax;
 /// blocking could deadlock or throwing is not allowed (destructors, the polling thread).
 template <class F, class... A>
 void post(int pid, F&& f, A&&... args) noexcept {
-  using Fd = std::decay_t<F>;
-  detail::check_call<Fd, std::decay_t<A>...>();
   try {
-    if (pid == detail::self_id()) {
-      detail::submit_local([fn = Fd(std::forward<F>(f)),
-                            tup = std::tuple<std::decay_t<A>...>(std::forward<A>(args)...)]() mutable {
-        std::apply(fn, std::move(tup));
-      });
-      return;
-    }
-    detail::Writer w;
-    detail::pack_call<Fd, std::decay_t<A>...>(w, f, args...);
-    detail::call_do(pid, detail::code_of<&detail::invoke_call<Fd, std::decay_t<A>...>>(), w, false);
+    detail::do_call(pid, false, std::forward<F>(f), std::forward<A>(args)...);
   } catch (...) {
   }
 }

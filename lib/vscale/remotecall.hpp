@@ -201,22 +201,31 @@ auto remotecall_wait(int pid, F&& f, Args&&... args) {
   return fut;
 }
 
-/// Run `f(args...)` on `pid` without any answer. An exception there is printed there.
+namespace detail {
+/// remote_do's work, shared with ext::post: run locally on one's own id, else send a kCallDo
+/// (`may_block`: wait for ring space, or queue when the ring is full).
 template <class F, class... Args>
-void remote_do(int pid, F&& f, Args&&... args) {
+void do_call(int pid, bool may_block, F&& f, Args&&... args) {
   using Fd = std::decay_t<F>;
-  detail::check_call<Fd, std::decay_t<Args>...>();
-  detail::require_session("remote_do");
-  if (pid == detail::self_id()) {
-    detail::submit_local([fn = Fd(std::forward<F>(f)),
-                          tup = std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)]() mutable {
+  check_call<Fd, std::decay_t<Args>...>();
+  if (pid == self_id()) {
+    submit_local([fn = Fd(std::forward<F>(f)),
+                  tup = std::tuple<std::decay_t<Args>...>(std::forward<Args>(args)...)]() mutable {
       std::apply(fn, std::move(tup));
     });
     return;
   }
-  detail::Writer w;
-  detail::pack_call<Fd, std::decay_t<Args>...>(w, f, args...);
-  detail::call_do(pid, detail::code_of<&detail::invoke_call<Fd, std::decay_t<Args>...>>(), w);
+  Writer w;
+  pack_call<Fd, std::decay_t<Args>...>(w, f, args...);
+  call_do(pid, code_of<&invoke_call<Fd, std::decay_t<Args>...>>(), w, may_block);
+}
+}  // namespace detail
+
+/// Run `f(args...)` on `pid` without any answer. An exception there is printed there.
+template <class F, class... Args>
+void remote_do(int pid, F&& f, Args&&... args) {
+  detail::require_session("remote_do");
+  detail::do_call(pid, true, std::forward<F>(f), std::forward<Args>(args)...);
 }
 
 /// Run `f()` on process `pid` (Julia's `@spawnat pid expr`).
