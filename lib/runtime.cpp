@@ -965,10 +965,14 @@ void call_do(int pid, CodeRef invoker, Writer& args, bool may_block) {
 }
 
 std::shared_ptr<FutureCore> new_local_core() {
-  Runtime& rt = Runtime::get("remotecall");
   auto core = std::make_shared<FutureCore>();
-  core->id = RefId{rt.self(), rt.self(), rt.next_seq()};
+  core->id = new_ref_id();
   return core;
+}
+
+RefId new_ref_id() {
+  Runtime& rt = Runtime::get("naming a value");
+  return RefId{rt.self(), rt.self(), rt.next_seq()};
 }
 
 void submit_local(std::function<void()> fn) { Runtime::get("remotecall").push_task(Task{{}, std::move(fn)}); }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <compare>
 #include <condition_variable>
 #include <chrono>
 #include <cstdint>
@@ -34,6 +35,7 @@ struct RefId {
   std::int32_t creator = 0;
   std::uint64_t seq = 0;
   friend bool operator==(const RefId&, const RefId&) = default;
+  friend auto operator<=>(const RefId&, const RefId&) = default;
 };
 struct RefIdHash {
   std::size_t operator()(const RefId& r) const noexcept {
@@ -157,6 +159,9 @@ std::shared_ptr<FutureCore> call_push(int pid, CodeRef invoker, Writer& args);
 void call_do(int pid, CodeRef invoker, Writer& args, bool may_block = true);
 /// A Future whose value is produced by this process.
 std::shared_ptr<FutureCore> new_local_core();
+/// A fresh id owned and created by this process: the one id scheme for everything a process
+/// names for others (values, channels, pools, pmap runs, SharedArrays, timed operations).
+RefId new_ref_id();
 /// Run `fn` on this process's executor, as an incoming call would.
 void submit_local(std::function<void()> fn);
 /// Block until `core` is no longer pending here, fetching from its owner when needed
