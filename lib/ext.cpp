@@ -9,6 +9,7 @@ namespace vscale::ext {
 bool is_master() { return detail::Runtime::get("is_master").master(); }
 bool alive(int id) { return detail::Runtime::get("alive").alive(id); }
 std::string dead_reason(int id) { return detail::Runtime::get("dead_reason").dead_reason(id); }
+std::size_t pending_requests_to(int id) { return detail::Runtime::get("pending_requests_to").requests().pending_to(id); }
 
 SpinPlace::SpinPlace() : held_(detail::Runtime::get("spinning").try_spin()) {}
 SpinPlace::~SpinPlace() {

@@ -430,7 +430,7 @@ void LocalLauncher::reap(Worker& w) {
   }
   if (w.removing) why = "was removed by rmprocs";
   if (!w.joined && w.failure.empty()) w.failure = why;
-  const std::size_t pending = rt_.pending_requests_to(w.id);  // before they are failed below
+  const std::size_t pending = rt_.requests().pending_to(w.id);  // before they are failed below
   rt_.segment().set_dead(w.id, why);  // every process then fails what it waits for from it
   if (w.joined && !w.removing)
     std::fprintf(stderr, "vscale: worker %d (pid %d) died: %s; %zu pending call%s failed\n", w.id,

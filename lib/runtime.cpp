@@ -1,5 +1,5 @@
-// The per-process runtime: polling the rings, dispatching messages, the executor, the
-// reference store, and the entry points that the public templates call (detail/core.hpp).
+// The per-process runtime: its life cycle, membership, sending and the questions waited on,
+// polling, dispatching what arrives, and running incoming calls for the executor.
 #include "vscale/detail/runtime.hpp"
 
 #include <fcntl.h>
@@ -38,11 +38,6 @@ inline void tsan_message_received() {}
 
 namespace vscale::detail {
 
-thread_local bool tl_executor = false;
-// An arena executor's thread, and whether it is inside arena_ now (a call it runs waits and
-// runs another queued call: that one is already inside).
-thread_local bool tl_arena_executor = false;
-thread_local bool tl_in_arena = false;
 thread_local std::uint32_t tl_dozing = 0;
 thread_local bool tl_in_call = false;
 thread_local std::uint32_t tl_call_gen = 0;
@@ -57,7 +52,6 @@ std::atomic<Runtime*> Runtime::current_{nullptr};
 
 namespace {
 
-
 std::chrono::nanoseconds spin_from_env() {
   return std::chrono::microseconds(env_long("VSCALE_SPIN_US", 100, 0, 10'000'000));
 }
@@ -69,6 +63,7 @@ std::chrono::nanoseconds spin_from_env() {
 Runtime::Runtime(int self, bool master)
     : self_(self),
       master_(master),
+      refs_(self, [this](const RefId& id, std::uint64_t w) { ask_weight(id, w); }),
       spin_us_(spin_from_env()) {
   waiting_.set_cpus(static_cast<std::int32_t>(usable_cpus()));
 }
@@ -93,54 +88,24 @@ void Runtime::start(int threads) {
   shm_.start(self_);
   known_dead_.assign(seg_.max_procs(), 0);
   current_.store(this, std::memory_order_release);
-  max_exec_ = static_cast<int>(env_long("VSCALE_MAX_EXECUTORS", 256, 1, 65536));
-  threads_ = std::max(1, threads);
   waiting_.init(seg_, self_, spin_us_);  // the job's spin budget: the master's CPU count
-  // TBB sizes its worker pool from the affinity mask and ignores cgroup quotas (Debian's
-  // 2021.8): set the limit ourselves, high enough for an arena of threads_. An arena with no
-  // reserved slot asks for as many workers as it has slots (threads_), so the limit (workers
-  // plus one) is threads_ + 1, or TBB warns and ignores the request.
-  const int tbb_default = tbb::this_task_arena::max_concurrency();
-  tbb_limit_ = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism,
-                                                     static_cast<std::size_t>(std::max(threads_ + 1, tbb_default)));
-  arena_ = std::make_unique<tbb::task_arena>(threads_, 0);  // no reserved slot: see runtime.hpp
-  arena_->initialize();
-  {
-    // The first executor before the progress thread: a call that the progress thread queues
-    // at once must find it counted, or maybe_add_executor would start one more than -t.
-    std::lock_guard lk(exec_m_);
-    add_executor(true);
-  }
+  exec_.start(threads);
   progress_ = std::thread([this] { progress_loop(); });
 }
 
-void Runtime::add_executor(bool in_arena) {
-  nexec_.fetch_add(1);
-  if (in_arena) arena_execs_.fetch_add(1);
-  // Arena executors spin when idle (within the job's spin budget), so that a stream of calls
-  // does not pay a futex wake-up each; grown executors only sleep.
-  executors_.emplace_back([this, in_arena] { executor_loop(in_arena); });
-}
-
 void Runtime::stop() {
-  if (stopping_.exchange(true) || (!progress_.joinable() && executors_.empty())) return;  // never started
+  if (stopping_.exchange(true) || !progress_.joinable()) return;  // never started
+  exec_.request_stop();
   auto& slot = seg_.slot(self_);
   slot.doorbell.fetch_add(1);
   futex_wake(slot.doorbell, INT_MAX);
   // stop() may run on one of our own threads: exit() called inside a remote call runs the
   // exit handlers there. That thread is not joined (it is the one ending the process).
-  const auto me = std::this_thread::get_id();
-  auto join = [me](std::thread& t) {
-    if (!t.joinable()) return;
-    if (t.get_id() == me)
-      t.detach();
-    else
-      t.join();
-  };
-  join(progress_);
-  std::lock_guard lk(exec_m_);
-  for (auto& t : executors_) join(t);
-  executors_.clear();
+  if (progress_.get_id() == std::this_thread::get_id())
+    progress_.detach();
+  else
+    progress_.join();
+  exec_.join();
 }
 
 // ---------------------------------------------------------------- membership
@@ -194,30 +159,10 @@ void Runtime::handle_membership() {
     }
     if (id != self_) peers_.push_back(id);
   }
-  nprocs_.store(static_cast<std::int32_t>(peers_.size() + 1), std::memory_order_relaxed);
   if (newly_dead.empty()) return;
   // What it wrote completely is still delivered; what we queued for it is dropped.
   for (int d : newly_dead) shm_.forget(d, &Runtime::deliver, this);
-  std::vector<std::shared_ptr<Request>> failed;
-  {
-    std::lock_guard lk(req_m_);
-    for (auto it = reqs_.begin(); it != reqs_.end();) {
-      bool gone = false;
-      for (int d : newly_dead) gone |= it->second->dest == d;
-      if (gone) {
-        failed.push_back(it->second);
-        it = reqs_.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
-  for (auto& r : failed) {
-    r->ok = false;
-    r->error = ErrorInfo{ErrorInfo::Exited, r->dest, {}, dead_reason(r->dest)};
-    if (r->on_done) r->on_done(*r);
-    r->done.store(1, std::memory_order_release);
-  }
+  for (auto& r : reqs_.take_to(newly_dead)) r->fail(ErrorInfo{ErrorInfo::Exited, r->dest, {}, dead_reason(r->dest)});
   notify_local();
 }
 
@@ -244,26 +189,56 @@ void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, 
   shm_.wake(dest, bell_bits_for(kind));
 }
 
-std::shared_ptr<Request> Runtime::new_request(int dest, std::uint64_t& id, std::function<void(Request&)> on_done) {
+void Request::fail(ErrorInfo e) {
+  ok = false;
+  error = std::move(e);
+  if (on_done) on_done(*this);
+  done.store(1, std::memory_order_release);
+}
+
+std::shared_ptr<Request> RequestTable::add(int dest, std::uint64_t& id, std::function<void(Request&)> on_done) {
   auto r = std::make_shared<Request>();
   r->dest = dest;
   r->on_done = std::move(on_done);  // before the request is visible to the poller
-  id = next_req_.fetch_add(1, std::memory_order_relaxed) + 1;
-  std::lock_guard lk(req_m_);
+  id = next_.fetch_add(1, std::memory_order_relaxed) + 1;
+  std::lock_guard lk(m_);
   reqs_.emplace(id, r);
   return r;
 }
 
-std::size_t Runtime::pending_requests_to(int id) {
-  std::lock_guard lk(req_m_);
+void RequestTable::drop(std::uint64_t id) {
+  std::lock_guard lk(m_);
+  reqs_.erase(id);
+}
+
+std::shared_ptr<Request> RequestTable::take(std::uint64_t id) {
+  std::lock_guard lk(m_);
+  auto it = reqs_.find(id);
+  if (it == reqs_.end()) return nullptr;
+  auto r = std::move(it->second);
+  reqs_.erase(it);
+  return r;
+}
+
+std::size_t RequestTable::pending_to(int dest) {
+  std::lock_guard lk(m_);
   std::size_t n = 0;
-  for (const auto& [k, r] : reqs_) n += r->dest == id;
+  for (const auto& [k, r] : reqs_) n += r->dest == dest;
   return n;
 }
 
-void Runtime::drop_request(std::uint64_t id) {
-  std::lock_guard lk(req_m_);
-  reqs_.erase(id);
+std::vector<std::shared_ptr<Request>> RequestTable::take_to(const std::vector<int>& dead) {
+  std::vector<std::shared_ptr<Request>> out;
+  std::lock_guard lk(m_);
+  for (auto it = reqs_.begin(); it != reqs_.end();) {
+    if (std::find(dead.begin(), dead.end(), it->second->dest) != dead.end()) {
+      out.push_back(std::move(it->second));
+      it = reqs_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  return out;
 }
 
 void Runtime::await_request(Request& r, bool interruptible) {
@@ -325,11 +300,6 @@ void Runtime::deliver(void* self, Inbound&& m) {
   }
 }
 
-void Runtime::notify_local() {
-  // An answer or a value arrived here: wake the threads waiting for one (they re-check).
-  waiting_.wake_waiters();
-}
-
 void Runtime::progress_loop() {
   auto& slot = seg_.slot(self_);
   auto last_check = std::chrono::steady_clock::now();
@@ -337,9 +307,9 @@ void Runtime::progress_loop() {
     if (poll_once()) continue;
     std::uint32_t seq = slot.doorbell.load(std::memory_order_seq_cst);
     if (poll_once()) continue;
-    const bool starving = q_size_.load() > 0 && busy_.load() >= nexec_.load();
-    futex_wait_bits(slot.doorbell, seq, kBellProgress, (shm_.has_queued() || starving) ? 2000000L : 100000000L);
-    maybe_grow_executors();
+    futex_wait_bits(slot.doorbell, seq, kBellProgress,
+                    (shm_.has_queued() || exec_.starving()) ? 2000000L : 100000000L);
+    exec_.maybe_grow();
     auto now = std::chrono::steady_clock::now();
     if (!master_ && now - last_check > std::chrono::milliseconds(100)) {
       last_check = now;
@@ -355,24 +325,18 @@ void Runtime::dispatch(Inbound&& m) {
   tsan_message_received();
   switch (m.kind) {
     case kCallRef: {
-      store_new(decode_head<CallRefMsg>(m).ref, kInitialWeight);
-      push_task(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
+      refs_.add(decode_head<CallRefMsg>(m).ref, kInitialWeight);
+      exec_.push(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
       return;
     }
     case kCallFetch:
     case kCallDo:
-      push_task(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
+      exec_.push(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
       return;
     case kResult: {
       const auto rh = decode_head<ResultMsg>(m);
-      std::shared_ptr<Request> r;
-      {
-        std::lock_guard lk(req_m_);
-        auto it = reqs_.find(rh.req);
-        if (it == reqs_.end()) return;  // abandoned
-        r = std::move(it->second);
-        reqs_.erase(it);
-      }
+      std::shared_ptr<Request> r = reqs_.take(rh.req);
+      if (!r) return;  // abandoned
       r->ok = rh.ok != 0;
       r->payload = payload_of<ResultMsg>(m);
       r->payload_len = payload_size<ResultMsg>(m);
@@ -393,13 +357,13 @@ void Runtime::dispatch(Inbound&& m) {
       return;
     case kAddRef: {
       const auto b = decode_head<AddRefMsg>(m);
-      store_new(b.ref, b.weight);
+      refs_.add(b.ref, b.weight);
       reply_result(m.src, b.req, true, nullptr, 0, false);
       return;
     }
     case kDelRef: {
       const auto b = decode_head<DelRefMsg>(m);
-      release_weight(b.ref, b.weight);
+      refs_.release(b.ref, b.weight);
       return;
     }
     case kExit:
@@ -422,13 +386,9 @@ void Runtime::handle_ref_query(Inbound& m) {
   // kFetch, kWait and kIsReady share one head.
   const auto q = decode_head<FetchMsg>(m);
   const int asker = m.src;
-  std::shared_ptr<FutureCore> core;
-  {
-    // The asker holds weight, so the value cannot have been freed; if it is unknown, the call
-    // that makes it is still on its way (another ring), and the placeholder waits for it.
-    std::lock_guard lk(store_m_);
-    core = store_entry(q.ref).core;
-  }
+  // The asker holds weight, so the value cannot have been freed; if it is unknown, the call
+  // that makes it is still on its way (another ring), and the placeholder waits for it.
+  std::shared_ptr<FutureCore> core = refs_.find_or_placeholder(q.ref);
   const std::uint16_t kind = m.kind;
   if (kind == kIsReady) {
     std::uint8_t ready = core->state.load() != FutureCore::Pending;
@@ -458,76 +418,7 @@ void Runtime::handle_ref_query(Inbound& m) {
   answer(false);
 }
 
-// ---------------------------------------------------------------- executor
-
-void Runtime::push_task(Task&& t) {
-  {
-    std::lock_guard lk(q_m_);
-    q_.push_back(std::move(t));
-    q_size_.fetch_add(1, std::memory_order_seq_cst);
-  }
-  // An idle executor spinning on the queue takes it; otherwise wake one that sleeps (or a
-  // thread waiting inside a call: it runs it there). The spinner counts itself out before it
-  // looks at the queue a last time and sleeps, so a push it did not see wakes it.
-  offer_to_executors();
-}
-
-void Runtime::offer_to_executors() {
-  if (exec_spinning_.load(std::memory_order_seq_cst) == 0) waiting_.wake(kBellExec, 1);
-  maybe_add_executor();
-}
-
-void Runtime::maybe_add_executor() {
-  // Only when the arena executors are all busy and calls are still queued.
-  if (arena_execs_.load() >= threads_ || q_size_.load() == 0 || busy_.load() < arena_execs_.load() ||
-      stopping_.load())
-    return;
-  std::lock_guard lk(exec_m_);
-  if (arena_execs_.load() >= threads_ || stopping_.load()) return;
-  add_executor(true);
-}
-
-void Runtime::maybe_grow_executors() {
-  using namespace std::chrono;
-  const std::int64_t now = duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
-  if (q_size_.load() == 0 || busy_.load() < nexec_.load() || arena_execs_.load() < threads_) {
-    queued_since_.store(0);
-    return;
-  }
-  std::int64_t since = queued_since_.load();
-  if (since == 0) {
-    queued_since_.store(now);
-    return;
-  }
-  if (now - since < 5'000'000 || nexec_.load() >= max_exec_ || stopping_.load()) return;
-  std::lock_guard lk(exec_m_);
-  if (stopping_.load()) return;
-  add_executor(false);
-  queued_since_.store(0);
-}
-
-bool Runtime::run_one_task() {
-  if (q_size_.load(std::memory_order_acquire) == 0) return false;
-  Task t;
-  {
-    std::lock_guard lk(q_m_);
-    if (q_.empty()) return false;
-    t = std::move(q_.front());
-    q_.pop_front();
-    q_size_.fetch_sub(1, std::memory_order_release);
-  }
-  busy_.fetch_add(1);
-  if (q_size_.load(std::memory_order_seq_cst) > 0) offer_to_executors();  // more queued than we take
-  if (tl_arena_executor && !tl_in_arena) {
-    tl_in_arena = true;
-    arena_->execute([&] { run_task(t); });  // run_task lets no exception out
-    tl_in_arena = false;
-  } else {
-    run_task(t);
-  }
-  busy_.fetch_sub(1);
-  return true;
-}
+// ---------------------------------------------------------------- executor host
 
 void Runtime::run_task(Task& t) {
   if (t.fn) {
@@ -601,13 +492,7 @@ void Runtime::run_task(Task& t) {
     else
       reply_error(src, req, err, true);
   } else if (kind == kCallRef) {
-    std::shared_ptr<FutureCore> core;
-    {
-      std::lock_guard lk(store_m_);
-      auto it = store_.find(ref);
-      if (it != store_.end()) core = it->second.core;
-    }
-    if (core) {
+    if (auto core = refs_.find(ref)) {
       if (ok)
         core->complete_bytes(std::move(out.bytes()));
       else
@@ -619,501 +504,57 @@ void Runtime::run_task(Task& t) {
   }
 }
 
-void Runtime::executor_loop(bool in_arena) {
-  tl_executor = true;
-  tl_arena_executor = in_arena;
-  while (!stopping_.load()) {
-    if (run_one_task()) continue;
-    if (in_arena && try_spin()) {  // arena executors spin when idle (see add_executor)
-      bool got = false;
-      {
-        PollingMark polling(*this);
-        exec_spinning_.fetch_add(1, std::memory_order_seq_cst);
-        const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
-        unsigned n = 0;
-        while (!stopping_.load()) {
-          if (q_size_.load(std::memory_order_acquire) > 0) {
-            got = true;
-            break;
-          }
-          if (poll_once()) continue;
-          cpu_relax();
-          if ((++n & 63) == 0) {
-            if (std::chrono::steady_clock::now() > until) break;
-            sched_yield();  // a thread woken on this CPU (a caller waiting for us) runs now
-          }
+void Runtime::idle(bool in_arena) {
+  // Arena executors spin when idle (within the job's spin budget), so that a stream of calls
+  // does not pay a futex wake-up each; grown executors only sleep.
+  if (in_arena && try_spin()) {
+    bool got = false;
+    {
+      PollingMark polling(*this);
+      Executor::Spinning spinning(exec_);  // counted out before the queue's last look
+      const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
+      unsigned n = 0;
+      while (!exec_.stopping()) {
+        if (exec_.queued()) {
+          got = true;
+          break;
         }
-        exec_spinning_.fetch_sub(1, std::memory_order_seq_cst);  // before the queue's last look
+        if (poll_once()) continue;
+        cpu_relax();
+        if ((++n & 63) == 0) {
+          if (std::chrono::steady_clock::now() > until) break;
+          sched_yield();  // a thread woken on this CPU (a caller waiting for us) runs now
+        }
       }
-      leave_spin();
-      if (got) continue;
     }
-    doze([&] { return q_size_.load() > 0 || stopping_.load(); }, kBellExec, 100'000'000L);
+    leave_spin();
+    if (got) return;
   }
+  doze([&] { return exec_.queued() || exec_.stopping(); }, kBellExec, 100'000'000L);
 }
 
-// ---------------------------------------------------------------- reference store
+// ---------------------------------------------------------------- references and stats
 
-Runtime::Entry& Runtime::store_entry(const RefId& id) {
-  auto [it, fresh] = store_.try_emplace(id);
-  if (fresh) {
-    it->second.core = std::make_shared<FutureCore>();
-    it->second.core->id = id;
+void Runtime::ask_weight(const RefId& id, std::uint64_t weight) {
+  std::uint64_t req;
+  auto r = reqs_.add(id.owner, req, {});
+  try {
+    send_msg(id.owner, AddRefMsg{req, id, weight});
+  } catch (...) {
+    reqs_.drop(req);
+    throw;
   }
-  return it->second;
-}
-
-void Runtime::store_settle(std::unordered_map<RefId, Entry, RefIdHash>::iterator it,
-                           std::shared_ptr<FutureCore>& dropped) {
-  if (it->second.weight == 0) {
-    dropped = std::move(it->second.core);  // destroyed by the caller, outside the lock
-    store_.erase(it);
-  }
-}
-
-std::shared_ptr<FutureCore> Runtime::store_new(const RefId& id, std::uint64_t weight) {
-  std::shared_ptr<FutureCore> core, dropped;
-  std::lock_guard lk(store_m_);
-  Entry& e = store_entry(id);
-  e.weight += static_cast<std::int64_t>(weight);
-  core = e.core;
-  store_settle(store_.find(id), dropped);
-  return core;
-}
-
-void Runtime::release_weight(const RefId& id, std::uint64_t weight) {
-  std::shared_ptr<FutureCore> dropped;
-  std::lock_guard lk(store_m_);
-  store_entry(id).weight -= static_cast<std::int64_t>(weight);
-  store_settle(store_.find(id), dropped);
-}
-
-WireRef Runtime::export_ref(const std::shared_ptr<FutureCore>& core) {
-  if (core->id.owner == self_) {
-    // We own it: mint fresh weight for the copy that leaves.
-    std::lock_guard lk(store_m_);
-    auto [it, fresh] = store_.try_emplace(core->id, Entry{core, 0});
-    it->second.weight += static_cast<std::int64_t>(kInitialWeight);
-    return {core->id, kInitialWeight};
-  }
-  std::unique_lock lk(core->m);
-  if (core->weight < 2) {
-    // Out of weight to split (rare: 40 halvings): ask the owner for more, and wait for the
-    // answer so that our own weight cannot reach it first.
-    lk.unlock();
-    std::uint64_t req;
-    auto r = new_request(core->id.owner, req);
-    try {
-      send_msg(core->id.owner, AddRefMsg{req, core->id, kInitialWeight});
-    } catch (...) {
-      drop_request(req);
-      throw;
-    }
-    await_request(*r);
-    if (!r->ok) r->error.raise();
-    lk.lock();
-    core->weight += kInitialWeight;
-  }
-  std::uint64_t give = core->weight / 2;
-  core->weight -= give;
-  return {core->id, give};
-}
-
-std::shared_ptr<FutureCore> Runtime::import_ref(const WireRef& w) {
-  if (w.id.owner == self_) {
-    // Our own handles hold the core directly; the weight that came with this one goes back.
-    std::shared_ptr<FutureCore> core, dropped;
-    std::lock_guard lk(store_m_);
-    Entry& e = store_entry(w.id);
-    core = e.core;
-    e.weight -= static_cast<std::int64_t>(w.weight);
-    store_settle(store_.find(w.id), dropped);
-    return core;
-  }
-  std::lock_guard lk(reg_m_);
-  auto& slot = registry_[w.id];
-  if (auto core = slot.lock()) {
-    std::lock_guard ck(core->m);
-    core->weight += w.weight;
-    return core;
-  }
-  auto core = std::make_shared<FutureCore>();
-  core->id = w.id;
-  core->weight = w.weight;
-  slot = core;
-  return core;
+  await_request(*r);
+  if (!r->ok) r->error.raise();
 }
 
 Stats Runtime::stats() const {
   Stats s;
   s.messages_sent = shm_.messages_sent();
-  s.arena_executors = arena_execs_.load();
-  s.executors = nexec_.load();
-  std::lock_guard lk(store_m_);
-  s.stored_values = store_.size();
+  s.arena_executors = exec_.arena_executors();
+  s.executors = exec_.executors();
+  s.stored_values = refs_.size();
   return s;
 }
-
-// ---------------------------------------------------------------- FutureCore
-
-FutureCore::~FutureCore() {
-  Runtime* rt = Runtime::current();
-  if (!rt || id.owner == 0 || id.owner == rt->self()) return;
-  // Questions still in flight (a wait_for gave up on them): withdrawn, so that an answer
-  // that comes after all is dropped on arrival.
-  for (int k = 0; k < 2; ++k)
-    if (asking[k]) rt->drop_request(asking_id[k]);
-  {
-    std::lock_guard lk(rt->reg_m_);
-    auto it = rt->registry_.find(id);
-    if (it != rt->registry_.end() && it->second.expired()) rt->registry_.erase(it);
-  }
-  if (weight == 0 || !rt->alive(id.owner)) return;
-  try {
-    rt->send_msg(id.owner, DelRefMsg{id, weight}, nullptr, 0, false);
-  } catch (...) {
-    // Owner gone: nothing to release.
-  }
-}
-
-void FutureCore::finish(int st) {
-  std::vector<std::function<void()>> todo;
-  {
-    std::lock_guard lk(m);
-    state.store(st, std::memory_order_release);
-    todo.swap(on_done);
-  }
-  for (auto& f : todo) f();
-  if (Runtime* rt = Runtime::current()) rt->notify_local();
-}
-
-void FutureCore::complete_bytes(std::vector<char>&& b) {
-  {
-    std::lock_guard lk(m);
-    bytes = std::move(b);
-    have_bytes = true;
-  }
-  finish(Ready);
-}
-
-void FutureCore::complete_typed(std::shared_ptr<void> obj, void (*ser)(const void*, Writer&)) {
-  {
-    std::lock_guard lk(m);
-    typed = std::move(obj);
-    if (ser) serialize_typed = ser;
-  }
-  finish(Ready);
-}
-
-void FutureCore::complete_error(ErrorInfo e) {
-  {
-    std::lock_guard lk(m);
-    error = std::move(e);
-  }
-  finish(Failed);
-}
-
-const std::vector<char>& FutureCore::ensure_bytes() {
-  std::lock_guard lk(m);
-  if (!have_bytes && typed && serialize_typed) {
-    Writer w;
-    serialize_typed(typed.get(), w);
-    bytes = std::move(w.bytes());
-    have_bytes = true;
-  }
-  // The caller reads them after the lock is gone (an answer being sent): keep them.
-  bytes_lent = true;
-  return bytes;
-}
-
-void FutureCore::drop_bytes_locked() {
-  if (!have_bytes || bytes_lent || !typed || !serialize_typed) return;
-  std::vector<char>().swap(bytes);  // give the memory back, not only the size
-  have_bytes = false;
-}
-
-// ---------------------------------------------------------------- entry points (core.hpp)
-
-int self_id() { return Runtime::get("myid").self(); }
-bool is_master() { return Runtime::get("is_master").master(); }
-void require_session(const char* what) { Runtime::get(what); }
-
-std::shared_ptr<FutureCore> call_ref(int pid, CodeRef invoker, Writer& args) {
-  Runtime& rt = Runtime::get("remotecall");
-  RefId id{pid, rt.self(), rt.next_seq()};
-  rt.send_msg(pid, CallRefMsg{id, invoker}, args.bytes().data(), args.bytes().size());
-  auto core = std::make_shared<FutureCore>();
-  core->id = id;
-  core->weight = kInitialWeight;
-  return core;
-}
-
-namespace {
-/// Send a kCallFetch and return its request (`on_done`, if any, runs when the answer is in;
-/// `id`, if given, gets the request's id). `may_block`: wait for ring space (false: a full
-/// ring queues the call, for callers whose wait has a deadline).
-std::shared_ptr<Request> start_call(Runtime& rt, int pid, CodeRef invoker, Writer& args,
-                                    std::function<void(Request&)> on_done = {}, std::uint64_t* id = nullptr,
-                                    bool may_block = true) {
-  std::uint64_t req;
-  auto r = rt.new_request(pid, req, std::move(on_done));
-  try {
-    rt.send_msg(pid, CallFetchMsg{req, invoker}, args.bytes().data(), args.bytes().size(), may_block);
-  } catch (...) {
-    rt.drop_request(req);
-    throw;
-  }
-  if (id) *id = req;
-  return r;
-}
-
-bool past(Deadline d) { return d != kNoDeadline && std::chrono::steady_clock::now() >= d; }
-
-/// on_done of a Future's question (on the polling thread). An answer that nobody waits for
-/// now (every wait_for on it gave up) leaves the sender's bulk area at once: it may wait
-/// for the next waiter a long time, and the sender cannot reuse a block until it is read.
-void keep_answer(Request& q) {
-  std::lock_guard lk(q.keep_m);
-  q.answered = true;
-  if (q.waiting > 0 || !q.reply.consumed) return;
-  const std::size_t off = static_cast<std::size_t>(q.payload - q.reply.body);
-  q.reply.heap.assign(q.reply.body, q.reply.body + q.reply.len);
-  q.reply.body = q.reply.heap.data();
-  q.reply.release();
-  q.payload = q.reply.body + off;
-}
-
-/// Stop waiting on `q`; true when its answer is in (then `done` is, or is about to be, set).
-bool leave_question(Request& q) {
-  bool answered;
-  {
-    std::lock_guard lk(q.keep_m);
-    --q.waiting;
-    answered = q.answered;
-  }
-  if (answered)
-    while (!q.done.load(std::memory_order_acquire)) cpu_relax();  // on_done ran; `done` follows at once
-  return answered;
-}
-
-/// With core.fetch_m held: settle `core` from the answer `q` to its question `k` (0: kWait,
-/// 1: kFetch). A value is decoded straight from the answer, when this core knows its type.
-void take_answer(FutureCore& core, Request& q, int k) {
-  if (core.state.load(std::memory_order_acquire) != FutureCore::Pending) return;  // settled another way
-  if (!q.ok) {
-    core.complete_error(q.error);
-    return;
-  }
-  if (k == 0) {
-    core.known_ready.store(true);
-    return;
-  }
-  std::shared_ptr<void> (*decode)(Reader&);
-  {
-    std::lock_guard lk(core.m);
-    decode = core.decode_typed;
-  }
-  if (decode) {
-    Reader rd(q.payload, q.payload_len);
-    core.complete_typed(decode(rd), nullptr);  // (a throw leaves it pending: the next fetch asks again)
-  } else {
-    core.complete_bytes(std::vector<char>(q.payload, q.payload + q.payload_len));
-  }
-}
-}  // namespace
-
-bool call_fetch(int pid, CodeRef invoker, Writer& args, ResultSink sink, Deadline deadline) {
-  Runtime& rt = Runtime::get("remotecall_fetch");
-  std::uint64_t req = 0;
-  auto r = start_call(rt, pid, invoker, args, {}, &req, deadline == kNoDeadline);
-  try {
-    rt.wait_until([&] { return r->done.load(std::memory_order_acquire) != 0 || past(deadline); }, true);
-  } catch (...) {
-    rt.drop_request(req);  // interrupted: the answer, if it comes, is dropped
-    throw;
-  }
-  if (!r->done.load(std::memory_order_acquire)) {
-    rt.drop_request(req);
-    if (!r->done.load(std::memory_order_acquire)) return false;
-  }
-  if (!r->ok) r->error.raise();
-  // The result is read where it lies (the reply may still be in the sender's bulk area,
-  // released when `r` goes): no copy of its bytes here.
-  if (sink.read) {
-    Reader rd(r->payload, r->payload_len);
-    sink.read(sink.ctx, rd);
-  }
-  return true;
-}
-
-std::shared_ptr<FutureCore> call_push(int pid, CodeRef invoker, Writer& args) {
-  Runtime& rt = Runtime::get("remotecall");
-  auto core = new_local_core();
-  start_call(rt, pid, invoker, args, [core](Request& q) {
-    // (On the polling thread: copied, not decoded here. Future::fetch decodes and drops them.)
-    if (q.ok)
-      core->complete_bytes(std::vector<char>(q.payload, q.payload + q.payload_len));
-    else
-      core->complete_error(q.error);
-  });
-  return core;
-}
-
-void call_do(int pid, CodeRef invoker, Writer& args, bool may_block) {
-  Runtime& rt = Runtime::get("remote_do");
-  rt.send_msg(pid, CallDoMsg{invoker}, args.bytes().data(), args.bytes().size(), may_block);
-}
-
-std::shared_ptr<FutureCore> new_local_core() {
-  auto core = std::make_shared<FutureCore>();
-  core->id = new_ref_id();
-  return core;
-}
-
-RefId new_ref_id() {
-  Runtime& rt = Runtime::get("naming a value");
-  return RefId{rt.self(), rt.self(), rt.next_seq()};
-}
-
-void submit_local(std::function<void()> fn) { Runtime::get("remotecall").push_task(Task{{}, std::move(fn)}); }
-
-bool await_core(FutureCore& core, bool want_value, Deadline deadline) {
-  auto settled = [&] {
-    return core.state.load(std::memory_order_acquire) != FutureCore::Pending || (!want_value && core.known_ready.load());
-  };
-  if (settled()) return true;
-  Runtime& rt = Runtime::get("fetch");
-  if (core.id.owner == rt.self()) {
-    rt.wait_until([&] { return core.state.load(std::memory_order_acquire) != FutureCore::Pending || past(deadline); },
-                  true);
-    return core.state.load(std::memory_order_acquire) != FutureCore::Pending;
-  }
-  const int k = want_value ? 1 : 0;
-  const int owner = core.id.owner;
-  for (;;) {
-    // Join the question in flight, or ask one. Nothing here waits (fetch_m is held only
-    // for this and for decoding), so a deadline bounds the whole wait.
-    std::shared_ptr<Request> q;
-    std::uint64_t qid = 0;
-    bool fresh = false;
-    {
-      std::lock_guard fl(core.fetch_m);
-      if (settled()) return true;
-      q = core.asking[k];
-      if (q) {
-        std::lock_guard lk(q->keep_m);
-        ++q->waiting;
-      } else {
-        q = rt.new_request(owner, qid, &keep_answer);
-        {
-          std::lock_guard lk(q->keep_m);  // (a death fails it from the polling thread at any time)
-          q->waiting = 1;
-        }
-        core.asking[k] = q;
-        core.asking_id[k] = qid;
-        fresh = true;
-      }
-    }
-    if (fresh) {
-      try {
-        // With a deadline, a full ring queues the question rather than wait for room.
-        if (want_value)
-          rt.send_msg(owner, FetchMsg{qid, core.id}, nullptr, 0, deadline == kNoDeadline);
-        else
-          rt.send_msg(owner, WaitMsg{qid, core.id}, nullptr, 0, deadline == kNoDeadline);
-      } catch (...) {
-        {
-          std::lock_guard fl(core.fetch_m);
-          if (core.asking[k] == q) core.asking[k].reset();
-        }
-        rt.drop_request(qid);
-        {
-          std::lock_guard lk(q->keep_m);
-          --q->waiting;
-        }
-        // The question never left: fail the Future, so that waiters that joined it meanwhile
-        // (they look at `state`) do not wait for an answer that cannot come.
-        try {
-          throw;
-        } catch (const ProcessExitedException& e) {
-          core.complete_error(ErrorInfo{ErrorInfo::Exited, e.pid(), {}, e.reason()});
-          return true;
-        } catch (...) {
-          core.complete_error(ErrorInfo::from_current_exception(rt.self()));
-          throw;
-        }
-      }
-    }
-    try {
-      rt.wait_until([&] { return q->done.load(std::memory_order_acquire) != 0 || settled() || past(deadline); }, true);
-    } catch (...) {
-      leave_question(*q);  // interrupted: the question stays for the next waiter
-      throw;
-    }
-    if (!leave_question(*q)) return settled();  // the deadline came first, or another waiter settled it
-    {
-      std::lock_guard fl(core.fetch_m);
-      if (core.asking[k] == q) {
-        core.asking[k].reset();
-        take_answer(core, *q, k);
-      }
-    }
-    if (settled()) return true;
-  }
-}
-
-bool sole_handle(const std::shared_ptr<FutureCore>& handle) { return FutureCore::sole(handle); }
-
-bool FutureCore::sole(const std::shared_ptr<FutureCore>& handle) {
-  Runtime* rt = Runtime::current();
-  if (handle.use_count() != 1) return false;
-  if (!rt || handle->id.owner == rt->self()) return true;  // the owner's store holds a reference while one is out
-  // Here another handle could still come from the registry (a copy arriving from elsewhere):
-  // take the core out of it, so that such a copy gets a core of its own.
-  std::lock_guard lk(rt->reg_m_);
-  if (handle.use_count() != 1) return false;
-  auto it = rt->registry_.find(handle->id);
-  if (it != rt->registry_.end() && !it->second.owner_before(handle) && !handle.owner_before(it->second))
-    rt->registry_.erase(it);
-  return true;
-}
-
-bool poll_ready(FutureCore& core) {
-  if (core.state.load() != FutureCore::Pending || core.known_ready.load()) return true;
-  Runtime& rt = Runtime::get("isready");
-  if (core.id.owner == rt.self()) return false;
-  std::uint64_t req;
-  auto r = rt.new_request(core.id.owner, req);
-  try {
-    rt.send_msg(core.id.owner, IsReadyMsg{req, core.id});
-  } catch (const ProcessExitedException& e) {
-    rt.drop_request(req);
-    core.complete_error(ErrorInfo{ErrorInfo::Exited, e.pid(), {}, e.reason()});
-    return true;
-  }
-  rt.await_request(*r);
-  if (!r->ok) {
-    core.complete_error(r->error);
-    return true;
-  }
-  bool ready = r->payload_len > 0 && r->payload[0] != 0;
-  if (ready) core.known_ready.store(true);
-  return ready;
-}
-
-WireRef export_ref(const std::shared_ptr<FutureCore>& core) { return Runtime::get("sending a Future").export_ref(core); }
-std::shared_ptr<FutureCore> import_ref(const WireRef& w) { return Runtime::get("receiving a Future").import_ref(w); }
-
-int next_any_worker() {
-  Runtime& rt = Runtime::get("spawnat");
-  auto ids = rt.alive_ids();
-  if (ids.size() <= 1) return 1;  // no workers: the master does the work, as in Julia
-  int k = rt.any_cursor.fetch_add(1, std::memory_order_relaxed);
-  return ids[1 + static_cast<std::size_t>(k) % (ids.size() - 1)];
-}
-
-std::vector<int> all_procs() { return Runtime::get("procs").alive_ids(); }
-
-Stats stats() { return Runtime::get("stats").stats(); }
 
 }  // namespace vscale::detail

@@ -24,7 +24,7 @@
 #include <thread>
 #include <vector>
 
-#include <vscale/detail/runtime.hpp>
+#include <vscale/ext.hpp>
 #include <vscale/vscale.hpp>
 
 #include "test_util.hpp"
@@ -282,7 +282,7 @@ TEST_CASE("reliability.death_line_names_reason_and_failed_calls") {
       }
     });
   // Both calls are waiting when the worker is killed.
-  REQUIRE(eventually([&] { return vscale::detail::Runtime::get("t").pending_requests_to(w) == 2; }));
+  REQUIRE(eventually([&] { return vscale::ext::pending_requests_to(w) == 2; }));
   ::kill(pid, SIGKILL);
   for (auto& t : ts) t.join();
   CHECK(failed.load() == 2);

@@ -30,7 +30,7 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <vscale/detail/runtime.hpp>
+#include <vscale/ext.hpp>
 
 // A heap meter for the tests of how many copies of a result vscale makes: every operator new
 // and delete of this program (the library's included) counts the bytes in use, and the
@@ -938,7 +938,7 @@ struct Stopped {
   int pid;
 };
 std::atomic<bool> g_wait_for_gate{false};
-std::size_t pending_to(int w) { return vscale::detail::Runtime::get("test").pending_requests_to(w); }
+std::size_t pending_to(int w) { return vscale::ext::pending_requests_to(w); }
 }  // namespace
 
 TEST_CASE("remotecall.wait_for_gives_up_on_a_stopped_worker") {

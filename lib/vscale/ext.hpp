@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <tuple>
@@ -20,6 +21,9 @@ bool is_master();
 bool alive(int id);
 /// Why `id` is not alive ("killed by SIGKILL", "does not exist (no such process id)", ...).
 std::string dead_reason(int id);
+/// Questions of this process to `id` still unanswered (remote calls and fetches waited on):
+/// what fails with ProcessExitedException if `id` dies now.
+std::size_t pending_requests_to(int id);
 
 /// The job-wide spin budget: one spinner more than the job's CPUs, shared by every waiting
 /// thread of every process. Spin only while you hold a place: a spinner on a full machine

@@ -1,16 +1,14 @@
-// The per-process runtime (internal): who polls the rings, how requests wait for their
-// answers, the executor that runs incoming calls, and the store of values kept for others.
+// The per-process runtime (internal): it dispatches what the transport delivers, keeps the
+// questions this process waits on, and joins the executor (executor.hpp), the reference store
+// (ref_store.hpp), waiting (waiting.hpp) and the transport (transport.hpp) into one process.
 #pragma once
 
 #include <sched.h>
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -18,19 +16,14 @@
 #include <unordered_map>
 #include <vector>
 
-#include <tbb/global_control.h>
-#include <tbb/task_arena.h>
-
 #include "vscale/detail/core.hpp"
+#include "vscale/detail/executor.hpp"
 #include "vscale/detail/protocol.hpp"
+#include "vscale/detail/ref_store.hpp"
 #include "vscale/detail/transport.hpp"
 #include "vscale/detail/waiting.hpp"
 
 namespace vscale::detail {
-
-// Weight a new handle carries; halved at each forwarding, refilled from the owner when it runs
-// out. 2^20 keeps the owner's signed total far from overflow however often a handle is sent.
-inline constexpr std::uint64_t kInitialWeight = std::uint64_t(1) << 20;
 
 /// An outstanding question to another process (call_fetch, fetch, wait, isready, addref).
 struct Request {
@@ -50,20 +43,29 @@ struct Request {
   std::mutex keep_m;
   int waiting = 0;
   bool answered = false;
+  /// Settle with `e` and tell whoever waits (on the polling thread).
+  void fail(ErrorInfo e);
 };
 
-/// Work for the executor: an incoming call, or a local function.
-struct Task {
-  Inbound msg;
-  std::function<void()> fn;
-  std::uint32_t interrupts = 0;  // the process's interrupt count when the call arrived
+/// The questions this process waits on, by request number.
+class RequestTable {
+ public:
+  std::shared_ptr<Request> add(int dest, std::uint64_t& id, std::function<void(Request&)> on_done = {});
+  void drop(std::uint64_t id);
+  /// The question `id` answers, taken out of the table (null if abandoned).
+  std::shared_ptr<Request> take(std::uint64_t id);
+  std::size_t pending_to(int dest);
+  /// Every question to one of `dead`, taken out of the table.
+  std::vector<std::shared_ptr<Request>> take_to(const std::vector<int>& dead);
+
+ private:
+  std::mutex m_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<Request>> reqs_;
+  std::atomic<std::uint64_t> next_{0};
 };
 
 class ClusterManager;  // master only (cluster_manager.hpp)
 
-/// True on the executor threads: they run queued calls while they wait (so a call that waits
-/// on a call back into its own process cannot deadlock).
-extern thread_local bool tl_executor;
 // The call this thread is running (for vscale::interrupt): whether there is one, the
 // process's interrupt count when it started, and how many NoInterrupt scopes are open.
 extern thread_local bool tl_in_call;
@@ -71,22 +73,20 @@ extern thread_local std::uint32_t tl_call_gen;
 extern thread_local int tl_no_interrupt;
 [[noreturn]] void throw_interrupted();
 
-class Runtime {
+class Runtime final : private ExecutorHost {
  public:
   Runtime(int self, bool master);
   ~Runtime();
-
   static Runtime* current() noexcept { return current_.load(std::memory_order_acquire); }
-  static Runtime& get(const char* what);
+  static Runtime& get(const char* what);  // throws UsageError without a Session
 
   /// Start polling and executing, with a TBB arena of `threads` threads for incoming calls.
   void start(int threads);
   void stop();
-  int threads() const noexcept { return threads_; }
-  /// The arena incoming calls run in (threads() slots).
-  tbb::task_arena& arena() noexcept { return *arena_; }
+  int threads() const noexcept { return exec_.threads(); }
+  Executor& executor() noexcept { return exec_; }
+  RefStore& refs() noexcept { return refs_; }
 
-  // --- identity and membership
   int self() const noexcept { return self_; }
   bool master() const noexcept { return master_; }
   bool alive(int id) const;
@@ -94,7 +94,6 @@ class Runtime {
   std::string dead_reason(int id) const;
   void check_dest(int id) const;  // throws ProcessExitedException
 
-  // --- messages
   /// Send one message. A thread that may block waits for ring space; the poller never
   /// blocks (what does not fit waits in an overflow queue, sent in order later).
   void send(int dest, std::uint16_t kind, const void* a, std::size_t na, const void* b = nullptr,
@@ -104,18 +103,13 @@ class Runtime {
   void send_msg(int dest, const Head& head, const void* payload = nullptr, std::size_t n = 0, bool may_block = true) {
     send(dest, Head::kind, &head, head_size<Head>(), payload, n, may_block);
   }
-  std::shared_ptr<Request> new_request(int dest, std::uint64_t& id, std::function<void(Request&)> on_done = {});
-  void drop_request(std::uint64_t id);
-  /// Questions of this process to `id` still unanswered (remote calls and fetches waited on).
-  std::size_t pending_requests_to(int id);
+  RequestTable& requests() noexcept { return reqs_; }
   void await_request(Request& r, bool interruptible = false);
   void reply_result(int dest, std::uint64_t req, bool ok, const void* data, std::size_t len, bool may_block);
   void reply_error(int dest, std::uint64_t req, const ErrorInfo& e, bool may_block);
 
-  // --- waiting
   /// Wait until pred() holds. `interruptible`: give up with InterruptedException when the
-  /// call this thread runs is interrupted (waits for a remote result only; never inside the
-  /// runtime's own protocols).
+  /// call this thread runs is interrupted (waits for a remote result only).
   template <class Pred>
   void wait_until(Pred pred, bool interruptible = false);
   /// Whether the call this thread runs has been interrupted (false outside calls and inside
@@ -124,41 +118,33 @@ class Runtime {
     return tl_in_call && tl_no_interrupt == 0 && seg_.slot(self_).interrupts.load(std::memory_order_acquire) != tl_call_gen;
   }
   bool poll_once();
-  void notify_local();
-
-  // --- executor
-  void push_task(Task&& t);
-  bool run_one_task();
-
-  // --- reference store (values this process keeps for others)
-  std::shared_ptr<FutureCore> store_new(const RefId& id, std::uint64_t weight);
-  WireRef export_ref(const std::shared_ptr<FutureCore>& core);
-  std::shared_ptr<FutureCore> import_ref(const WireRef& w);
-  void release_weight(const RefId& id, std::uint64_t weight);
-  std::uint64_t next_seq() { return seq_.fetch_add(1, std::memory_order_relaxed) + 1; }
-
-  /// The job's spin budget (waiting.hpp).
-  bool try_spin() noexcept { return waiting_.join_spinners(); }
+  void notify_local() { waiting_.wake_waiters(); }  // an answer or a value arrived here
+  bool try_spin() noexcept { return waiting_.join_spinners(); }  // the job's spin budget
   void leave_spin() noexcept { waiting_.leave_spinners(); }
 
   Stats stats() const;
   Segment& segment() noexcept { return seg_; }
   std::atomic<bool>& exit_requested() noexcept { return exit_requested_; }
   ClusterManager* manager = nullptr;  // master only: starts, watches and stops the workers
-  int master_os_pid = 0;         // worker only
+  int master_os_pid = 0;              // worker only
   std::atomic<int> any_cursor{0};
 
  private:
-  friend class Session;
   friend struct PollingMark;
+  void run_task(Task& t) override;
+  void idle(bool in_arena) override;
+  void wake_executor() override { waiting_.wake(kBellExec, 1); }
   void kick_self_if_pending();
   void dispatch(Inbound&& m);
   static void deliver(void* self, Inbound&& m);  // the transport's sink: dispatch
   void handle_membership();
   void handle_ref_query(Inbound& m);
-  void run_task(Task& t);
+  void ask_weight(const RefId& id, std::uint64_t weight);
   void progress_loop();
-  void executor_loop(bool in_arena);
+  template <class Ready>
+  void doze(Ready ready, std::uint32_t bits, long timeout_ns) {
+    waiting_.doze(ready, [this] { return poll_once(); }, bits, timeout_ns);
+  }
 
   static std::atomic<Runtime*> current_;
   int self_;
@@ -167,78 +153,20 @@ class Runtime {
   // concrete type: no virtual call on the hot path).
   ShmTransport shm_;
   Segment& seg_ = shm_.segment();
-  std::vector<std::uint8_t> known_dead_;  // guarded by poll_m_
-
   std::mutex poll_m_;
-  std::vector<int> peers_;  // guarded by poll_m_
+  std::vector<std::uint8_t> known_dead_;  // guarded by poll_m_
+  std::vector<int> peers_;                // guarded by poll_m_
   std::uint32_t seen_epoch_ = ~0u;
-
-  std::mutex req_m_;
-  std::unordered_map<std::uint64_t, std::shared_ptr<Request>> reqs_;
-  std::atomic<std::uint64_t> next_req_{0};
+  RequestTable reqs_;
   std::atomic<std::uint64_t> seq_{0};
-
   Waiting waiting_;  // spinning, dozing on the doorbell, waking (waiting.hpp)
-  template <class Ready>
-  void doze(Ready ready, std::uint32_t bits, long timeout_ns) {
-    waiting_.doze(ready, [this] { return poll_once(); }, bits, timeout_ns);
-  }
-
-  std::mutex q_m_;
-  std::deque<Task> q_;
-  std::atomic<std::size_t> q_size_{0};
-
-  mutable std::mutex store_m_;
-  // Weight is signed: messages about a value can reach its owner before the call that makes
-  // it (they travel on different rings), so an entry may start as a pending placeholder that
-  // owes weight, and the kCallRef settles it.
-  struct Entry {
-    std::shared_ptr<FutureCore> core;
-    std::int64_t weight = 0;
-  };
-  Entry& store_entry(const RefId& id);  // with store_m_ held: find, or create a placeholder
-  void store_settle(std::unordered_map<RefId, Entry, RefIdHash>::iterator it, std::shared_ptr<FutureCore>& dropped);
-  std::unordered_map<RefId, Entry, RefIdHash> store_;
-  std::mutex reg_m_;
-  std::unordered_map<RefId, std::weak_ptr<FutureCore>, RefIdHash> registry_;  // non-owned cores here
-
-  // Executors. Up to threads_ "arena executors" run calls inside arena_ (-t T): the first
-  // at start, another whenever a call is queued while all of them are busy, so that T calls
-  // run at once and a tbb::parallel_for inside a call gets the arena's idle slots. Each
-  // enters the arena per call (tbb::task_arena::execute, ~40 ns) and leaves it when idle:
-  // an idle thread parked in a slot would keep TBB's workers out of it, and a call started
-  // on another thread would then run on one thread (seen with -p 0 -t 2: one rep in ten at
-  // half speed). For the same reason the arena reserves no slot for non-TBB threads.
-  // Beyond those, one more executor whenever queued work has waited a few ms with every
-  // executor busy (a call blocked in sleep or on a lock must not starve the call that would
-  // unblock it; Julia's tasks give the same guarantee); these run outside the arena (it may
-  // be full of blocked calls: that is why they were grown). Capped by VSCALE_MAX_EXECUTORS.
-  void maybe_add_executor();
-  // A call was queued: wake an idle executor unless one is spinning on the queue, and start
-  // another arena executor if all are busy.
-  void offer_to_executors();
-  void maybe_grow_executors();
-  void add_executor(bool in_arena);  // with exec_m_ held
-  int threads_ = 1;
-  std::unique_ptr<tbb::global_control> tbb_limit_;
-  std::unique_ptr<tbb::task_arena> arena_;
-  std::mutex exec_m_;
-  std::atomic<int> nexec_{0};        // all executors
-  std::atomic<int> arena_execs_{0};  // of which arena executors (<= threads_)
-  std::atomic<int> busy_{0};
-  std::atomic<int> exec_spinning_{0};  // idle executors spinning on the queue (no wake-up needed)
-  std::atomic<std::int64_t> queued_since_{0};  // steady_clock ns when the queue became non-empty while all were busy
-  int max_exec_ = 256;
-
+  Executor exec_{*this};
+  RefStore refs_;
   std::chrono::nanoseconds spin_us_;  // VSCALE_SPIN_US, read at construction
   std::atomic<bool> stopping_{false};
   std::atomic<bool> exit_requested_{false};
   std::thread progress_;
-  std::vector<std::thread> executors_;
-  std::atomic<std::int32_t> nprocs_{1};  // processes in the job (refreshed on membership change)
-
- public:
-  friend struct FutureCore;
+  friend RefId new_ref_id();
 };
 
 /// Counts the calling thread as polling for this process while it lives, so that senders
@@ -259,7 +187,7 @@ void Runtime::wait_until(Pred pred, bool interruptible) {
     // Queued calls run here with no awake mark held: a call that waits in turn and sleeps
     // must not leave this thread counted as polling, or senders would not wake it (nested
     // calls then cost a doze timeout per level).
-    if (tl_executor && run_one_task()) {
+    if (tl_executor && exec_.run_one()) {
       spin = true;
       continue;
     }
@@ -274,7 +202,7 @@ void Runtime::wait_until(Pred pred, bool interruptible) {
         unsigned n = 0;
         while (!pred()) {
           if (poll_once()) continue;
-          if ((tl_executor && q_size_.load(std::memory_order_acquire) > 0) || (interruptible && call_interrupted())) {
+          if ((tl_executor && exec_.queued()) || (interruptible && call_interrupted())) {
             spin = true;  // handled above, then spin again
             break;
           }
@@ -288,7 +216,7 @@ void Runtime::wait_until(Pred pred, bool interruptible) {
       leave_spin();
       continue;
     }
-    doze([&] { return pred() || (tl_executor && q_size_.load() > 0) || (interruptible && call_interrupted()); },
+    doze([&] { return pred() || (tl_executor && exec_.queued()) || (interruptible && call_interrupted()); },
          tl_executor ? kBellWait | kBellExec : kBellWait, 50'000'000L);
   }
 }
