@@ -205,31 +205,26 @@ struct ShipVec {
 template <class F>
 struct FnRegistry {
   std::mutex m;
-  std::unordered_map<std::uint64_t, std::shared_ptr<const F>> fns;
+  std::unordered_map<RefId, std::shared_ptr<const F>, RefIdHash> fns;
   static FnRegistry& get() {
     static FnRegistry r;
     return r;
   }
-  void install(std::uint64_t id, const F& f) {
+  void install(const RefId& id, const F& f) {
     auto p = std::make_shared<const F>(f);
     std::lock_guard lk(m);
     fns[id] = std::move(p);
   }
-  std::shared_ptr<const F> find(std::uint64_t id) {
+  std::shared_ptr<const F> find(const RefId& id) {
     std::lock_guard lk(m);
     auto it = fns.find(id);
     return it == fns.end() ? nullptr : it->second;
   }
-  void erase(std::uint64_t id) {
+  void erase(const RefId& id) {
     std::lock_guard lk(m);
     fns.erase(id);
   }
 };
-
-inline std::uint64_t new_pmap_id() {
-  static std::atomic<std::uint64_t> next{1};
-  return (static_cast<std::uint64_t>(self_id()) << 40) | next.fetch_add(1);
-}
 
 /// Whether pmap ships f once per worker (true) or with each batch (false).
 template <class F>
@@ -350,7 +345,7 @@ auto pmap(F f, const Collection& collection, const PmapOptionsFor<detail::pmap_r
   std::vector<int> owned;       // workers taken from the pool
   std::map<int, int> load;      // batches in flight per worker
   std::vector<int> installed;   // workers that hold f (cached callables only)
-  const std::uint64_t fid = detail::new_pmap_id();
+  const detail::RefId fid = detail::new_ref_id();
   constexpr bool cache = detail::cache_callable_v<F>;
 
   auto install = [&](const std::vector<int>& ws) {
@@ -359,7 +354,7 @@ auto pmap(F f, const Collection& collection, const PmapOptionsFor<detail::pmap_r
       for (int w : ws) {
         try {
           futs.push_back(detail::remotecall_push(
-              w, [](std::uint64_t id, const F& fn) { detail::FnRegistry<F>::get().install(id, fn); }, fid, f));
+              w, [](detail::RefId id, const F& fn) { detail::FnRegistry<F>::get().install(id, fn); }, fid, f));
         } catch (const ProcessExitedException&) {
           futs.emplace_back();  // a dead worker: its batches will fail and send it away
         }
@@ -403,7 +398,7 @@ auto pmap(F f, const Collection& collection, const PmapOptionsFor<detail::pmap_r
     Future<detail::ShipVec<R>> fut;
     try {
       if constexpr (cache) {
-        fut = detail::remotecall_push(w, [](std::uint64_t id, bool threaded, const detail::ShipVec<T>& v) {
+        fut = detail::remotecall_push(w, [](detail::RefId id, bool threaded, const detail::ShipVec<T>& v) {
           auto fn = detail::FnRegistry<F>::get().find(id);
           if (!fn) throw Error("vscale::pmap: the function was not installed on this worker (internal error)");
           return detail::apply_batch<R>(*fn, v.v, threaded);
@@ -483,7 +478,7 @@ auto pmap(F f, const Collection& collection, const PmapOptionsFor<detail::pmap_r
     if constexpr (cache) {
       for (int w : installed) {
         try {
-          remote_do(w, [](std::uint64_t id) { detail::FnRegistry<F>::get().erase(id); }, fid);
+          remote_do(w, [](detail::RefId id) { detail::FnRegistry<F>::get().erase(id); }, fid);
         } catch (...) {
         }
       }

@@ -3,8 +3,8 @@
 // DictChannel).
 //
 // A channel's state (a bounded FIFO queue, a mutex, condition variables, an open flag) lives
-// on its owner process, in that process's registry of remote objects, under a 64-bit id
-// (owner id << 40 | sequence number). A handle names it and carries a weight, exactly as a
+// on its owner process, in that process's registry of remote objects, under its RefId
+// (detail/core.hpp: owner, creator, sequence number). A handle names it and carries a weight, exactly as a
 // Future does (detail/core.hpp): copies in one process share one reference, a handle sent to
 // another process takes half of the sender's weight with it, and the owner keeps the state
 // while any weight is out there or any handle of its own exists. Handles travel as arguments
@@ -135,7 +135,7 @@ struct ChannelState {
     T v;
     std::uint64_t qid;  // unbuffered take: the put the value came from
   };
-  std::unordered_map<std::uint64_t, Held> held;
+  std::unordered_map<RefId, Held, RefIdHash> held;  // by ticket
   std::size_t held_takes = 0, held_puts = 0;
   std::size_t takers = 0;  // takes waiting now (an unbuffered put_for is served only when one waits)
 
@@ -154,7 +154,7 @@ struct ChannelState {
   }
   // With m held: the caller of held value `it` accepted it (it is theirs) or declined it (it
   // goes back). The caller notifies both condition variables afterwards.
-  void settle(typename std::unordered_map<std::uint64_t, Held>::iterator it, bool accept) {
+  void settle(typename std::unordered_map<RefId, Held, RefIdHash>::iterator it, bool accept) {
     Held h = std::move(it->second);
     held.erase(it);
     if (h.take) {
@@ -200,7 +200,7 @@ struct TakerMark {
 };
 
 template <class T>
-std::shared_ptr<ChannelState<T>> ch_state(std::uint64_t id) {
+std::shared_ptr<ChannelState<T>> ch_state(const RefId& id) {
   return find_remote_object<ChannelState<T>>(id);
 }
 
@@ -247,7 +247,7 @@ ChOutcome ch_put_unbuffered(ChannelState<T>& s, int caller, T v, std::int64_t un
 }
 
 template <class T>
-bool ch_put(std::uint64_t id, int caller, T v) {  // false: closed
+bool ch_put(RefId id, int caller, T v) {  // false: closed
   auto s = ch_state<T>(id);
   if (!s) return false;
   if (s->capacity == 0) return ch_put_unbuffered(*s, caller, std::move(v), kNoDeadlineNs) == kChDone;
@@ -263,14 +263,14 @@ bool ch_put(std::uint64_t id, int caller, T v) {  // false: closed
   return true;
 }
 
-/// A timed put: `ticket` 0 from the owner's own process (done at once), else the value is held
+/// A timed put: `ticket` RefId{} from the owner's own process (done at once), else the value is held
 /// for the caller's verdict (ch_verdict). Returns a ChOutcome.
 template <class T>
-std::uint8_t ch_put_timed(std::uint64_t id, int caller, std::uint64_t ticket, T v, std::int64_t until_ns,
+std::uint8_t ch_put_timed(RefId id, int caller, RefId ticket, T v, std::int64_t until_ns,
                           std::int64_t serve_ns) {
   auto s = ch_state<T>(id);
   if (!s) return kChClosed;
-  if (s->capacity == 0 && ticket == 0) return ch_put_unbuffered(*s, caller, std::move(v), until_ns);
+  if (s->capacity == 0 && ticket == RefId{}) return ch_put_unbuffered(*s, caller, std::move(v), until_ns);
   std::unique_lock lk(s->m);
   const bool ok = channel_wait(lk, s->not_full, caller, [&] {
     s->sweep();
@@ -280,7 +280,7 @@ std::uint8_t ch_put_timed(std::uint64_t id, int caller, std::uint64_t ticket, T 
   }, "put_for", until_ns, serve_ns);
   if (!ok) return kChTimedOut;
   if (!s->open) return kChClosed;
-  if (ticket == 0) {
+  if (ticket == RefId{}) {
     s->q.push_back(std::move(v));
     lk.unlock();
     s->not_empty.notify_all();
@@ -292,7 +292,7 @@ std::uint8_t ch_put_timed(std::uint64_t id, int caller, std::uint64_t ticket, T 
 }
 
 template <class T>
-std::optional<T> ch_take(std::uint64_t id, int caller) {  // nullopt: closed and empty
+std::optional<T> ch_take(RefId id, int caller) {  // nullopt: closed and empty
   auto s = ch_state<T>(id);
   if (!s) return std::nullopt;
   std::unique_lock lk(s->m);
@@ -314,10 +314,10 @@ std::optional<T> ch_take(std::uint64_t id, int caller) {  // nullopt: closed and
   return v;
 }
 
-/// A timed take: `ticket` 0 from the owner's own process (taken at once), else the value is
+/// A timed take: `ticket` RefId{} from the owner's own process (taken at once), else the value is
 /// held for the caller's verdict (ch_verdict).
 template <class T>
-ChReply<T> ch_take_timed(std::uint64_t id, int caller, std::uint64_t ticket, std::int64_t until_ns,
+ChReply<T> ch_take_timed(RefId id, int caller, RefId ticket, std::int64_t until_ns,
                          std::int64_t serve_ns) {
   ChReply<T> r;
   auto s = ch_state<T>(id);
@@ -341,7 +341,7 @@ ChReply<T> ch_take_timed(std::uint64_t id, int caller, std::uint64_t ticket, std
     return r;
   }
   r.outcome = kChDone;
-  if (ticket == 0) {
+  if (ticket == RefId{}) {
     r.v.emplace(std::move(s->q.front()));
     s->pop_front();
     const bool unbuffered = s->capacity == 0;
@@ -361,7 +361,7 @@ ChReply<T> ch_take_timed(std::uint64_t id, int caller, std::uint64_t ticket, std
 /// The caller of timed operation `ticket` accepts (the value is its own, or its put is in the
 /// channel) or declines (the value goes back, or is not put). 1 when the ticket was held.
 template <class T>
-std::uint8_t ch_verdict(std::uint64_t id, std::uint64_t ticket, bool accept) {
+std::uint8_t ch_verdict(RefId id, RefId ticket, bool accept) {
   auto s = ch_state<T>(id);
   if (!s) return 0;  // freed: no handle is left anywhere, nobody can see the value
   {
@@ -376,7 +376,7 @@ std::uint8_t ch_verdict(std::uint64_t id, std::uint64_t ticket, bool accept) {
 }
 
 template <class T>
-std::optional<T> ch_fetch(std::uint64_t id, int caller) {  // nullopt: closed and empty
+std::optional<T> ch_fetch(RefId id, int caller) {  // nullopt: closed and empty
   auto s = ch_state<T>(id);
   if (!s) return std::nullopt;
   std::unique_lock lk(s->m);
@@ -389,7 +389,7 @@ std::optional<T> ch_fetch(std::uint64_t id, int caller) {  // nullopt: closed an
 }
 
 template <class T>
-std::uint8_t ch_wait_timed(std::uint64_t id, int caller, std::int64_t until_ns, std::int64_t serve_ns) {
+std::uint8_t ch_wait_timed(RefId id, int caller, std::int64_t until_ns, std::int64_t serve_ns) {
   auto s = ch_state<T>(id);
   if (!s) return kChClosed;
   std::unique_lock lk(s->m);
@@ -402,12 +402,12 @@ std::uint8_t ch_wait_timed(std::uint64_t id, int caller, std::int64_t until_ns, 
 }
 
 template <class T>
-bool ch_wait(std::uint64_t id, int caller) {  // false: closed and empty
+bool ch_wait(RefId id, int caller) {  // false: closed and empty
   return ch_wait_timed<T>(id, caller, kNoDeadlineNs, kNoDeadlineNs) == kChDone;
 }
 
 template <class T>
-bool ch_isready(std::uint64_t id) {
+bool ch_isready(RefId id) {
   auto s = ch_state<T>(id);
   if (!s) return false;
   std::lock_guard lk(s->m);
@@ -415,7 +415,7 @@ bool ch_isready(std::uint64_t id) {
 }
 
 template <class T>
-bool ch_is_open(std::uint64_t id) {
+bool ch_is_open(RefId id) {
   auto s = ch_state<T>(id);
   if (!s) return false;
   std::lock_guard lk(s->m);
@@ -423,7 +423,7 @@ bool ch_is_open(std::uint64_t id) {
 }
 
 template <class T>
-std::uint64_t ch_length(std::uint64_t id) {
+std::uint64_t ch_length(RefId id) {
   auto s = ch_state<T>(id);
   if (!s) return 0;
   std::lock_guard lk(s->m);
@@ -431,7 +431,7 @@ std::uint64_t ch_length(std::uint64_t id) {
 }
 
 template <class T>
-void ch_close(std::uint64_t id) {
+void ch_close(RefId id) {
   auto s = ch_state<T>(id);
   if (!s) return;
   {
@@ -466,21 +466,15 @@ TimedLimits timed_limits(std::chrono::duration<Rep, Period> d) {
   return {until, until + kServeSlackNs, until + kAnswerSlackNs};
 }
 
-/// Names one timed operation of this process, for the owner's record of held values.
-inline std::uint64_t new_ticket() {
-  static std::atomic<std::uint64_t> next{0};
-  return (std::uint64_t(std::uint32_t(self_id())) << 40) | ((next.fetch_add(1) + 1) & kSeqMask);
-}
-
 /// Tell the owner the verdict on `ticket`. `may_block` false: from the polling thread (never
 /// waits for ring space). A gone owner needs no verdict.
 template <class T>
-void post_verdict(int owner, std::uint64_t id, std::uint64_t ticket, bool accept, bool may_block) noexcept {
-  using Fn = std::uint8_t (*)(std::uint64_t, std::uint64_t, bool);
+void post_verdict(int owner, RefId id, RefId ticket, bool accept, bool may_block) noexcept {
+  using Fn = std::uint8_t (*)(RefId, RefId, bool);
   try {
     Writer w;
-    pack_call<Fn, std::uint64_t, std::uint64_t, bool>(w, &ch_verdict<T>, id, ticket, accept);
-    call_do(owner, code_of<&invoke_call<Fn, std::uint64_t, std::uint64_t, bool>>(), w, may_block);
+    pack_call<Fn, RefId, RefId, bool>(w, &ch_verdict<T>, id, ticket, accept);
+    call_do(owner, code_of<&invoke_call<Fn, RefId, RefId, bool>>(), w, may_block);
   } catch (...) {
   }
 }
@@ -591,11 +585,11 @@ class RemoteChannel {
     const auto lim = detail::timed_limits(d);
     std::uint8_t outcome;
     if (local()) {
-      outcome = detail::ch_put_timed<T>(id(), myid(), 0, std::move(v), lim.until, detail::kNoDeadlineNs);
+      outcome = detail::ch_put_timed<T>(id(), myid(), detail::RefId{}, std::move(v), lim.until, detail::kNoDeadlineNs);
     } else {
       const int own = owner();
-      const std::uint64_t oid = id(), ticket = detail::new_ticket();
-      auto got = detail::timed_call<std::uint8_t, std::uint64_t, int, std::uint64_t, T, std::int64_t, std::int64_t>(
+      const detail::RefId oid = id(), ticket = detail::new_ref_id();
+      auto got = detail::timed_call<std::uint8_t, detail::RefId, int, detail::RefId, T, std::int64_t, std::int64_t>(
           own, lim.give_up,
           [own, oid, ticket](const std::uint8_t& late) {
             if (late == detail::kChDone) detail::post_verdict<T>(own, oid, ticket, false, false);
@@ -608,7 +602,7 @@ class RemoteChannel {
         // comes after it (FIFO per producer). Only an owner that stops right now makes this
         // wait long; after a second the put is known to be in, and its place follows.
         try {
-          (void)detail::timed_call<std::uint8_t, std::uint64_t, std::uint64_t, bool>(
+          (void)detail::timed_call<std::uint8_t, detail::RefId, detail::RefId, bool>(
               own, std::max(lim.give_up, detail::ch_now_ns() + 1'000'000'000), {}, &detail::ch_verdict<T>, oid, ticket,
               true);
         } catch (const ProcessExitedException&) {  // the value went with its owner, as any put's
@@ -642,11 +636,11 @@ class RemoteChannel {
     const auto lim = detail::timed_limits(d);
     detail::ChReply<T> r;
     if (local()) {
-      r = detail::ch_take_timed<T>(id(), myid(), 0, lim.until, detail::kNoDeadlineNs);
+      r = detail::ch_take_timed<T>(id(), myid(), detail::RefId{}, lim.until, detail::kNoDeadlineNs);
     } else {
       const int own = owner();
-      const std::uint64_t oid = id(), ticket = detail::new_ticket();
-      auto got = detail::timed_call<detail::ChReply<T>, std::uint64_t, int, std::uint64_t, std::int64_t, std::int64_t>(
+      const detail::RefId oid = id(), ticket = detail::new_ref_id();
+      auto got = detail::timed_call<detail::ChReply<T>, detail::RefId, int, detail::RefId, std::int64_t, std::int64_t>(
           own, lim.give_up,
           [own, oid, ticket](const detail::ChReply<T>& late) {
             if (late.outcome == detail::kChDone) detail::post_verdict<T>(own, oid, ticket, false, false);
@@ -696,7 +690,7 @@ class RemoteChannel {
     if (local()) {
       outcome = detail::ch_wait_timed<T>(id(), myid(), lim.until, detail::kNoDeadlineNs);
     } else {
-      auto got = detail::timed_call<std::uint8_t, std::uint64_t, int, std::int64_t, std::int64_t>(
+      auto got = detail::timed_call<std::uint8_t, detail::RefId, int, std::int64_t, std::int64_t>(
           owner(), lim.give_up, {}, &detail::ch_wait_timed<T>, id(), myid(), lim.until, lim.serve);
       if (!got) return false;
       outcome = *got;
@@ -726,11 +720,11 @@ class RemoteChannel {
 
   int owner() const noexcept { return ref_.owner(); }
   std::size_t capacity() const noexcept { return capacity_; }
-  std::uint64_t id() const noexcept { return ref_.id(); }
+  detail::RefId id() const noexcept { return ref_.id(); }
   bool valid() const noexcept { return ref_.valid(); }
   /// "RemoteChannel 1.3 (owned by process 2)".
   std::string name() const {
-    return "RemoteChannel " + detail::remote_object_name(id()) + " (owned by process " + std::to_string(owner()) + ")";
+    return "RemoteChannel " + detail::ref_id_name(id()) + " (owned by process " + std::to_string(owner()) + ")";
   }
   friend bool operator==(const RemoteChannel& a, const RemoteChannel& b) noexcept { return a.ref_ == b.ref_; }
 
@@ -826,7 +820,7 @@ class RemoteValue {
   }
 
   int owner() const noexcept { return ref_.owner(); }
-  std::uint64_t id() const noexcept { return ref_.id(); }
+  detail::RefId id() const noexcept { return ref_.id(); }
   bool valid() const noexcept { return ref_.valid(); }
   friend bool operator==(const RemoteValue& a, const RemoteValue& b) noexcept { return a.ref_ == b.ref_; }
 

@@ -3,7 +3,7 @@
 //
 // A pool's state (members, free ids, a mutex and a condition variable) lives on the process
 // that made it, in that process's registry of remote objects (see detail/remote_object.hpp), like
-// a RemoteChannel's. A WorkerPool is a handle {owner, id}: copy it freely, pass it to remote
+// a RemoteChannel's. A WorkerPool is a handle (the pool's RefId, which names its owner): copy it freely, pass it to remote
 // calls as an argument or through vscale::closure (like every vscale handle it is not
 // trivially copyable, so a shipped lambda cannot capture it), and every copy on every process
 // names the same pool. On the owner the operations go straight to the state; elsewhere each is a
@@ -41,7 +41,7 @@ namespace vscale {
 namespace detail {
 
 // The id of the master's default pool: creator 0 never exists, so no other object has it.
-inline constexpr std::uint64_t kDefaultPoolId = 1;
+inline constexpr RefId kDefaultPoolId{1, 0, 1};
 
 struct PoolState {
   std::mutex m;
@@ -175,31 +175,31 @@ inline std::shared_ptr<PoolState> master_default_pool() {
   return p;
 }
 
-inline std::string pool_name(int owner, std::uint64_t id) {
+inline std::string pool_name(const RefId& id) {
   if (id == kDefaultPoolId) return "the default WorkerPool (owned by process 1)";
-  return "WorkerPool " + remote_object_name(id) + " (owned by process " + std::to_string(owner) + ")";
+  return "WorkerPool " + ref_id_name(id) + " (owned by process " + std::to_string(id.owner) + ")";
 }
 
 // The state of pool `id` on this process (its owner).
-inline std::shared_ptr<PoolState> pool_state(std::uint64_t id) {
+inline std::shared_ptr<PoolState> pool_state(const RefId& id) {
   if (id == kDefaultPoolId) return master_default_pool();
   auto s = find_remote_object<PoolState>(id);
   if (!s)
-    throw Error("vscale: " + pool_name(self_id(), id) +
+    throw Error("vscale: " + pool_name(id) +
                 " no longer exists: every copy of its handle on its owner is gone; keep one there while it is used");
   return s;
 }
 
 // The operations as plain functions, so that they ship as code addresses.
-inline int pool_take(std::uint64_t id, int taker) { return pool_state(id)->take(taker); }
-inline int pool_try_take(std::uint64_t id, int taker) { return pool_state(id)->try_take(taker); }
-inline void pool_put(std::uint64_t id, int w) { pool_state(id)->put(w); }
-inline void pool_push(std::uint64_t id, int w) { pool_state(id)->push(w); }
-inline void pool_remove(std::uint64_t id, int w) { pool_state(id)->remove(w); }
-inline std::size_t pool_length(std::uint64_t id) { return pool_state(id)->length(); }
-inline bool pool_isready(std::uint64_t id) { return pool_state(id)->isready(); }
-inline std::vector<int> pool_list(std::uint64_t id) { return pool_state(id)->list(); }
-inline void pool_sync(std::uint64_t id, std::vector<int> ids) { pool_state(id)->sync(ids); }
+inline int pool_take(RefId id, int taker) { return pool_state(id)->take(taker); }
+inline int pool_try_take(RefId id, int taker) { return pool_state(id)->try_take(taker); }
+inline void pool_put(RefId id, int w) { pool_state(id)->put(w); }
+inline void pool_push(RefId id, int w) { pool_state(id)->push(w); }
+inline void pool_remove(RefId id, int w) { pool_state(id)->remove(w); }
+inline std::size_t pool_length(RefId id) { return pool_state(id)->length(); }
+inline bool pool_isready(RefId id) { return pool_state(id)->isready(); }
+inline std::vector<int> pool_list(RefId id) { return pool_state(id)->list(); }
+inline void pool_sync(RefId id, std::vector<int> ids) { pool_state(id)->sync(ids); }
 
 }  // namespace detail
 
@@ -212,12 +212,11 @@ class WorkerPool {
   /// A new, empty pool owned by this process.
   WorkerPool() : WorkerPool(std::vector<int>{}) {}
   /// A new pool of `ids` (all free) owned by this process.
-  explicit WorkerPool(const std::vector<int>& ids) : owner_(myid()), id_(detail::new_remote_object_id()) {
+  explicit WorkerPool(const std::vector<int>& ids) : id_(detail::new_ref_id()) {
     auto s = std::make_shared<detail::PoolState>();
     for (int w : ids) s->push(w);
     detail::register_remote_object<detail::PoolState>(id_, s);
-    const std::uint64_t id = id_;
-    keep_ = std::shared_ptr<void>(nullptr, [id](void*) { detail::erase_remote_object(id); });
+    keep_ = std::shared_ptr<void>(nullptr, [id = id_](void*) { detail::erase_remote_object(id); });
   }
 
   /// Add `id` to the pool, free (Julia's push!). Adding a member again does nothing.
@@ -226,8 +225,8 @@ class WorkerPool {
   /// no members at all (it would wait forever). A worker taken by a process that then dies
   /// goes back to the pool; one that dies while taken leaves it.
   int take() const {
-    if (owner_ == myid()) return detail::pool_take(id_, owner_);
-    return detail::channel_remote(owner_, &detail::pool_take, id_, myid());  // the owner abandons it on interrupt
+    if (owner() == myid()) return detail::pool_take(id_, myid());
+    return detail::channel_remote(owner(), &detail::pool_take, id_, myid());  // the owner abandons it on interrupt
   }
   /// Take a free worker if one is free now.
   std::optional<int> try_take() const {
@@ -249,36 +248,35 @@ class WorkerPool {
   void sync(const std::vector<int>& ids) const { op(&detail::pool_sync, ids); }
 
   /// The process that holds the pool's state.
-  int owner() const noexcept { return owner_; }
+  int owner() const noexcept { return id_.owner; }
   /// "WorkerPool 1.4 (owned by process 1)".
-  std::string name() const { return detail::pool_name(owner_, id_); }
-  friend bool operator==(const WorkerPool& a, const WorkerPool& b) { return a.owner_ == b.owner_ && a.id_ == b.id_; }
+  std::string name() const { return detail::pool_name(id_); }
+  friend bool operator==(const WorkerPool& a, const WorkerPool& b) { return a.id_ == b.id_; }
 
-  /// Ships the handle (owner and id), never the state. (A received handle starts as a new
+  /// Ships the handle (its id, which names the owner), never the state. (A received handle starts as a new
   /// empty pool from the default constructor, dropped here: it holds no state.)
   template <class A>
   void save(A& a) const {
-    a(owner_, id_);
+    a(cereal::binary_data(&id_, sizeof id_));
   }
   template <class A>
   void load(A& a) {
     keep_.reset();
-    a(owner_, id_);
+    a(cereal::binary_data(&id_, sizeof id_));
   }
 
  private:
   friend WorkerPool& default_worker_pool();
   struct Remote {};
-  WorkerPool(Remote, int owner, std::uint64_t id) : owner_(owner), id_(id) {}
+  WorkerPool(Remote, const detail::RefId& id) : id_(id) {}
 
   template <class R, class... P, class... A>
-  R op(R (*fn)(std::uint64_t, P...), A&&... a) const {
-    if (owner_ == myid()) return fn(id_, std::forward<A>(a)...);
-    return remotecall_fetch(owner_, fn, id_, std::forward<A>(a)...);
+  R op(R (*fn)(detail::RefId, P...), A&&... a) const {
+    if (owner() == myid()) return fn(id_, std::forward<A>(a)...);
+    return remotecall_fetch(owner(), fn, id_, std::forward<A>(a)...);
   }
 
-  int owner_ = 0;
-  std::uint64_t id_ = 0;
+  detail::RefId id_;
   std::shared_ptr<void> keep_;  // on the owner: the last copy there frees the state
 };
 
@@ -286,7 +284,7 @@ class WorkerPool {
 /// default_worker_pool(). On the master its membership is brought up to date with workers()
 /// on every use; on a worker it is a handle on the master's.
 inline WorkerPool& default_worker_pool() {
-  static WorkerPool pool(WorkerPool::Remote{}, 1, detail::kDefaultPoolId);
+  static WorkerPool pool(WorkerPool::Remote{}, detail::kDefaultPoolId);
   if (myid() == 1) detail::master_default_pool();
   return pool;
 }

@@ -32,7 +32,7 @@ struct RemoteObjectRegistry {
     const std::type_info* type;
   };
   std::mutex m;
-  std::unordered_map<std::uint64_t, Entry> objects;
+  std::unordered_map<RefId, Entry, RefIdHash> objects;
 };
 
 // Never destroyed: executor threads may still use it while the process ends.
@@ -41,21 +41,8 @@ inline RemoteObjectRegistry& remote_registry() {
   return *r;
 }
 
-inline constexpr std::uint64_t kSeqMask = (std::uint64_t(1) << 40) - 1;
-
-/// The 64-bit id of the object a reference names: creator id << 40 | sequence number.
-inline std::uint64_t object_id(const RefId& r) {
-  return (std::uint64_t(std::uint32_t(r.creator)) << 40) | (r.seq & kSeqMask);
-}
-
-/// A new id, unique across processes (drawn from the runtime's reference numbers, so that it
-/// never meets the id of a channel or remote object made here).
-inline std::uint64_t new_remote_object_id() { return object_id(new_local_core()->id); }
-
-/// "3.17": the id as creator.sequence, for messages.
-inline std::string remote_object_name(std::uint64_t id) {
-  return std::to_string(id >> 40) + "." + std::to_string(id & kSeqMask);
-}
+/// "3.17": a reference id as creator.sequence, for messages.
+inline std::string ref_id_name(const RefId& r) { return std::to_string(r.creator) + "." + std::to_string(r.seq); }
 
 /// Number of remote objects (channels and worker pools included) that live on this process now.
 inline std::size_t live_remote_objects() {
@@ -65,28 +52,28 @@ inline std::size_t live_remote_objects() {
 }
 
 template <class S>
-void register_remote_object(std::uint64_t id, std::shared_ptr<S> obj) {
+void register_remote_object(const RefId& id, std::shared_ptr<S> obj) {
   auto& r = remote_registry();
   std::lock_guard lk(r.m);
   if (!r.objects.emplace(id, RemoteObjectRegistry::Entry{std::move(obj), &typeid(S)}).second)
-    throw Error("vscale: remote object " + remote_object_name(id) + " already exists on process " +
+    throw Error("vscale: remote object " + ref_id_name(id) + " already exists on process " +
                 std::to_string(self_id()) + " (internal error)");
 }
 
 /// The object, or null when it does not exist (any more) on this process.
 template <class S>
-std::shared_ptr<S> find_remote_object(std::uint64_t id) {
+std::shared_ptr<S> find_remote_object(const RefId& id) {
   auto& r = remote_registry();
   std::lock_guard lk(r.m);
   auto it = r.objects.find(id);
   if (it == r.objects.end()) return nullptr;
   if (*it->second.type != typeid(S))
-    throw Error("vscale: remote object " + remote_object_name(id) + " on process " + std::to_string(self_id()) +
+    throw Error("vscale: remote object " + ref_id_name(id) + " on process " + std::to_string(self_id()) +
                 " has another type than the handle used on it (internal error)");
   return std::static_pointer_cast<S>(it->second.obj);
 }
 
-inline bool erase_remote_object(std::uint64_t id) {
+inline bool erase_remote_object(const RefId& id) {
   std::shared_ptr<void> doomed;  // destroyed outside the lock
   auto& r = remote_registry();
   std::lock_guard lk(r.m);
@@ -101,11 +88,11 @@ inline bool erase_remote_object(std::uint64_t id) {
 // value): when the owner's last handle is gone and all weight sent out has come back, the
 // runtime drops that reference, and this frees the object.
 struct RemoteAnchor {
-  explicit RemoteAnchor(std::uint64_t i) : id(i) {}
+  explicit RemoteAnchor(const RefId& i) : id(i) {}
   RemoteAnchor(const RemoteAnchor&) = delete;
   RemoteAnchor& operator=(const RemoteAnchor&) = delete;
   ~RemoteAnchor() { erase_remote_object(id); }
-  std::uint64_t id;
+  RefId id;
 };
 
 /// What a channel or RemoteValue handle holds: a reference with weight, as a Future's
@@ -116,11 +103,10 @@ class RemoteRef {
   RemoteRef() = default;
   explicit RemoteRef(std::shared_ptr<FutureCore> c) : core_(std::move(c)) {}
   int owner() const noexcept { return core_ ? core_->id.owner : 0; }
-  std::uint64_t id() const noexcept { return core_ ? object_id(core_->id) : 0; }
+  /// The object's id (its reference's, owner included); RefId{} for an empty handle.
+  RefId id() const noexcept { return core_ ? core_->id : RefId{}; }
   bool valid() const noexcept { return core_ != nullptr; }
-  friend bool operator==(const RemoteRef& a, const RemoteRef& b) noexcept {
-    return a.owner() == b.owner() && a.id() == b.id();
-  }
+  friend bool operator==(const RemoteRef& a, const RemoteRef& b) noexcept { return a.id() == b.id(); }
 
   template <class A>
   void save(A& ar) const {
@@ -151,29 +137,28 @@ class RemoteRef {
 template <class S>
 std::shared_ptr<FutureCore> new_remote_object(std::shared_ptr<S> obj) {
   auto core = new_local_core();
-  const std::uint64_t id = object_id(core->id);
-  register_remote_object<S>(id, std::move(obj));
-  core->typed = std::make_shared<RemoteAnchor>(id);  // set before the core is shared
+  register_remote_object<S>(core->id, std::move(obj));
+  core->typed = std::make_shared<RemoteAnchor>(core->id);  // set before the core is shared
   return core;
 }
 
 template <class S>
-std::shared_ptr<S> get_remote_object(std::uint64_t id) {
+std::shared_ptr<S> get_remote_object(const RefId& id) {
   auto p = find_remote_object<S>(id);
   if (!p)
-    throw Error("vscale: remote object " + remote_object_name(id) + " does not exist on process " +
+    throw Error("vscale: remote object " + ref_id_name(id) + " does not exist on process " +
                 std::to_string(self_id()) + " (it was freed)");
   return p;
 }
 
 template <class S, class F, class... A>
-auto remote_object_call(std::uint64_t id, F f, A... a) -> std::decay_t<std::invoke_result_t<F&, S&, A&...>> {
+auto remote_object_call(RefId id, F f, A... a) -> std::decay_t<std::invoke_result_t<F&, S&, A&...>> {
   auto obj = get_remote_object<S>(id);
   return std::invoke(f, *obj, a...);
 }
 
 template <class S>
-bool remote_object_free(std::uint64_t id) {
+bool remote_object_free(RefId id) {
   (void)find_remote_object<S>(id);  // type check
   return erase_remote_object(id);
 }
