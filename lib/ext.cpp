@@ -6,6 +6,7 @@
 
 namespace vscale::ext {
 
+bool session_running() noexcept { return detail::Runtime::current() != nullptr; }
 bool is_master() { return detail::Runtime::get("is_master").master(); }
 bool alive(int id) { return detail::Runtime::get("alive").alive(id); }
 std::string dead_reason(int id) { return detail::Runtime::get("dead_reason").dead_reason(id); }

@@ -18,12 +18,12 @@ namespace vscale::detail {
 namespace {
 std::mutex g_fd_m;  // fds the master pushed to this worker, not yet taken
 std::condition_variable g_fd_cv;
-std::vector<std::pair<FdKey, int>> g_fds;
+std::vector<std::pair<RefId, int>> g_fds;
 
 // One message of the exchange, both ways: the key as data, one fd as SCM_RIGHTS ancillary data.
 // Not copyable: the header points into the object.
 struct FdMessage {
-  FdKey key;
+  RefId key;
   char ctrl[CMSG_SPACE(sizeof(int))] = {};
   iovec iov{&key, sizeof key};
   msghdr msg{};
@@ -38,7 +38,7 @@ struct FdMessage {
 };
 }  // namespace
 
-bool send_fd(int sock, FdKey key, int fd) {
+bool send_fd(int sock, RefId key, int fd) {
   FdMessage m;
   m.key = key;
   cmsghdr* c = CMSG_FIRSTHDR(&m.msg);
@@ -76,7 +76,7 @@ void start_fd_receiver(int sock) {
   }).detach();
 }
 
-int take_pushed_fd(FdKey key, std::chrono::milliseconds timeout) {
+int take_pushed_fd(RefId key, std::chrono::milliseconds timeout) {
   std::unique_lock lk(g_fd_m);
   int fd = -1;
   g_fd_cv.wait_for(lk, timeout, [&] {

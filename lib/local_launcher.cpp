@@ -529,7 +529,7 @@ void LocalLauncher::loop() {
   }
 }
 
-void LocalLauncher::push_fd(int id, FdKey key, int fd) {
+void LocalLauncher::push_fd(int id, RefId key, int fd) {
   std::lock_guard lk(m_);  // also keeps the socket open while we write
   auto it = workers_.find(id);
   if (it == workers_.end() || !it->second.joined || it->second.exited || it->second.sock < 0)

@@ -152,7 +152,7 @@ ClusterManager& manager_for(const char* what) {
 
 }  // namespace
 
-void push_fd(int id, FdKey key, int fd) { manager_for("passing a file descriptor").push_fd(id, key, fd); }
+void push_fd(int id, RefId key, int fd) { manager_for("passing a file descriptor").push_fd(id, key, fd); }
 
 LaunchResult launch(int n, const std::string& exe, const std::string& cookie, std::chrono::milliseconds timeout) {
   return manager_for("addprocs").launch(n, LaunchSpec{exe, cookie, timeout.count() > 0 ? timeout : default_start_timeout()});

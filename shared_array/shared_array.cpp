@@ -2,11 +2,12 @@
 // handle protocol (how a process that receives a SharedArray gets and maps its memory, and
 // when the memory is freed).
 //
-// Memory-backed arrays are created on the master, which keeps each one's memfd in a table
-// while any other process holds a handle. A worker that receives a handle asks the master
-// for the fd (push_fd, over the control socket), maps it, and keeps the mapping while it has
-// local handles. Handles carry weights exactly like Futures (detail/core.hpp): the master's
-// table entry is freed when all weight has come back.
+// Memory-backed arrays are created on the master, which keeps each one's memfd as a remote
+// object (detail/remote_object.hpp) while any handle lives. Handles hold a RemoteRef to it,
+// with weights exactly like Futures and channels (the reference store, ref_store.hpp): the
+// memfd is closed when the master's handles are gone and all weight has come back. A worker
+// that receives a handle asks the master for the fd (push_fd, over the control socket), maps
+// it, and keeps the mapping while it has local handles.
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
@@ -20,7 +21,8 @@
 #include <map>
 #include <mutex>
 
-#include "vscale/detail/runtime.hpp"
+#include "vscale/detail/fd_passing.hpp"
+#include "vscale/ext.hpp"
 #include "vscale/placement.hpp"
 #include "vscale/shared_array.hpp"
 
@@ -28,25 +30,26 @@ namespace vscale::detail {
 
 namespace {
 
-constexpr std::uint64_t kShmWeight = std::uint64_t(1) << 20;  // as kInitialWeight (runtime.hpp)
 const std::size_t kPage = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
 
-struct KeyLess {
-  bool operator()(const FdKey& x, const FdKey& y) const { return x.a != y.a ? x.a < y.a : x.b < y.b; }
+// Master: what a memory-backed array is while any process holds a handle to it: its memfd.
+// Its bytes count as used memory for as long (live_bytes).
+std::atomic<std::size_t> live_bytes{0};
+struct ShmOwner {
+  ShmOwner(int f, std::size_t b) : fd(f), bytes(b) { live_bytes.fetch_add(b); }
+  ~ShmOwner() {
+    close(fd);
+    live_bytes.fetch_sub(bytes);
+  }
+  ShmOwner(const ShmOwner&) = delete;
+  ShmOwner& operator=(const ShmOwner&) = delete;
+  int fd;
+  std::size_t bytes;
 };
 
-// Master: the fds of arrays that other processes hold, and the weight out there.
-struct TableEntry {
-  int fd = -1;
-  std::int64_t weight = 0;
-  std::size_t bytes = 0;
-};
-std::mutex table_m;
-std::map<FdKey, TableEntry, KeyLess> table;
 // Every process: the live mappings, so that one array is mapped once per process.
 std::mutex reg_m;
-std::map<FdKey, std::weak_ptr<SharedMapping>, KeyLess> registry;
-std::atomic<std::uint64_t> next_seq{0};
+std::map<RefId, std::weak_ptr<SharedMapping>> registry;
 
 std::string errno_text() { return std::strerror(errno); }
 
@@ -65,27 +68,6 @@ std::size_t proc_kb_field(const char* file, const std::string& want) {
   return 0;
 }
 
-/// Bytes of memory-backed arrays that exist now (the master's; pages all reserved).
-std::size_t live_array_bytes() {
-  std::size_t sum = 0;
-  std::vector<FdKey> seen;
-  {
-    std::lock_guard lk(reg_m);
-    for (auto& [k, w] : registry)
-      if (auto m = w.lock(); m && !m->file) {
-        sum += m->bytes;
-        seen.push_back(k);
-      }
-  }
-  std::lock_guard lk(table_m);
-  for (auto& [k, e] : table) {
-    bool counted = false;
-    for (const auto& s : seen) counted = counted || (s.a == k.a && s.b == k.b);
-    if (!counted && e.fd >= 0) sum += e.bytes;  // held only by workers now
-  }
-  return sum;
-}
-
 struct Available {
   std::size_t bytes;
   std::string why;  // which limit it is, for the message
@@ -99,7 +81,7 @@ Available available_memory() {
   Available a{SIZE_MAX, ""};
   if (std::size_t avail = proc_kb_field("/proc/meminfo", "MemAvailable:")) a = {avail, "MemAvailable"};
   if (auto lim = machine().memory_limit) {
-    const std::size_t used = live_array_bytes() + proc_kb_field("/proc/self/status", "RssAnon:");
+    const std::size_t used = live_bytes.load() + proc_kb_field("/proc/self/status", "RssAnon:");
     const std::size_t left = *lim > used ? static_cast<std::size_t>(*lim - used) : 0;
     if (left < a.bytes)
       a = {left, "the cgroup memory limit of " + mib(static_cast<std::size_t>(*lim)) + " (cgroup v" +
@@ -136,44 +118,18 @@ void map_into(SharedMapping& m, int prot) {
 
 // --- what workers ask of the master (remote calls)
 
-bool master_push_fd(FdKey key, int to) {
-  int fd = -1;
-  {
-    std::lock_guard lk(table_m);
-    auto it = table.find(key);
-    if (it == table.end()) return false;
-    fd = it->second.fd;
-    push_fd(to, key, fd);  // under the lock: the fd must stay open while it is sent
-  }
+bool master_push_fd(RefId key, int to) {
+  auto owner = find_remote_object<ShmOwner>(key);
+  if (!owner) return false;
+  push_fd(to, key, owner->fd);  // `owner` keeps the fd open while it is sent
   return true;
-}
-
-void master_add_weight(FdKey key, std::uint64_t w) {
-  std::lock_guard lk(table_m);
-  table[key].weight += static_cast<std::int64_t>(w);
-}
-
-void master_release_weight(FdKey key, std::uint64_t w) {
-  std::lock_guard lk(table_m);
-  auto it = table.find(key);
-  if (it == table.end()) {
-    // A weight came back before the master heard of it (impossible with the master as the
-    // only creator; kept for robustness): remember the debt.
-    table[key].weight -= static_cast<std::int64_t>(w);
-    return;
-  }
-  it->second.weight -= static_cast<std::int64_t>(w);
-  if (it->second.weight == 0) {
-    if (it->second.fd >= 0) close(it->second.fd);
-    table.erase(it);
-  }
 }
 
 // Workers: mappings pinned while the master's array lives.
 std::mutex pin_m;
-std::map<FdKey, std::shared_ptr<SharedMapping>, KeyLess> pinned;
+std::map<RefId, std::shared_ptr<SharedMapping>> pinned;
 
-void worker_unpin(FdKey key) {
+void worker_unpin(RefId key) {
   std::shared_ptr<SharedMapping> m;  // released outside the lock
   std::lock_guard lk(pin_m);
   auto it = pinned.find(key);
@@ -182,22 +138,10 @@ void worker_unpin(FdKey key) {
   pinned.erase(it);
 }
 
-/// Run `fn(args...)` on `pid` from a destructor: never blocks, never throws.
-template <class... A>
-void post(int pid, void (*fn)(A...), A... args) {
-  try {
-    Writer w;
-    pack_call<void (*)(A...), A...>(w, fn, args...);
-    call_do(pid, code_of<&invoke_call<void (*)(A...), A...>>(), w, false);
-  } catch (...) {
-  }
-}
-
 }  // namespace
 
 void shm_pin(const std::shared_ptr<SharedMapping>& m) {
-  Runtime* rt = Runtime::current();
-  if (!rt || rt->master()) return;  // the master's own handles keep it
+  if (!ext::session_running() || ext::is_master()) return;  // the master's own handles keep it
   std::lock_guard lk(pin_m);
   pinned[m->key] = m;
 }
@@ -215,14 +159,12 @@ SharedMapping::~SharedMapping() {
     auto it = registry.find(key);
     if (it != registry.end() && it->second.expired()) registry.erase(it);
   }
-  Runtime* rt = Runtime::current();
-  if (!rt) return;
-  // The master's array is gone: the participants may let go of theirs.
+  if (!ext::session_running()) return;
+  // The master's array is gone: the participants may let go of theirs. (Possibly on the
+  // polling thread, a value dropped there: never block.) The weight `ref` holds goes back
+  // to the master when ref goes, as a Future's does.
   for (int p : pinned_on)
-    if (rt->alive(p)) post<FdKey>(p, &worker_unpin, key);
-  if (file || rt->master() || weight == 0 || !rt->alive(1)) return;
-  // Possibly on the polling thread (a value dropped there): never block.
-  post<FdKey, std::uint64_t>(1, &master_release_weight, key, weight);
+    if (ext::alive(p)) ext::post(p, &worker_unpin, key);
 }
 
 std::size_t checked_count(const std::size_t* dims, std::size_t n, std::size_t elem_size) {
@@ -241,7 +183,7 @@ std::size_t checked_count(const std::size_t* dims, std::size_t n, std::size_t el
 std::vector<int> checked_pids(std::vector<int> ids) {
   if (ids.empty()) ids = workers();  // Julia: all workers, or the master alone
   for (int p : ids)
-    if (!Runtime::get("SharedArray").alive(p))
+    if (!ext::alive(p))
       throw UsageError("vscale: SharedArray pids: " + std::to_string(p) +
                        " is not a running process (procs() = " + [] {
                          std::string s;
@@ -252,23 +194,25 @@ std::vector<int> checked_pids(std::vector<int> ids) {
 }
 
 std::shared_ptr<SharedMapping> shm_create(std::size_t bytes) {
-  Runtime& rt = Runtime::get("SharedArray");
-  if (!rt.master())
+  if (!ext::is_master())
     throw UsageError("vscale: create SharedArrays on the master (process 1) and pass them to workers; "
-                     "this was process " + std::to_string(rt.self()));
+                     "this was process " + std::to_string(myid()));
   const Available avail = available_memory();
   if (bytes > avail.bytes)
     throw Error("vscale: a SharedArray of " + mib(bytes) + " does not fit: only " + mib(avail.bytes) +
                 " of memory is available (" + avail.why + ")");
   check_file_size_limit(bytes, "a SharedArray of " + mib(bytes) + " (a memfd of that size)");
   auto m = std::make_shared<SharedMapping>();
-  m->key = FdKey{std::uint64_t(rt.self()), next_seq.fetch_add(1) + 1};
   m->bytes = bytes;
   m->fd = static_cast<int>(syscall(SYS_memfd_create, "vscale-shared-array", MFD_CLOEXEC));
   if (m->fd < 0) throw Error("vscale: memfd_create failed for a SharedArray: " + errno_text());
   if (ftruncate(m->fd, static_cast<off_t>(bytes)) != 0)
     throw Error("vscale: cannot size a SharedArray of " + mib(bytes) + ": " + errno_text());
   map_into(*m, PROT_READ | PROT_WRITE);
+  const int keep = fcntl(m->fd, F_DUPFD_CLOEXEC, 3);
+  if (keep < 0) throw Error("vscale: cannot keep a SharedArray's memfd: " + errno_text());
+  m->ref = RemoteRef(new_remote_object(std::make_shared<ShmOwner>(keep, bytes)));
+  m->key = m->ref.id();
   std::lock_guard lk(reg_m);
   registry[m->key] = m;
   return m;
@@ -298,7 +242,7 @@ std::shared_ptr<SharedMapping> shm_open_file(const std::string& path, std::size_
                 (mode == FileMode::r ? "r" : "r+") + " needs it)");
   auto m = std::make_shared<SharedMapping>();
   m->file = true;
-  if (creating) m->key = FdKey{std::uint64_t(myid()), next_seq.fetch_add(1) + 1};
+  if (creating) m->key = new_ref_id();
   m->path = path;
   m->offset = offset;
   m->bytes = bytes;
@@ -343,44 +287,34 @@ void shm_save(cereal::BinaryOutputArchive& ar, const std::shared_ptr<SharedMappi
   ar(file);
   if (m->file) {
     std::uint8_t ro = m->readonly;
-    ar(m->key.a, m->key.b, m->path, std::uint64_t(m->offset), std::uint64_t(m->bytes), ro);
+    ar(cereal::binary_data(&m->key, sizeof m->key), m->path, std::uint64_t(m->offset), std::uint64_t(m->bytes), ro);
     return;
   }
-  Runtime& rt = Runtime::get("sending a SharedArray");
-  std::uint64_t give;
-  if (rt.master()) {
-    // Keep the fd for whoever asks, and mint the weight that travels.
-    std::lock_guard lk(table_m);
-    auto& e = table[m->key];
-    if (e.fd < 0) {
-      e.fd = fcntl(m->fd, F_DUPFD_CLOEXEC, 3);
-      e.bytes = m->bytes;
-    }
-    e.weight += static_cast<std::int64_t>(kShmWeight);
-    give = kShmWeight;
-  } else {
-    std::unique_lock lk(m->m);
-    if (m->weight < 2) {
-      lk.unlock();
-      remotecall_fetch(1, &master_add_weight, m->key, kShmWeight);
-      lk.lock();
-      m->weight += kShmWeight;
-    }
-    give = m->weight / 2;
-    m->weight -= give;
-  }
-  ar(m->key.a, m->key.b, std::uint64_t(m->bytes), give);
+  ar(m->ref, std::uint64_t(m->bytes));  // the reference takes its share of weight along
 }
+
+namespace {
+/// A new mapping of the memory-backed array `ref` (bytes long) from `fd`.
+std::shared_ptr<SharedMapping> mapping_of(RemoteRef ref, std::size_t bytes, int fd) {
+  auto m = std::make_shared<SharedMapping>();
+  m->ref = std::move(ref);
+  m->key = m->ref.id();
+  m->bytes = bytes;
+  m->fd = fd;
+  map_into(*m, PROT_READ | PROT_WRITE);
+  return m;
+}
+}  // namespace
 
 std::shared_ptr<SharedMapping> shm_load(cereal::BinaryInputArchive& ar) {
   std::uint8_t file = 0;
   ar(file);
   if (file) {
-    FdKey key;
+    RefId key;
     std::string path;
     std::uint64_t offset, bytes;
     std::uint8_t ro;
-    ar(key.a, key.b, path, offset, bytes, ro);
+    ar(cereal::binary_data(&key, sizeof key), path, offset, bytes, ro);
     std::lock_guard lk(reg_m);
     if (auto m = registry[key].lock()) return m;  // mapped here already
     auto m = shm_open_file(path, bytes, offset, ro ? FileMode::r : FileMode::r_plus, false);
@@ -388,61 +322,31 @@ std::shared_ptr<SharedMapping> shm_load(cereal::BinaryInputArchive& ar) {
     registry[key] = m;
     return m;
   }
-  FdKey key;
-  std::uint64_t bytes, weight;
-  ar(key.a, key.b, bytes, weight);
-  Runtime& rt = Runtime::get("receiving a SharedArray");
-  if (rt.master()) {
-    // Back home: the weight returns to the table; the master's own handles hold none.
-    std::shared_ptr<SharedMapping> m;
-    {
-      std::lock_guard lk(reg_m);
-      m = registry[key].lock();
-    }
-    if (!m) {
-      // Every master handle was dropped while others kept the array: map it again.
-      std::lock_guard lk(table_m);
-      auto it = table.find(key);
-      if (it == table.end() || it->second.fd < 0)
-        throw Error("vscale: the master received a SharedArray it no longer knows (internal error)");
-      m = std::make_shared<SharedMapping>();
-      m->key = key;
-      m->bytes = bytes;
-      m->fd = fcntl(it->second.fd, F_DUPFD_CLOEXEC, 3);
-      map_into(*m, PROT_READ | PROT_WRITE);
-      std::lock_guard rk(reg_m);
-      registry[key] = m;
-    }
-    master_release_weight(key, weight);
-    return m;
-  }
+  RemoteRef ref;
+  std::uint64_t bytes;
+  ar(ref, bytes);  // its weight joins this process's reference (or, on the master, goes home)
+  const RefId key = ref.id();
   {
     std::lock_guard lk(reg_m);
-    if (auto m = registry[key].lock()) {
-      std::lock_guard mk(m->m);
-      m->weight += weight;
-      return m;
-    }
+    if (auto m = registry[key].lock()) return m;  // mapped here already
   }
-  // First handle here: get the memfd from the master and map it.
-  auto m = std::make_shared<SharedMapping>();
-  m->key = key;
-  m->bytes = bytes;
-  m->weight = weight;  // from here on the destructor returns it
-  if (!remotecall_fetch(1, &master_push_fd, key, rt.self()))
-    throw Error("vscale: process " + std::to_string(rt.self()) + " received a SharedArray the master no longer holds");
-  m->fd = take_pushed_fd(key, std::chrono::seconds(60));
-  if (m->fd < 0)
-    throw Error("vscale: process " + std::to_string(rt.self()) + " did not receive a SharedArray's memory from the master");
-  map_into(*m, PROT_READ | PROT_WRITE);
+  std::shared_ptr<SharedMapping> m;
+  if (ext::is_master()) {
+    // Every master handle was dropped while others kept the array: map it again.
+    auto owner = find_remote_object<ShmOwner>(key);
+    if (!owner) throw Error("vscale: the master received a SharedArray it no longer knows (internal error)");
+    m = mapping_of(std::move(ref), bytes, fcntl(owner->fd, F_DUPFD_CLOEXEC, 3));
+  } else {
+    // First handle here: get the memfd from the master and map it.
+    if (!remotecall_fetch(1, &master_push_fd, key, myid()))
+      throw Error("vscale: process " + std::to_string(myid()) + " received a SharedArray the master no longer holds");
+    const int fd = take_pushed_fd(key, std::chrono::seconds(60));
+    if (fd < 0)
+      throw Error("vscale: process " + std::to_string(myid()) + " did not receive a SharedArray's memory from the master");
+    m = mapping_of(std::move(ref), bytes, fd);
+  }
   std::lock_guard lk(reg_m);
-  if (auto other = registry[key].lock()) {
-    // Another thread mapped it meanwhile: keep one mapping, merge the weight.
-    std::lock_guard mk(other->m);
-    other->weight += m->weight;
-    m->weight = 0;
-    return other;
-  }
+  if (auto other = registry[key].lock()) return other;  // another thread mapped it meanwhile
   registry[key] = m;
   return m;
 }

@@ -15,6 +15,8 @@
 
 namespace vscale::ext {
 
+/// Whether a Session runs in this process now (never throws: for destructors).
+bool session_running() noexcept;
 /// Whether this process is the master (process 1). Throws UsageError without a Session.
 bool is_master();
 /// Whether process `id` is a live member of the session now.

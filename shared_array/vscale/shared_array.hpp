@@ -25,7 +25,7 @@
 #include <Eigen/Core>
 
 #include "vscale/cluster.hpp"
-#include "vscale/detail/fd_passing.hpp"
+#include "vscale/detail/remote_object.hpp"
 #include "vscale/errors.hpp"
 #include "vscale/remotecall.hpp"
 
@@ -103,18 +103,17 @@ namespace detail {
 
 /// The mapping of one array's memory in this process (shared by its local handles).
 struct SharedMapping {
-  FdKey key;                  // {creator, seq}; zero for file-backed arrays
+  RefId key;                  // the array's id (a memory-backed array's: its owner's, ref.id())
+  RemoteRef ref;              // memory-backed: the master's memfd, with this process's weight
   std::size_t bytes = 0;      // data bytes
   char* data = nullptr;       // first element
   void* map_base = nullptr;   // what munmap needs
   std::size_t map_len = 0;
-  int fd = -1;                // memfd (memory-backed arrays)
+  int fd = -1;                // memfd (memory-backed arrays) or the file
   bool file = false;          // file-backed
   bool readonly = false;
   std::string path;
   std::size_t offset = 0;
-  std::mutex m;
-  std::uint64_t weight = 0;   // workers: weight held (returned to the master at destruction)
   std::vector<int> pinned_on; // master: workers that keep this array mapped while we live
   ~SharedMapping();
 };

@@ -35,7 +35,7 @@ class ClusterManager {
   /// when all are gone. Ids never given out are a UsageError; ids already gone are skipped.
   virtual void remove(const std::vector<int>& ids, std::chrono::milliseconds timeout) = 0;
   /// Pass a duplicate of `fd` to process `id` (managers of processes on this host only).
-  virtual void push_fd(int id, FdKey key, int fd) = 0;
+  virtual void push_fd(int id, RefId key, int fd) = 0;
   /// Stop every process and the manager's own threads (the end of the session).
   virtual void shutdown() = 0;
 };

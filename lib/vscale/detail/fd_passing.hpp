@@ -6,23 +6,22 @@
 #include <chrono>
 #include <cstdint>
 
+#include "vscale/detail/core.hpp"
+
 namespace vscale::detail {
 
-/// A 16-byte name for what the fd is (a SharedArray's key).
-struct FdKey {
-  std::uint64_t a = 0, b = 0;
-  friend bool operator==(const FdKey&, const FdKey&) = default;
-};
+// An fd travels with the RefId of what it is (a SharedArray's memory) as 16 raw bytes.
+static_assert(std::is_trivially_copyable_v<RefId> && sizeof(RefId) == 16);
 
 /// Master: send a duplicate of `fd` to worker `id` (through the cluster manager, which owns
 /// the sockets). Throws ProcessExitedException.
-void push_fd(int id, FdKey key, int fd);
+void push_fd(int id, RefId key, int fd);
 /// Worker: wait for the fd the master pushed under `key` and take it (-1 after `timeout`).
-int take_pushed_fd(FdKey key, std::chrono::milliseconds timeout);
+int take_pushed_fd(RefId key, std::chrono::milliseconds timeout);
 
 /// The sending half: `fd` with its key as one message on socket `sock`. False (errno set)
 /// when the message could not be sent whole.
-bool send_fd(int sock, FdKey key, int fd);
+bool send_fd(int sock, RefId key, int fd);
 /// The receiving half, on a worker: a thread that files every fd the master sends on `sock`
 /// for take_pushed_fd. EOF on the socket means the master is gone: the worker exits.
 void start_fd_receiver(int sock);

@@ -35,7 +35,7 @@ class LocalLauncher final : public ClusterManager {
     threads_ = threads;
     cpu_plan_.assign(cpus.begin(), cpus.end());
   }
-  void push_fd(int id, FdKey key, int fd) override;
+  void push_fd(int id, RefId key, int fd) override;
   void remove(const std::vector<int>& ids, std::chrono::milliseconds timeout) override;
   void shutdown() override;
 
