@@ -3,6 +3,7 @@
 // real machine. Needs no workers (tests/test_placement.args: -p 0).
 #include <doctest/doctest.h>
 
+#include <vscale/detail/cgroup.hpp>
 #include <vscale/errors.hpp>
 #include <vscale/placement.hpp>
 
@@ -252,6 +253,51 @@ TEST_CASE("placement.oom_kill_count_reads_cgroup_v1_and_v2") {
     t.mkdir("sys/fs/cgroup/job");
     CHECK(vscale::oom_kill_count(vscale::detect_machine(t.root())) == -1);
   }
+}
+
+TEST_CASE("cgroup.tasks_room_is_the_smallest_pids_room_along_the_path") {
+  SUBCASE("v2: every level with a pids.max limits") {
+    FakeRoot t;
+    t.write("proc/self/cgroup", "0::/job/task\n");
+    t.write("sys/fs/cgroup/job/pids.max", "100\n");
+    t.write("sys/fs/cgroup/job/pids.current", "40\n");
+    t.write("sys/fs/cgroup/job/task/pids.max", "max\n");
+    t.write("sys/fs/cgroup/job/task/pids.current", "10\n");
+    CHECK(vscale::detail::cgroup_tasks_room(t.root()) == 60);
+    t.write("sys/fs/cgroup/job/task/pids.max", "20\n");
+    CHECK(vscale::detail::cgroup_tasks_room(t.root()) == 10);
+    t.write("sys/fs/cgroup/job/task/pids.current", "25\n");  // over the limit: no room, not less
+    CHECK(vscale::detail::cgroup_tasks_room(t.root()) == 0);
+  }
+  SUBCASE("v1: the pids controller's hierarchy") {
+    FakeRoot t;
+    t.write("proc/self/cgroup", "5:pids:/job\n0::/other\n");
+    t.write("sys/fs/cgroup/pids/job/pids.max", "64\n");
+    t.write("sys/fs/cgroup/pids/job/pids.current", "4\n");
+    t.write("sys/fs/cgroup/other/pids.max", "1\n");  // v2 is not where the v1 controller is
+    t.write("sys/fs/cgroup/other/pids.current", "1\n");
+    CHECK(vscale::detail::cgroup_tasks_room(t.root()) == 60);
+  }
+  SUBCASE("no limit anywhere") {
+    FakeRoot t;
+    t.write("proc/self/cgroup", "0::/job\n");
+    t.write("sys/fs/cgroup/job/pids.max", "max\n");
+    t.write("sys/fs/cgroup/job/pids.current", "3\n");
+    CHECK_FALSE(vscale::detail::cgroup_tasks_room(t.root()).has_value());
+  }
+}
+
+TEST_CASE("cgroup.memory_usage_reads_v1_and_v2") {
+  FakeRoot t;
+  t.write("proc/self/cgroup", "0::/job\n");
+  t.write("sys/fs/cgroup/job/memory.max", "314572800\n");
+  t.write("sys/fs/cgroup/job/memory.current", "1048576\n");
+  auto m = vscale::detect_machine(t.root());
+  REQUIRE(m.memory_cgroup_dirs.size() == 2);  // job, then the root
+  CHECK(vscale::detail::cgroup_memory_usage(m.memory_cgroup_dirs.front(), false) == 1048576U);
+  t.write("sys/fs/cgroup/job/memory.usage_in_bytes", "2097152\n");
+  CHECK(vscale::detail::cgroup_memory_usage(m.memory_cgroup_dirs.front(), true) == 2097152U);
+  CHECK_FALSE(vscale::detail::cgroup_memory_usage(m.memory_cgroup_dirs.back(), false).has_value());
 }
 
 TEST_CASE("cgroup v1: quota, cpuset and memory limit") {
