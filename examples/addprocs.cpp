@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <iostream>
+#include <string>
 #include <vector>
 
 #include <vscale/vscale.hpp>
@@ -51,10 +52,6 @@ int main(int argc, char** argv) {
   check(again.size() == 1 && again.front() > id, "a worker added afterwards gets a new id");
   vscale::rmprocs(again);
 
-  if (failures) {
-    std::cout << failures << " check(s) FAILED\n";
-    return EXIT_FAILURE;
-  }
-  std::cout << "all checks passed\n";
-  return EXIT_SUCCESS;
+  std::cout << (failures ? std::to_string(failures) + " check(s) FAILED\n" : "all checks passed\n");
+  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }

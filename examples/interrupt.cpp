@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
+#include <string>
 #include <thread>
 
 #include <vscale/vscale.hpp>
@@ -66,10 +67,6 @@ int main(int argc, char** argv) {
         }) == 42,
         "check_interrupt() in a new call does not throw");
 
-  if (failures) {
-    std::cout << failures << " check(s) FAILED\n";
-    return EXIT_FAILURE;
-  }
-  std::cout << "all checks passed\n";
-  return EXIT_SUCCESS;
+  std::cout << (failures ? std::to_string(failures) + " check(s) FAILED\n" : "all checks passed\n");
+  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }

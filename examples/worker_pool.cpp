@@ -11,6 +11,7 @@
 // Run: ./worker_pool -p 3. It checks its answers and exits non-zero on a wrong one.
 #include <cstdlib>
 #include <iostream>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -55,10 +56,6 @@ int main(int argc, char** argv) {
   check(pool.length() == 2 && pool.isready(), "afterwards both workers are back in the pool");
   check(vscale::default_worker_pool().workers() == ws, "default_worker_pool() holds every worker");
 
-  if (failures) {
-    std::cout << failures << " check(s) FAILED\n";
-    return EXIT_FAILURE;
-  }
-  std::cout << "all checks passed\n";
-  return EXIT_SUCCESS;
+  std::cout << (failures ? std::to_string(failures) + " check(s) FAILED\n" : "all checks passed\n");
+  return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }

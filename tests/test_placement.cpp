@@ -256,34 +256,32 @@ TEST_CASE("placement.oom_kill_count_reads_cgroup_v1_and_v2") {
 }
 
 TEST_CASE("cgroup.tasks_room_is_the_smallest_pids_room_along_the_path") {
+  FakeRoot t;
+  auto pids = [&](const std::string& dir, const std::string& max, int current) {
+    t.write(dir + "/pids.max", max + "\n");
+    t.write(dir + "/pids.current", std::to_string(current) + "\n");
+  };
+  auto room = [&] { return vscale::detail::cgroup_tasks_room(t.root()); };
   SUBCASE("v2: every level with a pids.max limits") {
-    FakeRoot t;
     t.write("proc/self/cgroup", "0::/job/task\n");
-    t.write("sys/fs/cgroup/job/pids.max", "100\n");
-    t.write("sys/fs/cgroup/job/pids.current", "40\n");
-    t.write("sys/fs/cgroup/job/task/pids.max", "max\n");
-    t.write("sys/fs/cgroup/job/task/pids.current", "10\n");
-    CHECK(vscale::detail::cgroup_tasks_room(t.root()) == 60);
-    t.write("sys/fs/cgroup/job/task/pids.max", "20\n");
-    CHECK(vscale::detail::cgroup_tasks_room(t.root()) == 10);
-    t.write("sys/fs/cgroup/job/task/pids.current", "25\n");  // over the limit: no room, not less
-    CHECK(vscale::detail::cgroup_tasks_room(t.root()) == 0);
+    pids("sys/fs/cgroup/job", "100", 40);
+    pids("sys/fs/cgroup/job/task", "max", 10);
+    CHECK(room() == 60);
+    pids("sys/fs/cgroup/job/task", "20", 10);
+    CHECK(room() == 10);
+    pids("sys/fs/cgroup/job/task", "20", 25);  // over the limit: no room, not less
+    CHECK(room() == 0);
   }
-  SUBCASE("v1: the pids controller's hierarchy") {
-    FakeRoot t;
+  SUBCASE("v1: the pids controller's hierarchy, not v2's") {
     t.write("proc/self/cgroup", "5:pids:/job\n0::/other\n");
-    t.write("sys/fs/cgroup/pids/job/pids.max", "64\n");
-    t.write("sys/fs/cgroup/pids/job/pids.current", "4\n");
-    t.write("sys/fs/cgroup/other/pids.max", "1\n");  // v2 is not where the v1 controller is
-    t.write("sys/fs/cgroup/other/pids.current", "1\n");
-    CHECK(vscale::detail::cgroup_tasks_room(t.root()) == 60);
+    pids("sys/fs/cgroup/pids/job", "64", 4);
+    pids("sys/fs/cgroup/other", "1", 1);
+    CHECK(room() == 60);
   }
   SUBCASE("no limit anywhere") {
-    FakeRoot t;
     t.write("proc/self/cgroup", "0::/job\n");
-    t.write("sys/fs/cgroup/job/pids.max", "max\n");
-    t.write("sys/fs/cgroup/job/pids.current", "3\n");
-    CHECK_FALSE(vscale::detail::cgroup_tasks_room(t.root()).has_value());
+    pids("sys/fs/cgroup/job", "max", 3);
+    CHECK_FALSE(room().has_value());
   }
 }
 
