@@ -1,12 +1,12 @@
 // barrier_stencil: a persistent 1-D heat (Jacobi) stencil. Every worker gets its part of the
 // rod once (localindices of a SharedArray), then runs all the steps on it in one remote call;
-// between steps the workers meet at a vscale::Barrier instead of returning to the master:
+// between steps the workers meet at a vscale::Barrier instead of returning to the master, as
+// one `@sync @distributed` loop per step would (Julia's Distributed has no such barrier):
 //
-//   julia> a = SharedArray{Float64}(n); b = SharedArray{Float64}(n)
-//   julia> bar = Barrier(procs(a))                  vscale::Barrier bar(a);   (procs(a))
-//   julia> @sync for p in procs(a)                  for (int p : procs(a))
-//              @spawnat p relax(a, b, bar, steps)       calls.push_back(vscale::remotecall(p, relax, ...));
-//          end                                      for (auto& c : calls) c.fetch();
+//   Rod a(n), b(n);                        a = SharedArray{Float64}(n); b = SharedArray{Float64}(n)
+//   vscale::Barrier bar(a);                (the processes of procs(a))
+//   for (int p : vscale::procs(a))         @sync for p in procs(a)
+//     calls.push_back(remotecall(p, relax, a, b, bar, steps));   @spawnat p relax(a, b, steps)
 //
 // Two arrays take turns as "from" and "to", so one barrier per step is enough: nobody writes
 // an array before everyone has stopped reading it. The result equals a serial loop to the bit.
