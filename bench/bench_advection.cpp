@@ -322,14 +322,9 @@ void write_svg(const std::string& path, const std::vector<Result>& results, std:
     yhi = std::pow(10.0, std::ceil(std::log10(tmax)));
     for (double v = ylo; v <= yhi * 1.001; v *= 10) ticks.push_back(v);
   } else {  // 1, 2 or 5 times a power of ten, about five ticks
-    double step = std::pow(10.0, std::floor(std::log10(tmax / 5)));
-    for (double m : {1.0, 2.0, 5.0, 10.0})
-      if (tmax / (step * m) <= 6) {
-        step *= m;
-        break;
-      }
-    yhi = std::max(step, std::ceil(tmax / step) * step);
-    for (int k = 0; k * step <= yhi * 1.0001; ++k) ticks.push_back(k * step);
+    const auto axis = bench_util::linear_axis(tmax);
+    yhi = axis.top;
+    for (int k = 0; k * axis.step <= yhi * 1.0001; ++k) ticks.push_back(k * axis.step);
   }
 
   const double W = 820, H = 460, left = 80, right = 200, top = 50, bottom = 60;
@@ -342,21 +337,12 @@ void write_svg(const std::string& path, const std::vector<Result>& results, std:
   };
 
   bench_util::Text svg;
-  svg.line(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{0:.1f}" height="{1:.1f}" viewBox="0 0 {0:.1f} {1:.1f}")"
-           R"( font-family="sans-serif" font-size="12">)",
-           W, H);
-  svg.line(R"(<rect width="100%" height="100%" fill="white"/>)");
+  bench_util::svg_begin(svg, W, H);
   svg.line(R"(<text x="{:.1f}" y="24" text-anchor="middle" font-size="15">)"
            "advection {} x {} x {} doubles: median time of {} reps (lower is better)</text>",
            W / 2, n, n, steps, reps);
-  for (double v : ticks) {
-    const double y = y_of(v);
-    svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="#ddd"/>)", left, y, left + pw, y);
-    svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{:.6g}</text>)", left - 6, y + 4, v);
-  }
-  svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", left, top, left, top + ph);
-  svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", left, top + ph, left + pw,
-           top + ph);
+  for (double v : ticks) bench_util::svg_tick(svg, left, left + pw, y_of(v), v);
+  bench_util::svg_axes(svg, left, top, pw, ph);
   svg.line(R"svg(<text transform="translate(22,{:.1f}) rotate(-90)" text-anchor="middle">time (ms{})</text>)svg",
            top + ph / 2, log_scale ? ", log scale" : "");
   svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">)"
@@ -386,8 +372,7 @@ void write_svg(const std::string& path, const std::vector<Result>& results, std:
     svg.line(R"(<text x="{:.1f}" y="{:.1f}">{}</text>)", left + pw + 40, ly + 11, v.first);
     ly += 22;
   }
-  svg.line("</svg>");
-  if (!svg.write_to(path)) die(fmt::format("cannot write the chart to '{}'", path));
+  if (!bench_util::svg_end(svg, path)) die(fmt::format("cannot write the chart to '{}'", path));
 }
 
 // --- options ------------------------------------------------------------------------------
@@ -572,14 +557,15 @@ int main(int argc, char** argv) {
         if (r.variant == "distributed_per_step" && r.procs == p) ps = &r;
         if (r.variant == "hybrid" && r.procs == p) hy = &r;
       }
+      auto threads = [](int k) { return fmt::format("{} thread{}", k, k == 1 ? "" : "s"); };
       if (hy && hy->ratio)
-        fmt::print("{:>2} processes x {} threads: hybrid / openmp_reference = {:.2f} (target <= 1.15 on 2 cores, <= 1.05 on 16)\n",
-                   p, hy->threads, *hy->ratio);
+        fmt::print("{:>2} processes x {} threads: hybrid took {:.2f}x the time of OpenMP with {}\n", p, hy->threads,
+                   *hy->ratio, threads(hy->cores()));
       if (sc && sc->ratio)
-        fmt::print("{:>2} processes: shared_chunks / openmp_reference = {:.2f} (target <= 1.15 on 2 cores, <= 1.05 on 16)\n",
-                   p, *sc->ratio);
+        fmt::print("{:>2} processes: shared_chunks took {:.2f}x the time of OpenMP with {}\n", p, *sc->ratio,
+                   threads(sc->cores()));
       if (sc && ps)
-        fmt::print("{:>2} processes: distributed_per_step / shared_chunks = {:.2f} (target <= 2)\n", p,
+        fmt::print("{:>2} processes: distributed_per_step took {:.2f}x the time of shared_chunks\n", p,
                    ps->seconds / sc->seconds);
     }
   }

@@ -499,10 +499,7 @@ void write_svg(const std::string& path, const Config& c, const Driver& d) {
   const double pw = 360, ph = 280, left = 60, gap = 70, top = 70, bottom = 60, legend_h = 40;
   const double W = left + static_cast<double>(std::max<std::size_t>(1, panels.size())) * (pw + gap), H = top + ph + bottom + legend_h;
   bench_util::Text svg;
-  svg.line(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{0:.1f}" height="{1:.1f}" viewBox="0 0 {0:.1f} {1:.1f}")"
-           R"( font-family="sans-serif" font-size="12">)",
-           W, H);
-  svg.line(R"(<rect width="100%" height="100%" fill="white"/>)");
+  bench_util::svg_begin(svg, W, H);
   svg.line(R"(<text x="{:.1f}" y="24" text-anchor="middle" font-size="15">)"
            "vscale scaling: speed-up over 1 process x 1 thread (median of {} reps; higher is better)</text>",
            W / 2, c.reps);
@@ -518,33 +515,21 @@ void write_svg(const std::string& path, const Config& c, const Driver& d) {
     double ymax = kmax;
     for (const auto& p : d.points())
       if (p.workload == w && p.speedup) ymax = std::max(ymax, *p.speedup);
-    // About five ticks at 1, 2 or 5 times a power of ten.
-    double step = std::pow(10.0, std::floor(std::log10(std::max(ymax, 1.0) / 5)));
-    for (double m : {1.0, 2.0, 5.0, 10.0})
-      if (ymax / (step * m) <= 6) {
-        step *= m;
-        break;
-      }
-    const double yhi = std::max(step, std::ceil(ymax / step) * step);
+    const auto axis = bench_util::linear_axis(ymax);  // ymax >= kmax >= 1
+    const double step = axis.step, yhi = axis.top;
     auto X = [&](double k) { return x0 + pw * (std::log2(k) - xlo) / (xhi - xlo); };
     auto Y = [&](double v) { return y0 + ph - ph * std::min(v, yhi) / yhi; };
 
     svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle" font-size="14">{}</text>)", x0 + pw / 2, y0 - 24, w);
     svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle" font-size="10">{}</text>)", x0 + pw / 2, y0 - 8,
              size_text(c, w));
-    for (int k = 0; k * step <= yhi * 1.0001; ++k) {
-      const double v = k * step, y = Y(v);
-      svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="#ddd"/>)", x0, y, x0 + pw, y);
-      svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{:.6g}</text>)", x0 - 6, y + 4, v);
-    }
+    for (int k = 0; k * step <= yhi * 1.0001; ++k) bench_util::svg_tick(svg, x0, x0 + pw, Y(k * step), k * step);
     for (int k : c.cores) {
       const double x = X(k);
       svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="#eee"/>)", x, y0, x, y0 + ph);
       svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{}</text>)", x, y0 + ph + 16, k);
     }
-    svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", x0, y0, x0, y0 + ph);
-    svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", x0, y0 + ph, x0 + pw,
-             y0 + ph);
+    bench_util::svg_axes(svg, x0, y0, pw, ph);
     svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">cores</text>)", x0 + pw / 2, y0 + ph + 36);
     svg.line(R"svg(<text transform="translate({:.1f},{:.1f}) rotate(-90)" text-anchor="middle">speed-up</text>)svg",
              x0 - 40, y0 + ph / 2);
@@ -582,8 +567,7 @@ void write_svg(const std::string& path, const Config& c, const Driver& d) {
   svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black" stroke-dasharray="5,4"/>)", lx, ly,
            lx + 24, ly);
   svg.line(R"(<text x="{:.1f}" y="{:.1f}">ideal</text>)", lx + 30, ly + 4);
-  svg.line("</svg>");
-  if (!svg.write_to(path)) die(fmt::format("cannot write the chart to '{}'", path));
+  if (!bench_util::svg_end(svg, path)) die(fmt::format("cannot write the chart to '{}'", path));
 }
 
 // --- options ------------------------------------------------------------------------------

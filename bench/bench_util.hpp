@@ -92,6 +92,49 @@ class Text {
   fmt::memory_buffer buf_;
 };
 
+// --- SVG charts (bench_advection, bench_scaling): plain text, coordinates with one decimal ---
+
+/// Opens a W x H chart: the <svg> element (sans-serif, 12 px) and a white background.
+inline void svg_begin(Text& svg, double w, double h) {
+  svg.line(R"(<svg xmlns="http://www.w3.org/2000/svg" width="{0:.1f}" height="{1:.1f}" viewBox="0 0 {0:.1f} {1:.1f}")"
+           R"( font-family="sans-serif" font-size="12">)",
+           w, h);
+  svg.line(R"(<rect width="100%" height="100%" fill="white"/>)");
+}
+
+/// A linear axis from 0 to at least `max`: its tick step (1, 2 or 5 times a power of ten, about
+/// five ticks) and its top (a whole number of steps).
+struct LinearAxis {
+  double step, top;
+};
+inline LinearAxis linear_axis(double max) {
+  double step = std::pow(10.0, std::floor(std::log10(max / 5)));
+  for (double m : {1.0, 2.0, 5.0, 10.0})
+    if (max / (step * m) <= 6) {
+      step *= m;
+      break;
+    }
+  return {step, std::max(step, std::ceil(max / step) * step)};
+}
+
+/// A horizontal grid line at height y from x0 to x1, labelled with `value` left of x0.
+inline void svg_tick(Text& svg, double x0, double x1, double y, double value) {
+  svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="#ddd"/>)", x0, y, x1, y);
+  svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="end">{:.6g}</text>)", x0 - 6, y + 4, value);
+}
+
+/// The y axis and the x axis of a plot area of w x h whose top left corner is (x0, y0).
+inline void svg_axes(Text& svg, double x0, double y0, double w, double h) {
+  svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", x0, y0, x0, y0 + h);
+  svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", x0, y0 + h, x0 + w, y0 + h);
+}
+
+/// Closes the chart and writes it to `path`; false when that fails.
+inline bool svg_end(Text& svg, const std::string& path) {
+  svg.line("</svg>");
+  return svg.write_to(path);
+}
+
 [[noreturn]] inline void fail(const char* program, const std::string& what) {
   fmt::print(stderr, "{}: {}\n", program, what);
   std::exit(1);

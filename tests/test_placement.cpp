@@ -3,6 +3,7 @@
 // real machine. Needs no workers (tests/test_placement.args: -p 0).
 #include <doctest/doctest.h>
 
+#include <vscale/detail/cgroup.hpp>
 #include <vscale/errors.hpp>
 #include <vscale/placement.hpp>
 
@@ -252,6 +253,49 @@ TEST_CASE("placement.oom_kill_count_reads_cgroup_v1_and_v2") {
     t.mkdir("sys/fs/cgroup/job");
     CHECK(vscale::oom_kill_count(vscale::detect_machine(t.root())) == -1);
   }
+}
+
+TEST_CASE("cgroup.tasks_room_is_the_smallest_pids_room_along_the_path") {
+  FakeRoot t;
+  auto pids = [&](const std::string& dir, const std::string& max, int current) {
+    t.write(dir + "/pids.max", max + "\n");
+    t.write(dir + "/pids.current", std::to_string(current) + "\n");
+  };
+  auto room = [&] { return vscale::detail::cgroup_tasks_room(t.root()); };
+  SUBCASE("v2: every level with a pids.max limits") {
+    t.write("proc/self/cgroup", "0::/job/task\n");
+    pids("sys/fs/cgroup/job", "100", 40);
+    pids("sys/fs/cgroup/job/task", "max", 10);
+    CHECK(room() == 60);
+    pids("sys/fs/cgroup/job/task", "20", 10);
+    CHECK(room() == 10);
+    pids("sys/fs/cgroup/job/task", "20", 25);  // over the limit: no room, not less
+    CHECK(room() == 0);
+  }
+  SUBCASE("v1: the pids controller's hierarchy, not v2's") {
+    t.write("proc/self/cgroup", "5:pids:/job\n0::/other\n");
+    pids("sys/fs/cgroup/pids/job", "64", 4);
+    pids("sys/fs/cgroup/other", "1", 1);
+    CHECK(room() == 60);
+  }
+  SUBCASE("no limit anywhere") {
+    t.write("proc/self/cgroup", "0::/job\n");
+    pids("sys/fs/cgroup/job", "max", 3);
+    CHECK_FALSE(room().has_value());
+  }
+}
+
+TEST_CASE("cgroup.memory_usage_reads_v1_and_v2") {
+  FakeRoot t;
+  t.write("proc/self/cgroup", "0::/job\n");
+  t.write("sys/fs/cgroup/job/memory.max", "314572800\n");
+  t.write("sys/fs/cgroup/job/memory.current", "1048576\n");
+  auto m = vscale::detect_machine(t.root());
+  REQUIRE(m.memory_cgroup_dirs.size() == 2);  // job, then the root
+  CHECK(vscale::detail::cgroup_memory_usage(m.memory_cgroup_dirs.front(), false) == 1048576U);
+  t.write("sys/fs/cgroup/job/memory.usage_in_bytes", "2097152\n");
+  CHECK(vscale::detail::cgroup_memory_usage(m.memory_cgroup_dirs.front(), true) == 2097152U);
+  CHECK_FALSE(vscale::detail::cgroup_memory_usage(m.memory_cgroup_dirs.back(), false).has_value());
 }
 
 TEST_CASE("cgroup v1: quota, cpuset and memory limit") {
