@@ -23,6 +23,7 @@
 #include <optional>
 #include <string>
 
+#include "vscale/detail/cgroup.hpp"
 #include "vscale/detail/handshake.hpp"
 #include "vscale/detail/runtime.hpp"
 #include "vscale/errors.hpp"
@@ -77,24 +78,6 @@ long user_tasks() {
   return n;
 }
 
-/// Room for more tasks in this process's cgroup (pids.max - pids.current), if it has a limit.
-std::optional<long> cgroup_tasks_room() {
-  std::ifstream cg("/proc/self/cgroup");
-  for (std::string line; std::getline(cg, line);) {
-    // v2 "0::/path", or v1 "N:pids:/path"
-    std::string dir;
-    if (line.rfind("0::", 0) == 0) dir = "/sys/fs/cgroup" + line.substr(3);
-    else if (auto c = line.find(":pids:"); c != std::string::npos) dir = "/sys/fs/cgroup/pids" + line.substr(c + 6);
-    else continue;
-    std::ifstream mx(dir + "/pids.max"), cur(dir + "/pids.current");
-    std::string max_s;
-    long current = 0;
-    if (!(mx >> max_s) || max_s == "max" || !(cur >> current)) continue;
-    return std::strtol(max_s.c_str(), nullptr, 10) - current;
-  }
-  return std::nullopt;
-}
-
 std::string plural(long n, const char* one, const char* many) {
   return std::to_string(n) + " " + (n == 1 ? one : many);
 }
@@ -120,11 +103,8 @@ std::optional<long> memory_room() {
   }
   const auto& m = machine();
   if (m.memory_limit && !m.memory_cgroup_dirs.empty()) {
-    std::ifstream cur(std::filesystem::path(m.memory_cgroup_dirs.front()) /
-                      (m.memory_cgroup_v1 ? "memory.usage_in_bytes" : "memory.current"));
-    long used = 0;
-    if (cur >> used) {
-      const long cg = static_cast<long>(*m.memory_limit) - used;
+    if (auto used = cgroup_memory_usage(m.memory_cgroup_dirs.front(), m.memory_cgroup_v1)) {
+      const long cg = static_cast<long>(*m.memory_limit) - static_cast<long>(*used);
       room = room ? std::min(*room, cg) : cg;
     }
   }
