@@ -262,6 +262,14 @@ TEST_CASE("remotecall.types.eigen") {
   b << 1, 2, 3, 4, 5, 6, 7, 8, 10;
   Eigen::Matrix3d bb = vscale::remotecall(w, [](const Eigen::Matrix3d& m) -> Eigen::Matrix3d { return m * m; }, b).fetch();
   CHECK(bb.isApprox(b * b));
+
+  // Arrays go through the same template as matrices.
+  Eigen::ArrayXXf c(2, 3);
+  c << 1, 2, 3, 4, 5, 6;
+  Eigen::ArrayXXf cc = vscale::remotecall_fetch(w, [](const Eigen::ArrayXXf& x) -> Eigen::ArrayXXf { return x * x; }, c);
+  REQUIRE(cc.rows() == 2);
+  REQUIRE(cc.cols() == 3);
+  CHECK((cc == c * c).all());
 }
 
 TEST_CASE("remotecall.types.user_struct") {

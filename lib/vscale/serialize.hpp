@@ -50,37 +50,28 @@
 #include <cereal/types/variant.hpp>
 #include <cereal/types/vector.hpp>
 #include <Eigen/Core>
+#include <concepts>
 
 #include "vscale/errors.hpp"
 
-// Eigen dense matrices and arrays through cereal: dimensions, then the raw coefficients.
+// Eigen dense matrices and arrays through cereal (one template for both: each derives from
+// PlainObjectBase of itself): dimensions, then the raw coefficients.
 namespace cereal {
-template <class Archive, class S, int R, int C, int O, int MR, int MC>
-void save(Archive& ar, const Eigen::Matrix<S, R, C, O, MR, MC>& m) {
-  static_assert(std::is_trivially_copyable_v<S>, "vscale: Eigen scalars must be trivially copyable");
+template <class Archive, class M>
+  requires std::derived_from<M, Eigen::PlainObjectBase<M>>
+void save(Archive& ar, const M& m) {
+  static_assert(std::is_trivially_copyable_v<typename M::Scalar>, "vscale: Eigen scalars must be trivially copyable");
   std::int64_t rows = m.rows(), cols = m.cols();
   ar(rows, cols);
-  ar(binary_data(m.data(), sizeof(S) * static_cast<std::size_t>(rows * cols)));
+  ar(binary_data(m.data(), sizeof(typename M::Scalar) * static_cast<std::size_t>(rows * cols)));
 }
-template <class Archive, class S, int R, int C, int O, int MR, int MC>
-void load(Archive& ar, Eigen::Matrix<S, R, C, O, MR, MC>& m) {
+template <class Archive, class M>
+  requires std::derived_from<M, Eigen::PlainObjectBase<M>>
+void load(Archive& ar, M& m) {
   std::int64_t rows = 0, cols = 0;
   ar(rows, cols);
   m.resize(rows, cols);
-  ar(binary_data(m.data(), sizeof(S) * static_cast<std::size_t>(rows * cols)));
-}
-template <class Archive, class S, int R, int C, int O, int MR, int MC>
-void save(Archive& ar, const Eigen::Array<S, R, C, O, MR, MC>& m) {
-  std::int64_t rows = m.rows(), cols = m.cols();
-  ar(rows, cols);
-  ar(binary_data(m.data(), sizeof(S) * static_cast<std::size_t>(rows * cols)));
-}
-template <class Archive, class S, int R, int C, int O, int MR, int MC>
-void load(Archive& ar, Eigen::Array<S, R, C, O, MR, MC>& m) {
-  std::int64_t rows = 0, cols = 0;
-  ar(rows, cols);
-  m.resize(rows, cols);
-  ar(binary_data(m.data(), sizeof(S) * static_cast<std::size_t>(rows * cols)));
+  ar(binary_data(m.data(), sizeof(typename M::Scalar) * static_cast<std::size_t>(rows * cols)));
 }
 }  // namespace cereal
 
