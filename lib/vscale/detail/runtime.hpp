@@ -100,9 +100,7 @@ class Runtime final : private ExecutorHost {
             std::size_t nb = 0, bool may_block = true);
   /// Send one protocol message (protocol.hpp): its head, then `payload`.
   template <class Head>
-  void send_msg(int dest, const Head& head, const void* payload = nullptr, std::size_t n = 0, bool may_block = true) {
-    send(dest, Head::kind, &head, head_size<Head>(), payload, n, may_block);
-  }
+  void send_msg(int dest, const Head& head, const void* payload = nullptr, std::size_t n = 0, bool may_block = true);
   RequestTable& requests() noexcept { return reqs_; }
   void await_request(Request& r, bool interruptible = false);
   void reply_result(int dest, std::uint64_t req, bool ok, const void* data, std::size_t len, bool may_block);
@@ -114,9 +112,7 @@ class Runtime final : private ExecutorHost {
   void wait_until(Pred pred, bool interruptible = false);
   /// Whether the call this thread runs has been interrupted (false outside calls and inside
   /// NoInterrupt scopes).
-  bool call_interrupted() const noexcept {
-    return tl_in_call && tl_no_interrupt == 0 && seg_.slot(self_).interrupts.load(std::memory_order_acquire) != tl_call_gen;
-  }
+  bool call_interrupted() const noexcept;
   bool poll_once();
   void notify_local() { waiting_.wake_waiters(); }  // an answer or a value arrived here
   bool try_spin() noexcept { return waiting_.join_spinners(); }  // the job's spin budget
@@ -142,9 +138,7 @@ class Runtime final : private ExecutorHost {
   void ask_weight(const RefId& id, std::uint64_t weight);
   void progress_loop();
   template <class Ready>
-  void doze(Ready ready, std::uint32_t bits, long timeout_ns) {
-    waiting_.doze(ready, [this] { return poll_once(); }, bits, timeout_ns);
-  }
+  void doze(Ready ready, std::uint32_t bits, long timeout_ns);
 
   static std::atomic<Runtime*> current_;
   int self_;
@@ -178,6 +172,20 @@ struct PollingMark {
   }
   Runtime& rt;
 };
+
+template <class Head>
+void Runtime::send_msg(int dest, const Head& head, const void* payload, std::size_t n, bool may_block) {
+  send(dest, Head::kind, &head, head_size<Head>(), payload, n, may_block);
+}
+
+inline bool Runtime::call_interrupted() const noexcept {
+  return tl_in_call && tl_no_interrupt == 0 && seg_.slot(self_).interrupts.load(std::memory_order_acquire) != tl_call_gen;
+}
+
+template <class Ready>
+void Runtime::doze(Ready ready, std::uint32_t bits, long timeout_ns) {
+  waiting_.doze(ready, [this] { return poll_once(); }, bits, timeout_ns);
+}
 
 template <class Pred>
 void Runtime::wait_until(Pred pred, bool interruptible) {
