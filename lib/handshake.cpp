@@ -88,7 +88,7 @@ bool write_all(int fd, const void* p, std::size_t n) {
   const char* c = static_cast<const char*>(p);
   while (n) {
     // On a socket, MSG_NOSIGNAL: a peer that died before the handshake must not kill the
-    // master with SIGPIPE (found by the start-timeout test); other fds are plain writes.
+    // master with SIGPIPE; other fds are plain writes.
     ssize_t k = ::send(fd, c, n, MSG_NOSIGNAL);
     if (k < 0 && errno == ENOTSOCK) k = ::write(fd, c, n);
     if (k < 0 && errno == EINTR) continue;
