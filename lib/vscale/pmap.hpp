@@ -35,8 +35,40 @@
 #include "vscale/detail/pmap_run.hpp"
 #include "vscale/pmap_options.hpp"
 #include "vscale/serialize.hpp"
+#include "vscale/threaded.hpp"
 
 namespace vscale {
+
+namespace detail {
+/// pmap's checks and its one run (`threaded`: each worker's batches over its threads).
+template <class F, class Collection>
+auto pmap_impl(F f, const Collection& collection, const PmapOptionsFor<pmap_result_t<F, Collection>>& opt,
+               bool threaded) {
+  using T = std::decay_t<std::ranges::range_value_t<Collection>>;
+  static_assert(std::is_invocable_v<const F&, const T&>, "vscale: pmap's function cannot be called with an element");
+  using R = std::decay_t<std::invoke_result_t<const F&, const T&>>;
+  static_assert(!std::is_void_v<R>, "vscale: pmap's function must return a value");
+  static_assert(shippable_v<T> && !is_closure<T>::value && !std::is_pointer_v<T>,
+                "vscale: pmap's elements cannot be shipped: make them trivially copyable or give them a cereal "
+                "`serialize` member");
+  static_assert(shippable_v<R> && !std::is_pointer_v<R>,
+                "vscale: pmap's results cannot be shipped back: make them trivially copyable or give them a "
+                "cereal `serialize` member");
+  static_assert(shippable_v<F>, "vscale: pmap's function cannot be shipped. " VSCALE_SHIP_CAPTURE_RULE);
+  require_session("pmap");
+  std::vector<T> items;
+  if constexpr (std::ranges::sized_range<Collection>) items.reserve(std::ranges::size(collection));
+  for (const auto& x : collection) items.push_back(x);
+  if (items.empty()) return std::vector<R>{};
+  return PmapRun<F, T, R>(std::move(f), std::move(items), opt, threaded).run();
+}
+
+/// PmapOptions as the PmapOptionsFor<R> of pmap's function (no on_error).
+template <class F, class Collection>
+PmapOptionsFor<pmap_result_t<F, Collection>> typed_options(const PmapOptions& o) {
+  return {o.batch_size, {}, o.retry_delays, o.retry_check, o.pool, o.progress};
+}
+}  // namespace detail
 
 /// Apply `f` to every element of `collection` on the workers of a pool; returns the results in
 /// input order. `f` must be shippable (a lambda capturing trivially copyable values, a
@@ -45,31 +77,27 @@ namespace vscale {
 /// Example: auto sq = pmap([](int x) { return x * x; }, std::vector<int>{1, 2, 3});
 template <class F, class Collection>
 auto pmap(F f, const Collection& collection, const PmapOptionsFor<detail::pmap_result_t<F, Collection>>& opt = {}) {
-  using T = std::decay_t<std::ranges::range_value_t<Collection>>;
-  static_assert(std::is_invocable_v<const F&, const T&>, "vscale: pmap's function cannot be called with an element");
-  using R = std::decay_t<std::invoke_result_t<const F&, const T&>>;
-  static_assert(!std::is_void_v<R>, "vscale: pmap's function must return a value");
-  static_assert(detail::shippable_v<T> && !detail::is_closure<T>::value && !std::is_pointer_v<T>,
-                "vscale: pmap's elements cannot be shipped: make them trivially copyable or give them a cereal "
-                "`serialize` member");
-  static_assert(detail::shippable_v<R> && !std::is_pointer_v<R>,
-                "vscale: pmap's results cannot be shipped back: make them trivially copyable or give them a "
-                "cereal `serialize` member");
-  static_assert(detail::shippable_v<F>, "vscale: pmap's function cannot be shipped. " VSCALE_SHIP_CAPTURE_RULE);
-  detail::require_session("pmap");
-  std::vector<T> items;
-  if constexpr (std::ranges::sized_range<Collection>) items.reserve(std::ranges::size(collection));
-  for (const auto& x : collection) items.push_back(x);
-  if (items.empty()) return std::vector<R>{};
-  return detail::PmapRun<F, T, R>(std::move(f), std::move(items), opt, opt.threads).run();
+  return detail::pmap_impl(std::move(f), collection, opt, false);
 }
 
 /// pmap with options that do not depend on the result type (a PmapOptions variable).
 template <class F, class Collection, std::same_as<PmapOptions> O>
 auto pmap(F f, const Collection& collection, const O& opt) {
-  using R = detail::pmap_result_t<F, Collection>;
-  PmapOptionsFor<R> typed{opt.batch_size, {}, opt.retry_delays, opt.retry_check, opt.pool, opt.progress, opt.threads};
-  return pmap(std::move(f), collection, typed);
+  return detail::pmap_impl(std::move(f), collection, detail::typed_options<F, Collection>(opt), false);
+}
+
+/// The same, each worker running the elements of a batch in parallel on its threads (its -t
+/// arena, with tbb::parallel_for) instead of one after the other; results keep their order.
+template <class F, class Collection>
+auto pmap(Threaded, F f, const Collection& collection,
+          const PmapOptionsFor<detail::pmap_result_t<F, Collection>>& opt = {}) {
+  return detail::pmap_impl(std::move(f), collection, opt, true);
+}
+
+/// pmap(threaded, ...) with a PmapOptions variable.
+template <class F, class Collection, std::same_as<PmapOptions> O>
+auto pmap(Threaded, F f, const Collection& collection, const O& opt) {
+  return detail::pmap_impl(std::move(f), collection, detail::typed_options<F, Collection>(opt), true);
 }
 
 }  // namespace vscale

@@ -67,9 +67,6 @@ struct PmapOptionsFor {
   /// Progress on stderr: a bar with rate and ETA on a terminal, a line every few seconds
   /// otherwise (and a last line when done).
   bool progress = false;
-  /// Each worker runs the elements of a batch in parallel on its threads (its -t arena, with
-  /// tbb::parallel_for) instead of one after the other; results keep their order.
-  bool threads = false;
 };
 
 /// PmapOptionsFor<R> without on_error, for options that do not depend on the result type (a
@@ -80,7 +77,6 @@ struct PmapOptions {
   std::function<bool(std::exception_ptr)> retry_check{};      ///< see PmapOptionsFor
   const WorkerPool* pool = nullptr;                           ///< see PmapOptionsFor
   bool progress = false;                                      ///< see PmapOptionsFor
-  bool threads = false;                                       ///< see PmapOptionsFor
 };
 
 /// pmap's failure without on_error: the elements `indices()` failed (or were lost with a

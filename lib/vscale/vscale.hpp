@@ -5,6 +5,8 @@
 #include "vscale/serialize.hpp"
 #include "vscale/cluster.hpp"
 #include "vscale/placement.hpp"
+#include "vscale/range.hpp"
+#include "vscale/threaded.hpp"
 #include "vscale/future.hpp"
 #include "vscale/interrupt.hpp"
 #include "vscale/remotecall.hpp"
