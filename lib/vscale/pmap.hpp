@@ -19,11 +19,14 @@
 // element's index) once every batch has finished.
 //
 // Options: pmap(f, xs, {.batch_size = 4, .on_error = [](const std::exception&) { return -1; }})
-// (designated initializers, in the order of the members below). The braced options are a
-// PmapOptionsFor<R>, R being f's result type, so that on_error is typed: a function from the
-// exception to R, and one whose result does not convert to R is a compile error. A named
-// options variable is a vscale::PmapOptionsFor<R>, or a vscale::PmapOptions (every option but
-// on_error, for options that do not depend on the result type).
+// (designated initializers, in the order of the members in pmap_options.hpp). The braced
+// options are a PmapOptionsFor<R>, R being f's result type, so that on_error is typed: a
+// function from the exception to R, and one whose result does not convert to R is a compile
+// error. A named options variable is a vscale::PmapOptionsFor<R>, or a vscale::PmapOptions
+// (every option but on_error, for options that do not depend on the result type).
+//
+// Threads: pmap(vscale::threaded, f, xs[, options]) runs the elements of each batch over the
+// worker's threads (its -t arena), as distributed_for(vscale::threaded, ...) does its chunks.
 #pragma once
 
 #include <concepts>
