@@ -167,7 +167,7 @@ void run_shared_chunks(const Array& q, const Array& u) {
 void run_distributed_per_step(const Array& q, const Array& u) {
   const long ncols = static_cast<long>(q.size(1));
   for (std::size_t t : kn::time_steps(q)) {
-    vscale::distributed_for(vscale::Range{0, ncols},
+    vscale::distributed_for(vscale::IndexRange{0, ncols},
                             vscale::closure(
                                 [](const Array& qq, const Array& uu, std::size_t tt, long j) {
                                   kn::advection_column(qq, uu, static_cast<std::size_t>(j), tt);

@@ -119,7 +119,7 @@ long sample(long /*i*/) {
 
 int mc_child(long n, int reps) {
   // A plain function: it ships as a code address.
-  auto run = [](long m) { return vscale::distributed_for(vscale::threaded, vscale::Range{0, m}, &sample, std::plus<>{}); };
+  auto run = [](long m) { return vscale::distributed_for(vscale::threaded, vscale::IndexRange{0, m}, &sample, std::plus<>{}); };
   run(std::max(1L, n / 10));  // warm-up: starts the arenas' threads, seeds their generators
   const double p = std::numbers::pi / 4;
   const double se = 4.0 * std::sqrt(p * (1 - p) / static_cast<double>(n));  // of one run's estimate

@@ -80,7 +80,7 @@ void serial_verbose(const Array& q, const Array& u) {
 // Julia's advection_parallel!: one @sync @distributed loop over the columns per time step.
 void advection_parallel(const Array& q, const Array& u) {
   for (long t = 0; t + 1 < static_cast<long>(q.size(2)); ++t) {
-    vscale::distributed_for(vscale::Range{0, static_cast<long>(q.size(1))},
+    vscale::distributed_for(vscale::IndexRange{0, static_cast<long>(q.size(1))},
                             vscale::closure(
                                 [](const Array& qq, const Array& uu, long tt, long j) {
                                   kn::advection_column(qq, uu, static_cast<std::size_t>(j), static_cast<std::size_t>(tt));

@@ -13,7 +13,7 @@
 //   RemoteChannel(()->DictChannel(), pid)
 //
 // In C++ the DictChannel is an ordinary class (std::map + mutex + condition variable), built
-// on its owner with vscale::remote_object<DictChannel>(pid); the returned RemoteValue handle
+// on its owner as vscale::RemoteValue<DictChannel>(pid); the RemoteValue handle
 // runs `f(DictChannel&, args...)` there with call(f, args...), from any process. The small
 // RemoteDict wrapper gives it the manual's put/take/fetch/isready. A take or fetch for a key
 // that is not there yet blocks on the owner until some process puts it. Like every vscale handle,
@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
   };
 
   // RemoteChannel(()->DictChannel(), owner)
-  RemoteDict dict{vscale::remote_object<DictChannel>(owner)};
+  RemoteDict dict{vscale::RemoteValue<DictChannel>(owner)};
   std::cout << "DictChannel on process " << dict.h.owner() << '\n';
   check(!dict.isready(3), "isready(3) is false on an empty DictChannel");
 

@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   // pmap in threads mode: the elements of a batch run on a worker's threads.
   std::vector<int> xs(1000);
   std::iota(xs.begin(), xs.end(), 0);
-  auto ys = vscale::pmap([](int x) { return 3 * x + 1; }, xs, {.threads = true});
+  auto ys = vscale::pmap(vscale::threaded, [](int x) { return 3 * x + 1; }, xs);
   bool p_ok = true;
   for (std::size_t k = 0; k < xs.size(); ++k) p_ok = p_ok && ys[k] == 3 * xs[k] + 1;
   std::printf("pmap with threads: %zu results in order: %s\n", ys.size(), p_ok ? "ok" : "WRONG");

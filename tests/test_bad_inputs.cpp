@@ -826,7 +826,7 @@ TEST_CASE("bad_input.default_constructed_future") {
 TEST_CASE("bad_input.call_on_freed_remote_value") {
   for (int owner : {1, test_util::w1()}) {
     CAPTURE(owner);
-    auto v = vscale::remote_object<Box>(owner, 5);
+    auto v = vscale::RemoteValue<Box>(owner, 5);
     CHECK(v.call([](Box& b) { return b.v; }) == 5);
     CHECK(v.free());
     CHECK_FALSE(v.free());  // twice: false, no error

@@ -84,10 +84,10 @@ long square_mod(long i) { return (i * i) % 1009; }
 
 TEST_CASE("distributed_for.splitrange") {
   using vscale::detail::splitrange;
-  auto eq = [](const std::vector<vscale::Range>& got, const std::vector<std::pair<long, long>>& want) {
+  auto eq = [](const std::vector<std::pair<long, long>>& got, const std::vector<std::pair<long, long>>& want) {
     if (got.size() != want.size()) return false;
     for (std::size_t k = 0; k < got.size(); ++k)
-      if (got[k].first != want[k].first || got[k].last != want[k].second) return false;
+      if (got[k].first != want[k].first || got[k].second != want[k].second) return false;
     return true;
   };
   CHECK(eq(splitrange(0, 10, 3), {{0, 4}, {4, 7}, {7, 10}}));
@@ -276,4 +276,18 @@ TEST_CASE("distributed_for.no_workers_runs_on_master") {
     CHECK(static_cast<int>(added.size()) == had);
   }
   CHECK(vscale::nworkers() == had);
+}
+
+TEST_CASE("distributed_for.index_range_from_any_integer") {
+  // {0, n} takes an int, a long or a size_t n alike; indices start at 0, so a negative bound is
+  // refused at once (UsageError), before anything runs.
+  const int n = 10;
+  const long m = 20;
+  CHECK(vscale::distributed_for({0, n}, [](long i) { return i; }, std::plus<>{}) == 45);
+  CHECK(vscale::distributed_for({std::size_t(5), m}, [](long i) { return i; }, std::plus<>{}) == 180);
+  CHECK(vscale::IndexRange{3, 7}.size() == 4);
+  CHECK(vscale::IndexRange{7, 3}.empty());
+  CHECK(vscale::IndexRange{7, 3}.size() == 0);
+  const long neg = -1;
+  CHECK_THROWS_AS(vscale::distributed_for({neg, 5}, [](long) {}).wait(), vscale::UsageError);
 }

@@ -513,3 +513,29 @@ TEST_CASE("pmap.retry_after_a_worker_dies") {
   auto again = vscale::pmap([](long x) { return x; }, iota_vec(10));
   CHECK(again.size() == 10);
 }
+
+TEST_CASE("pmap.threaded_tag_takes_both_kinds_of_options") {
+  // pmap(vscale::threaded, ...) is the threads mode of distributed_for's spelling; it takes a
+  // braced PmapOptionsFor<R> (typed on_error) and a named PmapOptions alike.
+  std::vector<long> xs(200);
+  std::iota(xs.begin(), xs.end(), 0L);
+  auto a = vscale::pmap(vscale::threaded, [](long x) { return 2 * x; }, xs, {.batch_size = 16});
+  vscale::PmapOptions named;
+  named.batch_size = 7;
+  auto b = vscale::pmap(vscale::threaded, [](long x) { return 2 * x; }, xs, named);
+  auto c = vscale::pmap(
+      vscale::threaded,
+      [](long x) {
+        if (x == 13) throw std::runtime_error("thirteen");
+        return x;
+      },
+      xs, {.batch_size = 10, .on_error = [](const std::exception&) { return -1L; }});
+  REQUIRE(a.size() == xs.size());
+  REQUIRE(b.size() == xs.size());
+  REQUIRE(c.size() == xs.size());
+  for (std::size_t k = 0; k < xs.size(); ++k) {
+    CHECK(a[k] == 2 * xs[k]);
+    CHECK(b[k] == 2 * xs[k]);
+    CHECK(c[k] == (xs[k] == 13 ? -1 : xs[k]));
+  }
+}

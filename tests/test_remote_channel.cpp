@@ -79,7 +79,7 @@ TEST_CASE("remote_channel.fifo_local_owner") {
     CHECK(ch.owner() == 1);
     CHECK(ch.capacity() == 10);
     for (int i = 0; i < 10; ++i) ch.put(i);
-    CHECK(ch.size() == 10);
+    CHECK(ch.length() == 10);
     for (int i = 0; i < 10; ++i) CHECK(ch.take() == i);
     CHECK(!ch.isready());
     ch.close();
@@ -132,9 +132,9 @@ TEST_CASE("remote_channel.blocking_put_when_full") {
     for (int i = 0; i < 5; ++i) c.put(i);
     return 5;
   }, ch);
-  CHECK(eventually([&] { return ch.size() == 2; }));
+  CHECK(eventually([&] { return ch.length() == 2; }));
   std::this_thread::sleep_for(200ms);
-  CHECK(ch.size() == 2);
+  CHECK(ch.length() == 2);
   CHECK(!producer.isready());
   for (int i = 0; i < 5; ++i) CHECK(ch.take() == i);
   CHECK(producer.fetch() == 5);
@@ -176,12 +176,12 @@ TEST_CASE("remote_channel.fetch_isready_wait") {
   CHECK(ch.isready());
   CHECK(ch.fetch() == 7);
   CHECK(ch.fetch() == 7);
-  CHECK(ch.size() == 1);
+  CHECK(ch.length() == 1);
   CHECK(ch.take() == 7);
   CHECK(!ch.isready());
-  CHECK(ch.is_open());
+  CHECK(ch.isopen());
   ch.close();
-  CHECK(!ch.is_open());
+  CHECK(!ch.isopen());
 }
 
 TEST_CASE("remote_channel.close_wakes_blocked_take") {
@@ -246,7 +246,7 @@ TEST_CASE("remote_channel.close_wakes_blocked_put") {
 TEST_CASE("remote_channel.closed_channel_errors") {
   vscale::RemoteChannel<int> ch(2, w1());
   ch.close();
-  CHECK(!ch.is_open());
+  CHECK(!ch.isopen());
   CHECK(!ch.isready());
   try {
     (void)ch.take();
@@ -426,7 +426,7 @@ struct Counter {
 }  // namespace
 
 TEST_CASE("remote_channel.remote_value") {
-  auto c = vscale::remote_object<Counter>(w1(), 10);
+  auto c = vscale::RemoteValue<Counter>(w1(), 10);
   CHECK(c.owner() == w1());
   CHECK(c.call([](Counter& k, int d) { return k.add(d); }, 5) == 15);
   // From another worker through a passed handle, and from the owner itself.
@@ -437,7 +437,7 @@ TEST_CASE("remote_channel.remote_value") {
   CHECK(c.free());
   CHECK(!c.free());
   CHECK_THROWS_AS(c.call([](Counter& k) { return k.n; }), vscale::RemoteException);
-  auto local = vscale::remote_object<Counter>(1, 0);
+  auto local = vscale::RemoteValue<Counter>(1, 0);
   CHECK(local.call([](Counter& k) { return k.add(2); }) == 2);
   CHECK(local.free());
 }
@@ -450,7 +450,7 @@ TEST_CASE("remote_channel.unbuffered") {
   CHECK(eventually([&] { return ch.isready(); }));  // the put waits, its value visible
   std::this_thread::sleep_for(50ms);
   CHECK(!put.isready());
-  CHECK(ch.size() == 1);
+  CHECK(ch.length() == 1);
   CHECK_THROWS_AS((void)ch.fetch(), vscale::UsageError);  // as in Julia
   CHECK(ch.take() == 7);
   CHECK(put.fetch() == w1());
@@ -490,7 +490,7 @@ TEST_CASE("remote_channel.unbuffered") {
   vscale::interrupt(w1());
   CHECK_THROWS_AS((void)waiting.fetch(), vscale::RemoteException);
   CHECK(eventually([&] { return !wch.isready(); }));
-  CHECK(wch.size() == 0);
+  CHECK(wch.length() == 0);
 
   // close() fails a waiting put (its value was not taken).
   auto late = vscale::remotecall(w1(), [](vscale::RemoteChannel<long> c) {
@@ -595,7 +595,7 @@ TEST_CASE("remote_channel.closure_carries_every_kind_of_handle") {
   vscale::SharedArray<int, 1> arr(3);
   arr[1] = 1;
   vscale::WorkerPool pool({w2()});
-  auto counter = vscale::remote_object<Counter>(w2(), 0);
+  auto counter = vscale::RemoteValue<Counter>(w2(), 0);
   auto body = vscale::closure(
       [](const vscale::RemoteChannel<int>& c, const vscale::Future<int>& f, const vscale::SharedArray<int, 1>& a,
          const vscale::WorkerPool& p, const vscale::RemoteValue<Counter>& k, int x) {
@@ -632,7 +632,7 @@ TEST_CASE("remote_channel.timed_operations_time_out") {
     t0 = std::chrono::steady_clock::now();
     CHECK(!ch.put_for(3, 100ms));  // full
     CHECK(std::chrono::steady_clock::now() - t0 >= 100ms);
-    CHECK(ch.size() == 2);
+    CHECK(ch.length() == 2);
     CHECK(ch.wait_for(0ms));
     CHECK(ch.take_for(0ms) == std::optional<int>(1));
     // The same from another worker (the owner's own process for owner w1: w1 itself).
@@ -705,7 +705,7 @@ TEST_CASE("remote_channel.timed_operations_with_a_stopped_owner") {
     CHECK(took < 60s);
     ::kill(os, SIGCONT);
     // The owner now serves the calls it had queued: too late, so they take and put nothing.
-    CHECK(ch.size() == 1);
+    CHECK(ch.length() == 1);
     CHECK(ch.take_for(30s) == std::optional<int>(7));
     std::this_thread::sleep_for(100ms);
     CHECK(!ch.isready());

@@ -127,7 +127,7 @@ TEST_CASE("shared_array_file.w_plus_creates_and_sizes") {
     auto ws = vscale::workers();
     auto chunks = vscale::detail::splitrange(0, 1000, static_cast<long>(ws.size()));
     for (std::size_t k = 0; k < chunks.size(); ++k)
-      for (long i = chunks[k].first; i < chunks[k].last; ++i)
+      for (long i = chunks[k].first; i < chunks[k].second; ++i)
         REQUIRE(value_at<double>(bytes, static_cast<std::size_t>(i) * sizeof(double)) ==
                 1.5 * static_cast<double>(i) + ws[k]);
     CHECK(a[999] == 1.5 * 999 + ws.back());

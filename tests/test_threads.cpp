@@ -168,15 +168,16 @@ TEST_CASE("threads.distributed_for_threads_mode") {
 TEST_CASE("threads.pmap_threads_mode") {
   std::vector<long> xs(1000);
   std::iota(xs.begin(), xs.end(), 0L);
-  auto r = vscale::pmap([](long x) { return x + 1; }, xs, {.threads = true});
+  auto r = vscale::pmap(vscale::threaded, [](long x) { return x + 1; }, xs);
   for (std::size_t k = 0; k < xs.size(); ++k) REQUIRE(r[k] == xs[k] + 1);
   // Batches really are split over a worker's threads: several threads show up per batch.
   auto who = vscale::pmap(
+      vscale::threaded,
       [](long) {
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
         return static_cast<long>(std::hash<std::thread::id>{}(std::this_thread::get_id()));
       },
-      std::vector<long>(60, 0), {.batch_size = 30, .threads = true});
+      std::vector<long>(60, 0), {.batch_size = 30});
   std::set<long> distinct(who.begin(), who.end());
   CHECK(distinct.size() > vscale::workers().size());
 }

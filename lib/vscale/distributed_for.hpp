@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <exception>
 #include <optional>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -13,20 +14,11 @@
 
 #include "vscale/cluster.hpp"
 #include "vscale/future.hpp"
+#include "vscale/range.hpp"
 #include "vscale/remotecall.hpp"
+#include "vscale/threaded.hpp"
 
 namespace vscale {
-
-/// A half-open range of loop indices [first, last).
-struct Range {
-  long first = 0, last = 0;
-};
-
-/// Tag for distributed_for's threads mode: each worker splits its chunk over its own threads
-/// (tbb::parallel_for in the process's -t arena). Example:
-/// distributed_for(vscale::threaded, {0, n}, body).wait();
-struct Threaded {};
-inline constexpr Threaded threaded{};
 
 /// What distributed_for without a reducer returns: wait() blocks until every chunk is done
 /// (rethrowing the first failure, after all have finished).
@@ -46,10 +38,10 @@ class Waitable {
 };
 
 namespace detail {
-/// Julia's splitrange: `np` contiguous chunks, the first `rem` one longer; fewer chunks than
-/// `np` when the range is shorter.
-inline std::vector<Range> splitrange(long first, long last, long np) {
-  std::vector<Range> out;
+/// Julia's splitrange: `np` contiguous chunks [first, second), the first `rem` one longer;
+/// fewer chunks than `np` when the range is shorter.
+inline std::vector<std::pair<long, long>> splitrange(long first, long last, long np) {
+  std::vector<std::pair<long, long>> out;
   const long len = last > first ? last - first : 0;
   if (np <= 0) return out;
   long each = len / np, extras = len % np;
@@ -63,9 +55,12 @@ inline std::vector<Range> splitrange(long first, long last, long np) {
   }
   return out;
 }
-}  // namespace detail
 
-namespace detail {
+/// The chunks of `r` for `nworkers` workers (body indices are longs).
+inline std::vector<std::pair<long, long>> chunks_of(IndexRange r, std::size_t nworkers) {
+  return splitrange(static_cast<long>(r.first), static_cast<long>(r.last), static_cast<long>(nworkers));
+}
+
 // One worker's chunk, in order (one thread) or over the process's arena.
 template <class Body>
 void run_chunk(const Body& b, long lo, long hi, bool threaded) {
@@ -103,28 +98,28 @@ R reduce_chunk(const Body& b, const Reducer& red, long lo, long hi, bool threade
 }
 
 template <class Body>
-Waitable distributed_for_impl(Range r, Body body, bool threaded) {
+Waitable distributed_for_impl(IndexRange r, Body body, bool threaded) {
   static_assert(std::is_invocable_v<const Body&, long>, "vscale: distributed_for's body must be callable as body(long i)");
   const auto ws = workers();
   std::vector<Future<void>> parts;
-  for (const Range& c : splitrange(r.first, r.last, static_cast<long>(ws.size())))
-    parts.push_back(remotecall_push(ws[parts.size()], [](const Body& b, long lo, long hi, bool th) {
-      run_chunk(b, lo, hi, th);
-    }, body, c.first, c.last, threaded));
+  for (const auto& [lo, hi] : chunks_of(r, ws.size()))
+    parts.push_back(remotecall_push(ws[parts.size()], [](const Body& b, long first, long last, bool th) {
+      run_chunk(b, first, last, th);
+    }, body, lo, hi, threaded));
   return Waitable(std::move(parts));
 }
 
 template <class Body, class Reducer>
-auto distributed_reduce_impl(Range r, Body body, Reducer reducer, bool threaded) {
+auto distributed_reduce_impl(IndexRange r, Body body, Reducer reducer, bool threaded) {
   static_assert(std::is_invocable_v<const Body&, long>, "vscale: distributed_for's body must be callable as body(long i)");
   using R = std::decay_t<std::invoke_result_t<const Body&, long>>;
   static_assert(!std::is_void_v<R>, "vscale: a distributed_for with a reducer needs a body that returns a value");
   const auto ws = workers();
   std::vector<Future<R>> parts;
-  for (const Range& c : splitrange(r.first, r.last, static_cast<long>(ws.size())))
-    parts.push_back(remotecall_push(ws[parts.size()], [](const Body& b, const Reducer& red, long lo, long hi, bool th) {
-      return reduce_chunk<R>(b, red, lo, hi, th);
-    }, body, reducer, c.first, c.last, threaded));
+  for (const auto& [lo, hi] : chunks_of(r, ws.size()))
+    parts.push_back(remotecall_push(ws[parts.size()], [](const Body& b, const Reducer& red, long first, long last, bool th) {
+      return reduce_chunk<R>(b, red, first, last, th);
+    }, body, reducer, lo, hi, threaded));
   if (parts.empty()) return R{};
   R acc = parts[0].fetch();
   for (std::size_t k = 1; k < parts.size(); ++k) acc = reducer(std::move(acc), parts[k].fetch());
@@ -137,13 +132,13 @@ auto distributed_reduce_impl(Range r, Body body, Reducer reducer, bool threaded)
 /// with trivially copyable captures, or vscale::closure(f, shared_arrays...) to use arrays.
 /// Example: distributed_for({0, n}, closure([](const SharedArray<double, 1>& a, long i) { a[i] = i; }, a)).wait();
 template <class Body>
-Waitable distributed_for(Range r, Body body) {
+Waitable distributed_for(IndexRange r, Body body) {
   return detail::distributed_for_impl(r, std::move(body), false);
 }
 
 /// The same, each worker splitting its chunk over its threads (-t).
 template <class Body>
-Waitable distributed_for(Threaded, Range r, Body body) {
+Waitable distributed_for(Threaded, IndexRange r, Body body) {
   return detail::distributed_for_impl(r, std::move(body), true);
 }
 
@@ -151,14 +146,14 @@ Waitable distributed_for(Threaded, Range r, Body body) {
 /// its chunk, then the caller reduces the workers' results in chunk order (Julia's
 /// `@distributed (+) for`). An empty range gives a value-initialized result.
 template <class Body, class Reducer>
-auto distributed_for(Range r, Body body, Reducer reducer) {
+auto distributed_for(IndexRange r, Body body, Reducer reducer) {
   return detail::distributed_reduce_impl(r, std::move(body), std::move(reducer), false);
 }
 
 /// The same, each worker reducing its chunk over its threads (-t); `reducer` must be
 /// associative (the grouping differs from the one-thread form).
 template <class Body, class Reducer>
-auto distributed_for(Threaded, Range r, Body body, Reducer reducer) {
+auto distributed_for(Threaded, IndexRange r, Body body, Reducer reducer) {
   return detail::distributed_reduce_impl(r, std::move(body), std::move(reducer), true);
 }
 

@@ -74,67 +74,25 @@ class Future {
   /// The value; waits for it, and brings it here on first use (then the decoded value is
   /// the only copy here). Throws RemoteException if the call threw, ProcessExitedException
   /// if the owner is gone. The reference lives as long as some copy of this Future.
-  std::add_lvalue_reference_t<const R> fetch() const& {
-    if constexpr (std::is_void_v<R>) {
-      (void)value(detail::kNoDeadline, "fetch");
-    } else {
-      return *value(detail::kNoDeadline, "fetch");
-    }
-  }
-  /// On an rvalue (`remotecall(2, f).fetch()`), the value itself, not a reference into the
-  /// Future that is about to go: moved out when this was the last handle here, else copied.
-  /// Leaves this Future empty.
-  R fetch() && {
-    if constexpr (std::is_void_v<R>) {
-      (void)value(detail::kNoDeadline, "fetch");
-      core_.reset();
-    } else {
-      return take(*value(detail::kNoDeadline, "fetch"));
-    }
-  }
+  std::add_lvalue_reference_t<const R> fetch() const&;
+  /// On an rvalue (`remotecall(2, f).fetch()`), the value itself, moved out when this was the
+  /// last handle here, else copied. Leaves this Future empty.
+  R fetch() &&;
   /// Wait until the value exists (without bringing it here). Throws like fetch on failure.
-  void wait() const {
-    auto& c = checked("wait");
-    detail::await_core(c, false);
-    if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
-  }
+  void wait() const;
   /// Wait at most `timeout` for the value to exist (without bringing it here): true when it
-  /// does, false when the time ran out (an owner that is stopped or overloaded does not
-  /// answer). Throws like wait on failure. Asking again later costs no new question: the
-  /// one in flight is kept, and its answer taken when it comes.
+  /// does, false when the time ran out. Throws like wait on failure.
   /// Example: if (!f.wait_for(std::chrono::seconds(5))) std::cerr << "worker is slow\n";
   template <class Rep, class Period>
-  bool wait_for(std::chrono::duration<Rep, Period> timeout) const {
-    auto& c = checked("wait_for");
-    const bool settled = detail::await_core(c, false, detail::deadline_after(timeout));
-    if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
-    return settled;
-  }
-  /// Like fetch, but gives up after `timeout`: the value (a copy; on an rvalue Future,
-  /// moved out as fetch does), or std::nullopt when the time ran out. Future<void>: true
-  /// when the call has finished, false on timeout. Throws like fetch on failure.
+  bool wait_for(std::chrono::duration<Rep, Period> timeout) const;
+  /// Like fetch, but gives up after `timeout`: the value (a copy), or std::nullopt when the
+  /// time ran out. Future<void>: true when the call has finished, false on timeout.
   /// Example: if (auto v = f.fetch_for(std::chrono::seconds(5))) use(*v);
   template <class Rep, class Period>
-  fetch_for_type fetch_for(std::chrono::duration<Rep, Period> timeout) const& {
-    auto p = value(detail::deadline_after(timeout), "fetch_for");
-    if constexpr (std::is_void_v<R>) {
-      return p;
-    } else {
-      if (!p) return std::nullopt;
-      return fetch_for_type(std::in_place, *p);
-    }
-  }
+  fetch_for_type fetch_for(std::chrono::duration<Rep, Period> timeout) const&;
+  /// The same on an rvalue Future: the value moved out as fetch() && does.
   template <class Rep, class Period>
-  fetch_for_type fetch_for(std::chrono::duration<Rep, Period> timeout) && {
-    auto p = value(detail::deadline_after(timeout), "fetch_for");
-    if constexpr (std::is_void_v<R>) {
-      if (p) core_.reset();
-      return p;
-    } else {
-      if (!p) return std::nullopt;
-      return fetch_for_type(take(*p));
-    }
-  }
+  fetch_for_type fetch_for(std::chrono::duration<Rep, Period> timeout) &&;
   /// True once the value exists (asks the owner when not known here).
   bool isready() const { return detail::poll_ready(checked("isready")); }
   /// The id of the process that keeps the value.
@@ -142,70 +100,150 @@ class Future {
   /// False for a default-constructed or moved-from Future.
   bool valid() const noexcept { return core_ != nullptr; }
 
+  /// Ships the handle (a reference with weight, never the value).
   template <class A>
-  void save(A& ar) const {
-    if (!core_) throw UsageError("vscale: cannot send an empty Future (moved-from or default-constructed)");
-    detail::WireRef w = detail::export_ref(core_);
-    ar(cereal::binary_data(&w, sizeof w));
-  }
+  void save(A& ar) const;
   template <class A>
-  void load(A& ar) {
-    detail::WireRef w;
-    ar(cereal::binary_data(&w, sizeof w));
-    core_ = detail::import_ref(w);
-    detail::bind_type<R>(*core_);
-  }
+  void load(A& ar);
 
  private:
   friend Future detail::make_future<R>(std::shared_ptr<detail::FutureCore>);
   explicit Future(std::shared_ptr<detail::FutureCore> c) : core_(std::move(c)) {
     if (core_) detail::bind_type<R>(*core_);
   }
-  detail::FutureCore& checked(const char* what) const {
-    if (!core_)
-      throw UsageError(std::string("vscale: ") + what +
-                       " on an empty Future (it was moved from or default-constructed)");
-    return *core_;
-  }
-  // The value here, once it exists: brings it (decoded from the answer) on first use.
-  // Null (false for void) when `deadline` came first. Throws on failure.
+  detail::FutureCore& checked(const char* what) const;
   using value_ptr = std::conditional_t<std::is_void_v<R>, bool, const std::remove_cv_t<R>*>;
-  value_ptr value(detail::Deadline deadline, const char* what) const {
-    auto& c = checked(what);
-    if constexpr (std::is_void_v<R>) {
-      if (!detail::await_core(c, true, deadline)) return false;
-      if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
-      return true;
-    } else {
-      {
-        std::lock_guard lk(c.m);
-        if (c.typed) return static_cast<const R*>(c.typed.get());
-      }
-      if (!detail::await_core(c, true, deadline)) return nullptr;
-      std::lock_guard lk(c.m);
-      if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
-      if (!c.typed) {
-        // Bytes that came another way (a call's answer kept here, or a result stored here).
-        detail::Reader r(c.bytes.data(), c.bytes.size());
-        c.typed = detail::decode_typed<R>(r);
-      }
-      c.drop_bytes_locked();
-      return static_cast<const R*>(c.typed.get());
-    }
-  }
-  // For an rvalue fetch: the value out of `v` (the core's) if no other handle can see it
-  // any more, else a copy; this Future lets go either way.
+  /// The value here, once it exists (brought on first use); null (false for void) when
+  /// `deadline` came first. Throws on failure.
+  value_ptr value(detail::Deadline deadline, const char* what) const;
+  /// For an rvalue fetch: the value out of `v` (the core's) if no other handle can see it.
   template <class V>  // (V is R: a template, so that Future<void> never forms `const void&`)
-  R take(const V& v) {
-    auto core = std::move(core_);
-    if (detail::sole_handle(core)) {
-      std::lock_guard lk(core->m);
-      return std::move(*static_cast<R*>(core->typed.get()));
-    }
-    return v;
-  }
+  R take(const V& v);
   std::shared_ptr<detail::FutureCore> core_;
 };
+
+template <class R>
+std::add_lvalue_reference_t<const R> Future<R>::fetch() const& {
+  if constexpr (std::is_void_v<R>) {
+    (void)value(detail::kNoDeadline, "fetch");
+  } else {
+    return *value(detail::kNoDeadline, "fetch");
+  }
+}
+
+template <class R>
+R Future<R>::fetch() && {
+  if constexpr (std::is_void_v<R>) {
+    (void)value(detail::kNoDeadline, "fetch");
+    core_.reset();
+  } else {
+    return take(*value(detail::kNoDeadline, "fetch"));
+  }
+}
+
+template <class R>
+void Future<R>::wait() const {
+  auto& c = checked("wait");
+  detail::await_core(c, false);
+  if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
+}
+
+// An owner that is stopped or overloaded does not answer. Asking again later costs no new
+// question: the one in flight is kept, and its answer taken when it comes.
+template <class R>
+template <class Rep, class Period>
+bool Future<R>::wait_for(std::chrono::duration<Rep, Period> timeout) const {
+  auto& c = checked("wait_for");
+  const bool settled = detail::await_core(c, false, detail::deadline_after(timeout));
+  if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
+  return settled;
+}
+
+template <class R>
+template <class Rep, class Period>
+typename Future<R>::fetch_for_type Future<R>::fetch_for(std::chrono::duration<Rep, Period> timeout) const& {
+  auto p = value(detail::deadline_after(timeout), "fetch_for");
+  if constexpr (std::is_void_v<R>) {
+    return p;
+  } else {
+    if (!p) return std::nullopt;
+    return fetch_for_type(std::in_place, *p);
+  }
+}
+
+template <class R>
+template <class Rep, class Period>
+typename Future<R>::fetch_for_type Future<R>::fetch_for(std::chrono::duration<Rep, Period> timeout) && {
+  auto p = value(detail::deadline_after(timeout), "fetch_for");
+  if constexpr (std::is_void_v<R>) {
+    if (p) core_.reset();
+    return p;
+  } else {
+    if (!p) return std::nullopt;
+    return fetch_for_type(take(*p));
+  }
+}
+
+template <class R>
+template <class A>
+void Future<R>::save(A& ar) const {
+  if (!core_) throw UsageError("vscale: cannot send an empty Future (moved-from or default-constructed)");
+  detail::WireRef w = detail::export_ref(core_);
+  ar(cereal::binary_data(&w, sizeof w));
+}
+
+template <class R>
+template <class A>
+void Future<R>::load(A& ar) {
+  detail::WireRef w;
+  ar(cereal::binary_data(&w, sizeof w));
+  core_ = detail::import_ref(w);
+  detail::bind_type<R>(*core_);
+}
+
+template <class R>
+detail::FutureCore& Future<R>::checked(const char* what) const {
+  if (!core_)
+    throw UsageError(std::string("vscale: ") + what + " on an empty Future (it was moved from or default-constructed)");
+  return *core_;
+}
+
+template <class R>
+typename Future<R>::value_ptr Future<R>::value(detail::Deadline deadline, const char* what) const {
+  auto& c = checked(what);
+  if constexpr (std::is_void_v<R>) {
+    if (!detail::await_core(c, true, deadline)) return false;
+    if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
+    return true;
+  } else {
+    {
+      std::lock_guard lk(c.m);
+      if (c.typed) return static_cast<const R*>(c.typed.get());
+    }
+    if (!detail::await_core(c, true, deadline)) return nullptr;
+    std::lock_guard lk(c.m);
+    if (c.state.load() == detail::FutureCore::Failed) c.error.raise();
+    if (!c.typed) {
+      // Bytes that came another way (a call's answer kept here, or a result stored here).
+      detail::Reader r(c.bytes.data(), c.bytes.size());
+      c.typed = detail::decode_typed<R>(r);
+    }
+    c.drop_bytes_locked();
+    return static_cast<const R*>(c.typed.get());
+  }
+}
+
+// This Future lets go either way.
+template <class R>
+template <class V>
+R Future<R>::take(const V& v) {
+  auto core = std::move(core_);
+  if (detail::sole_handle(core)) {
+    std::lock_guard lk(core->m);
+    return std::move(*static_cast<R*>(core->typed.get()));
+  }
+  return v;
+}
 
 /// Wait for every Future in `futures`, then rethrow the first failure, if any (so that no call
 /// is still running when the error reaches the caller). Example:

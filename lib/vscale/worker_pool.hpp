@@ -43,6 +43,7 @@ namespace detail {
 // The id of the master's default pool: creator 0 never exists, so no other object has it.
 inline constexpr RefId kDefaultPoolId{1, 0, 1};
 
+/// A pool's state on its owner: members, the free ones, and who took the others.
 struct PoolState {
   std::mutex m;
   std::condition_variable cv;
@@ -50,118 +51,151 @@ struct PoolState {
   std::deque<int> free;
   std::map<int, int> taken;  // worker -> the process that took it
 
-  void push(int id) {
-    {
-      std::lock_guard lk(m);
-      if (!members.insert(id).second) return;
-      free.push_back(id);
-    }
-    cv.notify_one();
-  }
-  // Waits until a worker is free, as Julia's take!. The wait looks again every 100 ms: a
-  // process that dies holding workers gives them back, and a taken worker that dies leaves
-  // the pool (so a pool whose members are all gone says so instead of waiting forever). An
-  // interrupt of the taker (or of this call) abandons it, as a channel operation's wait.
-  int take(int taker) {
-    std::unique_lock lk(m);
-    channel_wait(lk, cv, taker, [&] {
-      reclaim();
-      return !free.empty() || members.empty();
-    }, "WorkerPool take");
-    if (free.empty()) throw UsageError("vscale: take on an empty WorkerPool (it has no workers)");
-    return hand_out(taker);
-  }
-  int try_take(int taker) {  // 0: none free
-    std::lock_guard lk(m);
-    reclaim();
-    return free.empty() ? 0 : hand_out(taker);
-  }
-  void put(int id) {
-    {
-      std::lock_guard lk(m);
-      if (!members.count(id)) return;
-      if (std::find(free.begin(), free.end(), id) != free.end())
-        throw UsageError("vscale: WorkerPool::put(" + std::to_string(id) + "): that worker is not taken");
-      taken.erase(id);
-      free.push_back(id);
-    }
-    cv.notify_one();
-  }
-  void remove(int id) {
-    std::lock_guard lk(m);
-    members.erase(id);
-    taken.erase(id);
-    free.erase(std::remove(free.begin(), free.end(), id), free.end());
-    cv.notify_all();  // a waiter on a pool that became empty must see it
-  }
-  std::size_t length() {
-    std::lock_guard lk(m);
-    reclaim();
-    return members.size();
-  }
-  bool isready() {
-    std::lock_guard lk(m);
-    reclaim();
-    return !free.empty();
-  }
-  std::vector<int> list() {
-    std::lock_guard lk(m);
-    reclaim();
-    return {members.begin(), members.end()};
-  }
-  void sync(const std::vector<int>& ids) {
-    {
-      std::lock_guard lk(m);
-      std::set<int> want(ids.begin(), ids.end());
-      for (auto it = members.begin(); it != members.end();) {
-        if (!want.count(*it)) {
-          free.erase(std::remove(free.begin(), free.end(), *it), free.end());
-          taken.erase(*it);
-          it = members.erase(it);
-        } else {
-          ++it;
-        }
-      }
-      for (int id : want)
-        if (members.insert(id).second) free.push_back(id);
-    }
-    cv.notify_all();
-  }
+  /// Add `id`, free (a member already: nothing).
+  void push(int id);
+  /// Wait until a worker is free and hand it to `taker`, as Julia's take!.
+  int take(int taker);
+  /// A free worker for `taker`, or 0 when none is free now.
+  int try_take(int taker);
+  /// `id` comes back free (not a member any more: ignored).
+  void put(int id);
+  /// `id` leaves the pool, free or taken.
+  void remove(int id);
+  /// Members, free or taken.
+  std::size_t length();
+  /// Whether a worker is free now.
+  bool isready();
+  /// The members, ascending.
+  std::vector<int> list();
+  /// Make the members exactly `ids`.
+  void sync(const std::vector<int>& ids);
 
  private:
-  int hand_out(int taker) {  // with m held, free not empty
-    const int id = free.front();
-    free.pop_front();
-    taken[id] = taker;
-    return id;
-  }
-  // With m held: processes that are gone leave the pool, free or taken, and the workers held
-  // by a process that is gone come back free (its put will never come).
-  void reclaim() {
-    if (free.empty() && taken.empty()) return;
-    const auto live = procs();
-    auto alive = [&](int p) { return std::binary_search(live.begin(), live.end(), p); };
-    for (auto it = free.begin(); it != free.end();) {
-      if (!alive(*it)) {
-        members.erase(*it);
-        it = free.erase(it);
-      } else {
-        ++it;
-      }
-    }
-    for (auto it = taken.begin(); it != taken.end();) {
-      if (!alive(it->first)) {
-        members.erase(it->first);
-        it = taken.erase(it);
-      } else if (!alive(it->second)) {
-        free.push_back(it->first);
-        it = taken.erase(it);
-      } else {
-        ++it;
-      }
-    }
-  }
+  int hand_out(int taker);
+  void reclaim();
 };
+
+inline void PoolState::push(int id) {
+  {
+    std::lock_guard lk(m);
+    if (!members.insert(id).second) return;
+    free.push_back(id);
+  }
+  cv.notify_one();
+}
+
+// The wait looks again every 100 ms: a process that dies holding workers gives them back, and
+// a taken worker that dies leaves the pool (so a pool whose members are all gone says so
+// instead of waiting forever). An interrupt of the taker (or of this call) abandons it, as a
+// channel operation's wait.
+inline int PoolState::take(int taker) {
+  std::unique_lock lk(m);
+  channel_wait(lk, cv, taker, [&] {
+    reclaim();
+    return !free.empty() || members.empty();
+  }, "WorkerPool take");
+  if (free.empty()) throw UsageError("vscale: take on an empty WorkerPool (it has no workers)");
+  return hand_out(taker);
+}
+
+inline int PoolState::try_take(int taker) {
+  std::lock_guard lk(m);
+  reclaim();
+  return free.empty() ? 0 : hand_out(taker);
+}
+
+inline void PoolState::put(int id) {
+  {
+    std::lock_guard lk(m);
+    if (!members.count(id)) return;
+    if (std::find(free.begin(), free.end(), id) != free.end())
+      throw UsageError("vscale: WorkerPool::put(" + std::to_string(id) + "): that worker is not taken");
+    taken.erase(id);
+    free.push_back(id);
+  }
+  cv.notify_one();
+}
+
+inline void PoolState::remove(int id) {
+  std::lock_guard lk(m);
+  members.erase(id);
+  taken.erase(id);
+  free.erase(std::remove(free.begin(), free.end(), id), free.end());
+  cv.notify_all();  // a waiter on a pool that became empty must see it
+}
+
+inline std::size_t PoolState::length() {
+  std::lock_guard lk(m);
+  reclaim();
+  return members.size();
+}
+
+inline bool PoolState::isready() {
+  std::lock_guard lk(m);
+  reclaim();
+  return !free.empty();
+}
+
+inline std::vector<int> PoolState::list() {
+  std::lock_guard lk(m);
+  reclaim();
+  return {members.begin(), members.end()};
+}
+
+// Free ones stay free, new ones are free, missing ones go.
+inline void PoolState::sync(const std::vector<int>& ids) {
+  {
+    std::lock_guard lk(m);
+    std::set<int> want(ids.begin(), ids.end());
+    for (auto it = members.begin(); it != members.end();) {
+      if (!want.count(*it)) {
+        free.erase(std::remove(free.begin(), free.end(), *it), free.end());
+        taken.erase(*it);
+        it = members.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    for (int id : want)
+      if (members.insert(id).second) free.push_back(id);
+  }
+  cv.notify_all();
+}
+
+// With m held, free not empty.
+inline int PoolState::hand_out(int taker) {
+  const int id = free.front();
+  free.pop_front();
+  taken[id] = taker;
+  return id;
+}
+
+// With m held: processes that are gone leave the pool, free or taken, and the workers held
+// by a process that is gone come back free (its put will never come).
+inline void PoolState::reclaim() {
+  if (free.empty() && taken.empty()) return;
+  const auto live = procs();
+  auto alive = [&](int p) { return std::binary_search(live.begin(), live.end(), p); };
+  for (auto it = free.begin(); it != free.end();) {
+    if (!alive(*it)) {
+      members.erase(*it);
+      it = free.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = taken.begin(); it != taken.end();) {
+    if (!alive(it->first)) {
+      members.erase(it->first);
+      it = taken.erase(it);
+    } else if (!alive(it->second)) {
+      free.push_back(it->first);
+      it = taken.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
 
 // The master's default pool, created on first use, members brought up to date with workers()
 // ({1} when there are none) every time it is looked up.

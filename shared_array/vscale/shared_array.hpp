@@ -27,28 +27,10 @@
 #include "vscale/cluster.hpp"
 #include "vscale/detail/remote_object.hpp"
 #include "vscale/errors.hpp"
+#include "vscale/range.hpp"
 #include "vscale/remotecall.hpp"
 
 namespace vscale {
-
-/// A half-open range [first, last) of linear indices; iterable.
-struct IndexRange {
-  std::size_t first = 0, last = 0;
-  std::size_t size() const noexcept { return last - first; }
-  bool empty() const noexcept { return last == first; }
-  struct iterator {
-    std::size_t i;
-    std::size_t operator*() const noexcept { return i; }
-    iterator& operator++() noexcept {
-      ++i;
-      return *this;
-    }
-    bool operator==(const iterator&) const = default;
-  };
-  iterator begin() const noexcept { return {first}; }
-  iterator end() const noexcept { return {last}; }
-  friend bool operator==(const IndexRange&, const IndexRange&) = default;
-};
 
 /// How a file-backed SharedArray opens its file (Julia's modes).
 enum class FileMode {

@@ -2,7 +2,7 @@
 // RemoteChannels, RemoteValues and WorkerPools), the reference with weight that a handle on
 // one holds (the credit scheme of Futures, detail/core.hpp), and how an operation waits on
 // the owner for its object (channel_wait: deadlines, a caller that dies or is interrupted).
-// Used by remote_channel.hpp and worker_pool.hpp.
+// Used by remote_channel.hpp, remote_value.hpp and worker_pool.hpp.
 #pragma once
 
 #include <algorithm>
@@ -151,18 +151,6 @@ std::shared_ptr<S> get_remote_object(const RefId& id) {
   return p;
 }
 
-template <class S, class F, class... A>
-auto remote_object_call(RefId id, F f, A... a) -> std::decay_t<std::invoke_result_t<F&, S&, A&...>> {
-  auto obj = get_remote_object<S>(id);
-  return std::invoke(f, *obj, a...);
-}
-
-template <class S>
-bool remote_object_free(RefId id) {
-  (void)find_remote_object<S>(id);  // type check
-  return erase_remote_object(id);
-}
-
 inline bool process_alive(int pid) {
   for (int p : procs())
     if (p == pid) return true;
@@ -206,6 +194,21 @@ bool channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv,
     std::chrono::nanoseconds step = std::chrono::milliseconds(100);
     if (until_ns != kNoDeadlineNs) step = std::min(step, std::chrono::nanoseconds(until_ns - now));
     cv.wait_for(lk, step);
+  }
+}
+
+// An operation that waits on its owner for a remote object (a channel's take, a pool's take),
+// from another process. The wait here is no cancellation
+// point (the owner abandons the operation itself, see channel_wait); an abandonment comes back
+// as InterruptedException.
+template <class... A>
+auto channel_remote(int owner, A&&... a) {
+  NoInterrupt no_interrupt;
+  try {
+    return remotecall_fetch(owner, std::forward<A>(a)...);
+  } catch (const RemoteException& e) {
+    if (e.type() == "vscale::InterruptedException") throw InterruptedException(e.message());
+    throw;
   }
 }
 
