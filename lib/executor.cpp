@@ -86,9 +86,14 @@ void Executor::maybe_grow() {
     queued_since_.store(0);
     return;
   }
+  // Starving means no queued task has started for a while: a stream of short calls keeps
+  // the queue non-empty and every executor busy, yet it moves, and more threads would only
+  // contend for the queue.
+  const std::uint64_t started = started_.load(std::memory_order_relaxed);
   std::int64_t since = queued_since_.load();
-  if (since == 0) {
+  if (since == 0 || started != started_at_) {
     queued_since_.store(now);
+    started_at_ = started;
     return;
   }
   if (now - since < 5'000'000 || nexec_.load() >= max_exec_ || stopping_.load()) return;
@@ -108,6 +113,7 @@ bool Executor::run_one() {
     q_.pop_front();
     q_size_.fetch_sub(1, std::memory_order_release);
   }
+  started_.fetch_add(1, std::memory_order_relaxed);
   busy_.fetch_add(1);
   if (q_size_.load(std::memory_order_seq_cst) > 0) offer();  // more queued than we take
   if (tl_arena_executor && !tl_in_arena) {

@@ -51,7 +51,7 @@ extern thread_local bool tl_executor;
 // (tbb::task_arena::execute, ~40 ns) and leaves it when idle: an idle thread parked in a slot
 // would keep TBB's workers out of it, and a call started on another thread would then run on
 // one thread. For the same reason the arena reserves no slot for non-TBB threads. Beyond
-// those, one more executor whenever queued work has waited a few ms with every executor busy
+// those, one more executor whenever no queued task has started for a few ms with every executor busy
 // (a call blocked in sleep or on a lock must not starve the call that would unblock it, as
 // Julia's tasks guarantee); these run outside the arena (it may be full of blocked calls:
 // that is why they were grown). Capped by VSCALE_MAX_EXECUTORS.
@@ -78,7 +78,8 @@ class Executor {
   bool queued() const noexcept { return q_size_.load(std::memory_order_acquire) > 0; }
   /// Work is queued and every executor is busy (the host then checks growth more often).
   bool starving() const noexcept { return queued() && busy_.load() >= nexec_.load(); }
-  /// Start one more executor outside the arena if queued work has waited a few ms.
+  /// Start one more executor outside the arena if no queued task has started for a few ms
+  /// while every executor is busy (called by one thread, the host's progress thread).
   void maybe_grow();
 
   /// Counts an idle executor as spinning on the queue while it lives: a push then needs no
@@ -116,6 +117,8 @@ class Executor {
   std::atomic<int> busy_{0};
   std::atomic<int> spinning_{0};                // idle executors spinning on the queue
   std::atomic<std::int64_t> queued_since_{0};  // steady_clock ns since work waits with all busy
+  std::atomic<std::uint64_t> started_{0};      // tasks taken so far
+  std::uint64_t started_at_ = 0;               // started_ at queued_since_ (maybe_grow's own)
   std::atomic<bool> stopping_{false};
 };
 
