@@ -238,31 +238,8 @@ ChildRun run_child(const std::vector<std::string>& args) {
   return res;
 }
 
-// The value of "key" in one line of the benches' flat JSON (no nesting, no escapes needed).
-std::optional<std::string> json_field(const std::string& line, const std::string& key) {
-  const std::string k = "\"" + key + "\"";
-  std::size_t at = line.find(k);
-  if (at == std::string::npos) return std::nullopt;
-  at = line.find_first_not_of(" \t", at + k.size());
-  if (at == std::string::npos || line[at] != ':') return std::nullopt;
-  at = line.find_first_not_of(" \t", at + 1);
-  if (at == std::string::npos) return std::nullopt;
-  if (line[at] == '"') {
-    const std::size_t end = line.find('"', at + 1);
-    if (end == std::string::npos) return std::nullopt;
-    return line.substr(at + 1, end - at - 1);
-  }
-  const std::size_t end = line.find_first_of(",}", at);
-  return line.substr(at, end == std::string::npos ? std::string::npos : end - at);
-}
-std::optional<double> json_number(const std::string& line, const std::string& key) {
-  auto v = json_field(line, key);
-  if (!v) return std::nullopt;
-  char* end = nullptr;
-  const double x = std::strtod(v->c_str(), &end);
-  if (end == v->c_str()) return std::nullopt;
-  return x;
-}
+using bench_util::json_field;
+using bench_util::json_number;
 
 // --- measurements ---------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -185,6 +186,48 @@ inline double socketpair_rtt(const char* program, int reps, long calls) {
   while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
   }
   return median(per);
+}
+
+/// The value of "key" in one line of the benches' flat JSON (no nesting, no escapes needed):
+/// the text between the quotes for a string, else up to the next ',' or '}'. "key" counts only
+/// where a ':' follows it: a string value may be a key's name too ("variant":"threads").
+inline std::optional<std::string> json_field(const std::string& line, const std::string& key) {
+  const std::string k = "\"" + key + "\"";
+  std::size_t at = 0;
+  for (std::size_t from = 0;; from = at) {
+    at = line.find(k, from);
+    if (at == std::string::npos) return std::nullopt;
+    at = line.find_first_not_of(" \t", at + k.size());
+    if (at == std::string::npos) return std::nullopt;
+    if (line[at] == ':') break;
+  }
+  at = line.find_first_not_of(" \t", at + 1);
+  if (at == std::string::npos) return std::nullopt;
+  if (line[at] == '"') {
+    const std::size_t end = line.find('"', at + 1);
+    if (end == std::string::npos) return std::nullopt;
+    return line.substr(at + 1, end - at - 1);
+  }
+  const std::size_t end = line.find_first_of(",}", at);
+  return line.substr(at, end == std::string::npos ? std::string::npos : end - at);
+}
+/// The number under "key" in such a line, if it has one.
+inline std::optional<double> json_number(const std::string& line, const std::string& key) {
+  auto v = json_field(line, key);
+  if (!v) return std::nullopt;
+  char* end = nullptr;
+  const double x = std::strtod(v->c_str(), &end);
+  if (end == v->c_str()) return std::nullopt;
+  return x;
+}
+
+/// `s` cut at every `sep` (empty parts kept: an empty $PATH entry means ".").
+inline std::vector<std::string> split_on(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::size_t at = 0;
+  for (std::size_t next; (next = s.find(sep, at)) != std::string::npos; at = next + 1) out.push_back(s.substr(at, next - at));
+  out.push_back(s.substr(at));
+  return out;
 }
 
 /// "1,2,4" -> {"1", "2", "4"} (empty parts dropped): the benchmarks' list options.
