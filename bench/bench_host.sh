@@ -8,13 +8,13 @@
 #   then here:    build/bench/bench_report bench.jsonl --md bench.md --svg bench.svg
 #
 # usage: bench_host.sh [--quick] [--bundle DIR] [--commit HASH] OUT.jsonl
-#   --quick        small sizes, 1-2 reps: a check on a 2-core machine that every part runs (its
-#                  figures mean nothing)
+#   --quick        small sizes, 1-2 reps, OMP_WAIT_POLICY=passive: a check on a 2-core machine
+#                  that every part runs (its figures mean nothing)
 #   --bundle DIR   the bundle to run (default: the directory of this script)
 #   --commit HASH  the git commit to record (default: DIR/COMMIT, written by bench_bundle.sh)
 #
 # Output: OUT.jsonl gets, in this order, a "host" line (date, hostname, nproc, commit, mode,
-# load average), a "process_counts" line (the counts used: 1, 2, 4, 8, 16 clipped to nproc, and
+# load average, which mpirun), a "process_counts" line (the counts used: 1, 2, 4, 8, 16 clipped to nproc, and
 # nproc itself when it is no power of two), then the benches' --json lines:
 #   bench_remotecall  round trips beside the socketpair and MPI references, remote_do rate,
 #                     addprocs(1) and addprocs(nproc, at most 16) times
@@ -28,8 +28,10 @@
 # Each part runs under `timeout` with its own cap, and the whole run under a deadline (460 s;
 # --quick 400 s): a part that would start too late is skipped, so the call ends in time even on
 # a slower host. The exit status is 1 if any part failed or was cut short, else 0.
-# The MPI reference (mpi_pingpong under mpirun) runs only where Open MPI is installed: the bundle
-# carries mpi_pingpong and its libraries, not mpirun; without mpirun it is skipped.
+# The MPI reference (mpi_pingpong under mpirun) uses the host's mpirun, else the Open MPI runtime
+# that bench_bundle.sh put into the bundle (DIR/mpi); with neither it is skipped (a "skipped"
+# line; bench_remotecall says why on stderr). The host line's "mpirun" says which: host,
+# bundled or none.
 set -uo pipefail
 
 quick=0
@@ -76,9 +78,29 @@ counts_csv=$(IFS=,; echo "${counts[*]}")
 note="1, 2, 4, 8, 16 clipped to the $cores CPUs of this host"
 ((cores >= 16)) && note="1, 2, 4, 8, 16 (this host has $cores CPUs)"
 
-json "{\"bench\":\"host\",\"date\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\",\"hostname\":\"$(clean "$(hostname)")\",\"nproc\":$cores,\"commit\":\"$(clean "$commit")\",\"mode\":\"$( ((quick)) && echo quick || echo full)\",\"loadavg\":\"$(cut -d' ' -f1-3 /proc/loadavg)\"}"
+# The MPI reference's mpirun: the host's, else the bundle's Open MPI runtime (bench_bundle.sh),
+# relocated by OPAL_PREFIX, its PMIx by PMIX_* (the libraries are in the bundle's lib/).
+# (A search of $PATH for an executable, as bench_remotecall's: bash's `command -v` also names a
+# file that is there but not executable.)
+on_path() { local d IFS=:; for d in $PATH; do [[ -x "${d:-.}/$1" && -f "${d:-.}/$1" ]] && return 0; done; return 1; }
+mpi=none
+if on_path mpirun; then
+  mpi=host
+elif [[ -x "$bundle/mpi/ompi/bin/mpirun" ]]; then
+  mpi=bundled
+  export PATH="$bundle/mpi/ompi/bin:$PATH" OPAL_PREFIX="$bundle/mpi/ompi"
+  if [[ -d "$bundle/mpi/pmix/lib/pmix" ]]; then
+    export PMIX_PREFIX="$bundle/mpi/pmix" PMIX_PKGDATADIR="$bundle/mpi/pmix/share/pmix" \
+      PMIX_MCA_mca_base_component_path="$bundle/mpi/pmix/lib/pmix"
+  fi
+fi
+
+json "{\"bench\":\"host\",\"date\":\"$(date -u +%Y-%m-%dT%H:%M:%SZ)\",\"hostname\":\"$(clean "$(hostname)")\",\"nproc\":$cores,\"commit\":\"$(clean "$commit")\",\"mode\":\"$( ((quick)) && echo quick || echo full)\",\"loadavg\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"mpirun\":\"$mpi\"}"
 json "{\"bench\":\"process_counts\",\"counts\":\"$counts_csv\",\"cores\":$cores,\"note\":\"$note\"}"
-echo "bench_host.sh: $cores CPUs, process counts $counts_csv, deadline ${budget}s, output $out" >&2
+echo "bench_host.sh: $cores CPUs, process counts $counts_csv, deadline ${budget}s, mpirun: $mpi, output $out" >&2
+if [[ $mpi == none ]]; then
+  skipped mpi_pingpong_rtt "no mpirun on this host and none in the bundle: the MPI reference runs only where Open MPI is installed or bundled"
+fi
 
 # part NAME CAP PROGRAM ARGS...: runs `run PROGRAM ARGS` for at most CAP seconds (less if the
 # deadline is nearer), its JSON lines into the output file, the rest of its stdout to stderr.
@@ -109,11 +131,11 @@ part() {
   echo "bench_host.sh: $name took $(($(date +%s) - t0))s" >&2
 }
 
-if ! command -v mpirun > /dev/null; then
-  skipped mpi_pingpong_rtt "no mpirun on this host: the MPI reference runs only where Open MPI is installed"
-fi
-
 if ((quick)); then
+  # On a loaded 2-core machine libgomp's spinning threads (2 of them, beside vscale's processes)
+  # make each OpenMP barrier cost milliseconds and the barrier calibration minutes: the quick
+  # run only checks that every part runs, so its OpenMP threads sleep at once.
+  export OMP_WAIT_POLICY=passive
   part remotecall 60 bench_remotecall --json --reps 2 --calls 2000 --cores "$maxc" -p 1
   for p in "${counts[@]}"; do
     part "pmap -p $p" 40 bench_pmap --json -p "$p" --reps 2 --n 2000
@@ -122,7 +144,7 @@ if ((quick)); then
     part "scaling $w" 120 bench_scaling --json --quick --reps 1 --cores "$counts_csv" --workloads "$w" \
       --advection-n 64 --stencil-n 32 --stencil-steps 10 --mc-samples 1000000
   done
-  part stencil 60 bench_stencil --json --n 32 --steps 10 --reps 1 --procs "$counts_csv"
+  part stencil 120 bench_stencil --json --n 32 --steps 10 --reps 1 --procs "$counts_csv"
 else
   part remotecall 60 bench_remotecall --json --reps 10 --cores "$maxc" -p 1
   for p in "${counts[@]}"; do
