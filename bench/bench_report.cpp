@@ -7,16 +7,17 @@
 // The markdown (on stdout without --md): the host lines first (bench_host.sh's "host" and
 // "process_counts" lines, and any "skipped" lines), then one table with a row per measure and
 // process count. A measure is (bench, workload for bench_scaling, variant); a row is a measure
-// at one count (processes x threads: the cores it uses; bench_scaling: its "cores") and one
-// thread count. Its time is the median of
+// at one count (processes x threads: the cores it uses; bench_scaling: its "cores"; bench_pmap:
+// its workers, procs - 1) and one thread count. Its time is the median of
 // the "seconds" of every line with that key (normally one: each line is already a median over
 // its reps), the other columns likewise. Speed-up = the time of the same measure at its smallest
-// count (1 worker; for bench_pmap, whose procs count the master, 2 processes) / the row's time; bench_scaling lines bring their own ("speedup": over processes
+// count (1 worker) / the row's time; bench_scaling lines bring their own ("speedup": over processes
 // mode at 1 core, so threads and hybrid rows compare with the same baseline). It is left out
 // ("-") where a measure has one count only, and for startup and the barriers, whose times grow
 // with the count by design.
 // The chart: one panel per bench (per workload for bench_scaling) with a measure at more than one
-// count, speed-up (linear) against the count (log2), a line per variant, the ideal dashed.
+// count, speed-up (linear) against the count (log2), a line per variant, the ideal (count / the
+// smallest count) dashed.
 // Lines that are not JSON objects are ignored; the exit status is 1 when no line had seconds.
 #include <algorithm>
 #include <cmath>
@@ -106,8 +107,10 @@ Report read(const std::string& path) {
     const std::string group = workload ? bench + " " + *workload : bench;
     const int procs = static_cast<int>(json_number(line, "procs").value_or(1));
     const int threads = static_cast<int>(json_number(line, "threads").value_or(1));
-    // One process with T threads (an OpenMP reference) counts T: the cores it uses.
-    const int count = static_cast<int>(json_number(line, "cores").value_or(procs * threads));
+    // One process with T threads (an OpenMP reference) counts T: the cores it uses. bench_pmap's
+    // procs count the master, which only hands out tasks: its rows count the workers.
+    const int count = bench == "pmap" ? std::max(1, procs - 1)
+                                      : static_cast<int>(json_number(line, "cores").value_or(procs * threads));
     const auto key = std::make_tuple(group, *variant, count, threads);
     auto it = at.find(key);
     if (it == at.end()) {
@@ -181,7 +184,7 @@ void markdown(bench_util::Text& md, const Report& rep, const std::string& source
             r.seconds.size(), human_time(median(r.seconds)), r.speedup ? fmt::format("{:.2f}", *r.speedup) : "-",
             notes_of(r));
   md.line("");
-  md.line("count: processes x threads, the cores used (bench_pmap and bench_remotecall count the master too). "
+  md.line("count: processes x threads, the cores used (bench_pmap: its workers; procs counts the master too). "
           "Time: per unit where the bench measures one (a call, a task, a crossing), else per run. "
           "Speed-up: time at the measure's smallest count / time (bench_scaling: over processes mode at 1 core); "
           "'-' for a measure at one count, and for startup and the barriers.");
@@ -202,7 +205,7 @@ void chart(const Report& rep, const std::string& path) {
   const double pw = 360, ph = 260, left = 60, gap = 70, top = 70, legend_line = 16;
   const std::size_t cols = std::min<std::size_t>(3, std::max<std::size_t>(1, panels.size()));
   const std::size_t rows_n = std::max<std::size_t>(1, (panels.size() + cols - 1) / cols);
-  // Each panel's legend sits under it: room for up to 8 variants.
+  // Each panel's legend sits under it: room for 7 variants and the ideal.
   const double cell_h = top + ph + 50 + 8 * legend_line;
   const double W = left + static_cast<double>(cols) * (pw + gap), H = 20 + static_cast<double>(rows_n) * cell_h;
   bench_util::Text svg;
@@ -224,7 +227,9 @@ void chart(const Report& rep, const std::string& path) {
         counts.insert(r.count);
         ymax = std::max(ymax, *r.speedup);
       }
-    ymax = std::max(ymax, static_cast<double>(*counts.rbegin()));
+    // The ideal: speed-up = count / the smallest count.
+    const double kmin = *counts.begin();
+    ymax = std::max(ymax, *counts.rbegin() / kmin);
     const auto axis = bench_util::linear_axis(ymax);
     const double xlo = std::log2(static_cast<double>(*counts.begin())),
                  xhi = std::max(xlo + 1, std::log2(static_cast<double>(*counts.rbegin())));
@@ -237,33 +242,26 @@ void chart(const Report& rep, const std::string& path) {
       svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">{}</text>)", X(k), y0 + ph + 16, k);
     bench_util::svg_axes(svg, x0, y0, pw, ph);
     svg.line(R"(<text x="{:.1f}" y="{:.1f}" text-anchor="middle">processes (cores)</text>)", x0 + pw / 2, y0 + ph + 34);
-    svg.add(R"(<polyline fill="none" stroke="black" stroke-dasharray="5,4" points=")");
-    for (int k : counts) svg.add("{:.1f},{:.1f} ", X(k), Y(k));
-    svg.line(R"("/>)");
+    std::vector<std::pair<double, double>> ideal;
+    for (int k : counts) ideal.emplace_back(X(k), Y(k / kmin));
+    bench_util::svg_ideal(svg, ideal);
     std::vector<std::string> variants;
     for (const Row& r : rep.rows)
       if (r.group == g && r.speedup && std::find(variants.begin(), variants.end(), r.variant) == variants.end())
         variants.push_back(r.variant);
     for (std::size_t v = 0; v < variants.size(); ++v) {
       const std::string& colour = colours[v % colours.size()];
-      std::vector<const Row*> pts;
+      std::vector<bench_util::SvgPoint> pts;
       for (const Row& r : rep.rows)
-        if (r.group == g && r.variant == variants[v] && r.speedup) pts.push_back(&r);
-      svg.add(R"(<polyline fill="none" stroke="{}" stroke-width="2" points=")", colour);
-      for (const Row* p : pts) svg.add("{:.1f},{:.1f} ", X(p->count), Y(*p->speedup));
-      svg.line(R"("/>)");
-      for (const Row* p : pts)
-        svg.line(R"(<circle cx="{:.1f}" cy="{:.1f}" r="3.5" fill="{}"><title>{} {}, {} x {}: {}, speed-up {:.3g})"
-                 "</title></circle>",
-                 X(p->count), Y(*p->speedup), colour, g, p->variant, p->procs, p->threads,
-                 human_time(median(p->seconds)), *p->speedup);
-      if (v < 8) {
-        const double ly = y0 + ph + 54 + static_cast<double>(v) * legend_line;
-        svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="{}" stroke-width="2"/>)", x0, ly,
-                 x0 + 24, ly, colour);
-        svg.line(R"(<text x="{:.1f}" y="{:.1f}">{}</text>)", x0 + 30, ly + 4, variants[v]);
-      }
+        if (r.group == g && r.variant == variants[v] && r.speedup)
+          pts.push_back({X(r.count), Y(*r.speedup),
+                         fmt::format("{} {}, {} x {}: {}, speed-up {:.3g}", g, r.variant, r.procs, r.threads,
+                                     human_time(median(r.seconds)), *r.speedup)});
+      bench_util::svg_series(svg, colour, pts);
+      if (v < 7) bench_util::svg_legend(svg, x0, y0 + ph + 54 + static_cast<double>(v) * legend_line, colour, variants[v]);
     }
+    bench_util::svg_legend(svg, x0, y0 + ph + 54 + static_cast<double>(std::min<std::size_t>(variants.size(), 7)) * legend_line,
+                           "black", "ideal", true);
   }
   if (!bench_util::svg_end(svg, path)) die(fmt::format("cannot write the chart to '{}'", path));
 }
