@@ -123,8 +123,11 @@ MpiRun mpi_pingpong(int reps, long calls, double socketpair_s) {
   }
   // Open MPI refuses to run as root unless told twice; a bench host's job often is root.
   const std::string env = geteuid() == 0 ? "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " : "";
-  const std::string cmd = fmt::format("{}'{}' -n 2 --bind-to none --oversubscribe '{}' --json --reps {} --calls {}", env,
-                                      mpirun, prog, reps, calls);
+  // A reference must not hang the bench (an mpirun stuck probing networks): at most 5 minutes.
+  const std::string timeout = find_in_path("timeout");
+  const std::string limit = timeout.empty() ? "" : fmt::format("'{}' -k 5 300 ", timeout);
+  const std::string cmd = fmt::format("{}{}'{}' -n 2 --bind-to none --oversubscribe '{}' --json --reps {} --calls {}", env,
+                                      limit, mpirun, prog, reps, calls);
   std::fflush(nullptr);  // nothing of ours buffered twice
   std::FILE* p = popen(cmd.c_str(), "r");
   if (!p) {
