@@ -13,6 +13,14 @@
 //                              ends with remotecall_fetch of the counter, so it counts completed calls
 //   startup                    vscale::addprocs(n) until it returns, for n = 1 and n = K
 //                              (the workers are removed again outside the timed region)
+//   mpi_pingpong_rtt           the second reference: a raw MPI ping-pong of one int between two
+//                              ranks (bench/mpi_pingpong, run as a child: `mpirun -n 2 --bind-to
+//                              none --oversubscribe <this program's dir>/mpi_pingpong --json --reps R
+//                              --calls C`, with OMPI_ALLOW_RUN_AS_ROOT(_CONFIRM)=1 when run as
+//                              root); its JSON line is printed among ours, and remotecall_fetch_rtt's
+//                              line gets ratio_to_mpi. Where mpirun or mpi_pingpong is missing (no
+//                              Open MPI), or the run fails, one line on stderr says the reference
+//                              was skipped and why, and the bench goes on.
 // Targets (DESIGN.md): round trip <= 2 us (socketpair 5.2 us on the bench host), 16 workers
 // started in <= 30 ms.
 #include <sys/socket.h>
@@ -49,6 +57,7 @@ struct Result {
   double seconds = 0;                // median per unit
   std::optional<double> per_s;       // units per second, where it applies
   std::optional<double> ratio;       // seconds / socketpair_rtt seconds
+  std::optional<double> ratio_mpi;   // seconds / mpi_pingpong_rtt seconds
 };
 
 void print_json(const Result& r) {
@@ -57,6 +66,7 @@ void print_json(const Result& r) {
         r.n, r.seconds);
   if (r.per_s) j.add(R"(,"per_s":{:.6g})", *r.per_s);
   if (r.ratio) j.add(R"(,"ratio_to_socketpair":{:.4g})", *r.ratio);
+  if (r.ratio_mpi) j.add(R"(,"ratio_to_mpi":{:.4g})", *r.ratio_mpi);
   j.print();
 }
 
@@ -67,9 +77,76 @@ void print_json(const Result& r) {
 // The child is forked from a process that has threads (the runtime's), so it only does
 // async-signal-safe things: read, write, _exit.
 Result socketpair_rtt(int reps, long calls) {
-  Result res{"socketpair_rtt", 2, calls, bench_util::socketpair_rtt("bench_remotecall", reps, calls), {}, 1.0};
+  Result res{"socketpair_rtt", 2, calls, bench_util::socketpair_rtt("bench_remotecall", reps, calls), {}, 1.0, {}};
   res.per_s = 1.0 / res.seconds;
   return res;
+}
+
+// --- the second reference: a raw MPI ping-pong, under mpirun ------------------------------
+
+// The first executable `name` in $PATH, or "".
+std::string find_in_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  for (const std::string& d : bench_util::split_on(path ? path : "", ':')) {
+    const std::string p = (d.empty() ? std::string(".") : d) + "/" + name;
+    if (access(p.c_str(), X_OK) == 0) return p;
+  }
+  return "";
+}
+
+struct MpiRun {
+  std::optional<Result> result;  // parsed from its line
+  std::string line;              // its JSON line, as printed
+  std::string why;               // when there is no result
+};
+
+// Runs mpi_pingpong (beside this program) on 2 ranks under mpirun and takes its JSON line.
+// popen, not fork: this process has threads; the shell it starts only execs the command.
+MpiRun mpi_pingpong(int reps, long calls, double socketpair_s) {
+  MpiRun run;
+  char exe[4096];
+  const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (len <= 0) {
+    run.why = std::string("cannot read /proc/self/exe: ") + std::strerror(errno);
+    return run;
+  }
+  const std::string self(exe, static_cast<std::size_t>(len));
+  const std::string prog = self.substr(0, self.rfind('/')) + "/mpi_pingpong";
+  const std::string mpirun = find_in_path("mpirun");
+  if (mpirun.empty()) {
+    run.why = "no mpirun in PATH (Open MPI is not installed here: apt-get install openmpi-bin)";
+    return run;
+  }
+  if (access(prog.c_str(), X_OK) != 0) {
+    run.why = fmt::format("{} is missing (built only where CMake found MPI: libopenmpi-dev)", prog);
+    return run;
+  }
+  // Open MPI refuses to run as root unless told twice; a bench host's job often is root.
+  const std::string env = geteuid() == 0 ? "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " : "";
+  // A reference must not hang the bench (an mpirun stuck probing networks): at most 5 minutes.
+  const std::string timeout = find_in_path("timeout");
+  const std::string limit = timeout.empty() ? "" : fmt::format("'{}' -k 5 300 ", timeout);
+  const std::string cmd = fmt::format("{}{}'{}' -n 2 --bind-to none --oversubscribe '{}' --json --reps {} --calls {}", env,
+                                      limit, mpirun, prog, reps, calls);
+  std::fflush(nullptr);  // nothing of ours buffered twice
+  std::FILE* p = popen(cmd.c_str(), "r");
+  if (!p) {
+    run.why = fmt::format("popen: {}", std::strerror(errno));
+    return run;
+  }
+  std::string out;
+  char buf[4096];
+  for (std::size_t k; (k = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, k);
+  const int status = pclose(p);
+  for (const std::string& line : bench_util::split_on(out, '\n'))
+    if (bench_util::json_field(line, "variant") == "mpi_pingpong_rtt") run.line = line;
+  const auto s = bench_util::json_number(run.line, "seconds");
+  if (status != 0 || !s || !(*s > 0)) {
+    run.why = fmt::format("`{}` failed (status {}{})", cmd, status, run.line.empty() ? ", no mpi_pingpong_rtt line" : "");
+    return run;
+  }
+  run.result = Result{"mpi_pingpong_rtt", 2, calls, *s, 1.0 / *s, *s / socketpair_s, {}};
+  return run;
 }
 
 // --- vscale -------------------------------------------------------------------------------
@@ -98,7 +175,7 @@ Result rtt_small(int w, int reps, long calls, double ref) {
   long k = std::max(1000L, calls / 10);
   long expect = k * (k + 1) / 2 + static_cast<long>(reps) * (calls * (calls + 1) / 2);
   if (sink != expect) die(fmt::format("remotecall_fetch_rtt: wrong results (sum {}, expected {})", sink, expect));
-  Result res{"remotecall_fetch_rtt", vscale::nprocs(), calls, median(per), {}, {}};
+  Result res{"remotecall_fetch_rtt", vscale::nprocs(), calls, median(per), {}, {}, {}};
   res.per_s = 1.0 / res.seconds;
   res.ratio = res.seconds / ref;
   return res;
@@ -116,7 +193,7 @@ Result rtt_1mb(int w, int reps, long calls, double ref) {
     per.push_back(seconds_since(t0) / static_cast<double>(calls));
     if (total != payload.size() * static_cast<std::size_t>(calls)) die("remotecall_fetch_rtt_1mb: wrong sizes");
   }
-  Result res{"remotecall_fetch_rtt_1mb", vscale::nprocs(), calls, median(per), {}, {}};
+  Result res{"remotecall_fetch_rtt_1mb", vscale::nprocs(), calls, median(per), {}, {}, {}};
   res.per_s = 1.0 / res.seconds;
   res.ratio = res.seconds / ref;
   return res;
@@ -155,7 +232,7 @@ Result remote_do_rate(int w, int reps, long calls) {
                "bench_remotecall: note: remote_do calls were still running after a later remotecall_fetch returned "
                "({} extra counter reads; the worker runs calls on several threads)\n",
                extra_polls);
-  Result res{"remote_do_rate", vscale::nprocs(), calls, median(per), {}, {}};
+  Result res{"remote_do_rate", vscale::nprocs(), calls, median(per), {}, {}, {}};
   res.per_s = 1.0 / res.seconds;
   return res;
 }
@@ -183,7 +260,7 @@ Result startup(int n, int reps) {
     vscale::rmprocs(ids);
     per.push_back(t);
   }
-  Result res{"startup", n, n, median(per), {}, {}};
+  Result res{"startup", n, n, median(per), {}, {}, {}};
   return res;
 }
 
@@ -223,7 +300,16 @@ int main(int argc, char** argv) {
 
   Result ref = socketpair_rtt(reps, calls);
   emit(ref);
-  emit(rtt_small(w, reps, calls, ref.seconds));
+  const MpiRun mpi = mpi_pingpong(reps, calls, ref.seconds);
+  if (mpi.result) {
+    if (json) fmt::print("{}\n", mpi.line);
+    results.push_back(*mpi.result);
+  } else {
+    fmt::print(stderr, "bench_remotecall: the MPI reference (mpi_pingpong_rtt) was skipped: {}\n", mpi.why);
+  }
+  Result rtt = rtt_small(w, reps, calls, ref.seconds);
+  if (mpi.result) rtt.ratio_mpi = rtt.seconds / mpi.result->seconds;
+  emit(rtt);
   emit(rtt_1mb(w, reps, calls_1mb, ref.seconds));
   emit(remote_do_rate(w, reps, calls));
   emit(startup(1, reps));
@@ -239,9 +325,13 @@ int main(int argc, char** argv) {
                  r.per_s ? fmt::to_string(static_cast<long long>(*r.per_s)) : "-",
                  r.ratio ? fmt::format("{:f}", *r.ratio).substr(0, 6) + "x" : "-");
     }
-    const Result& rtt = results[1];
     fmt::print("\nremotecall_fetch round trip / socketpair round trip = {:.2f}  ({} vs {}; target: <= 2 us)\n",
                rtt.seconds / ref.seconds, human_time(rtt.seconds), human_time(ref.seconds));
+    if (mpi.result)
+      fmt::print("remotecall_fetch round trip / MPI ping-pong round trip = {:.2f}  ({} vs {})\n", *rtt.ratio_mpi,
+                 human_time(rtt.seconds), human_time(mpi.result->seconds));
+    else
+      fmt::print("remotecall_fetch round trip / MPI ping-pong round trip: not measured (the MPI reference was skipped)\n");
   }
   return 0;
 }

@@ -238,31 +238,8 @@ ChildRun run_child(const std::vector<std::string>& args) {
   return res;
 }
 
-// The value of "key" in one line of the benches' flat JSON (no nesting, no escapes needed).
-std::optional<std::string> json_field(const std::string& line, const std::string& key) {
-  const std::string k = "\"" + key + "\"";
-  std::size_t at = line.find(k);
-  if (at == std::string::npos) return std::nullopt;
-  at = line.find_first_not_of(" \t", at + k.size());
-  if (at == std::string::npos || line[at] != ':') return std::nullopt;
-  at = line.find_first_not_of(" \t", at + 1);
-  if (at == std::string::npos) return std::nullopt;
-  if (line[at] == '"') {
-    const std::size_t end = line.find('"', at + 1);
-    if (end == std::string::npos) return std::nullopt;
-    return line.substr(at + 1, end - at - 1);
-  }
-  const std::size_t end = line.find_first_of(",}", at);
-  return line.substr(at, end == std::string::npos ? std::string::npos : end - at);
-}
-std::optional<double> json_number(const std::string& line, const std::string& key) {
-  auto v = json_field(line, key);
-  if (!v) return std::nullopt;
-  char* end = nullptr;
-  const double x = std::strtod(v->c_str(), &end);
-  if (end == v->c_str()) return std::nullopt;
-  return x;
-}
+using bench_util::json_field;
+using bench_util::json_number;
 
 // --- measurements ---------------------------------------------------------------------------
 
@@ -534,39 +511,31 @@ void write_svg(const std::string& path, const Config& c, const Driver& d) {
     svg.line(R"svg(<text transform="translate({:.1f},{:.1f}) rotate(-90)" text-anchor="middle">speed-up</text>)svg",
              x0 - 40, y0 + ph / 2);
     // The ideal: speed-up = cores, clipped at the top of the panel.
-    svg.add(R"(<polyline fill="none" stroke="black" stroke-dasharray="5,4" points=")");
-    for (int k : c.cores) svg.add("{:.1f},{:.1f} ", X(k), Y(k));
-    svg.line(R"("/>)");
+    std::vector<std::pair<double, double>> ideal;
+    for (int k : c.cores) ideal.emplace_back(X(k), Y(k));
+    bench_util::svg_ideal(svg, ideal);
     for (const auto& [mode, colour] : modes) {
-      std::vector<const Point*> pts;
+      std::vector<bench_util::SvgPoint> pts;
       for (int k : c.cores)
-        if (const Point* p = d.find(w, mode, k); p && p->speedup) pts.push_back(p);
-      if (pts.empty()) continue;
-      svg.add(R"(<polyline fill="none" stroke="{}" stroke-width="2" points=")", colour);
-      for (const Point* p : pts) svg.add("{:.1f},{:.1f} ", X(p->cores), Y(*p->speedup));
-      svg.line(R"("/>)");
-      for (const Point* p : pts)
-        svg.line(R"(<circle cx="{:.1f}" cy="{:.1f}" r="3.5" fill="{}">)"
-                 "<title>{}, {} process(es) x {} thread(s): {}, speed-up {:.3g}</title></circle>",
-                 X(p->cores), Y(*p->speedup), colour, mode, p->procs, p->threads, human_time(p->seconds), *p->speedup);
+        if (const Point* p = d.find(w, mode, k); p && p->speedup)
+          pts.push_back({X(p->cores), Y(*p->speedup),
+                         fmt::format("{}, {} process(es) x {} thread(s): {}, speed-up {:.3g}", mode, p->procs,
+                                     p->threads, human_time(p->seconds), *p->speedup)});
+      if (!pts.empty()) bench_util::svg_series(svg, colour, pts);
     }
   }
   // The legend, in one row under the panels.
   double lx = left;
   const double ly = top + ph + bottom + 10;
   for (const auto& [mode, colour] : modes) {
-    svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="{}" stroke-width="2"/>)", lx, ly, lx + 24,
-             ly, colour);
     const std::string label = mode == "processes" ? "processes (k x 1)"
                               : mode == "threads" ? "threads (1 x k)"
                               : mode == "hybrid"  ? "hybrid (k/2 x 2)"
                                                   : "OpenMP, k threads";
-    svg.line(R"(<text x="{:.1f}" y="{:.1f}">{}</text>)", lx + 30, ly + 4, label);
+    bench_util::svg_legend(svg, lx, ly, colour, label);
     lx += 170;
   }
-  svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black" stroke-dasharray="5,4"/>)", lx, ly,
-           lx + 24, ly);
-  svg.line(R"(<text x="{:.1f}" y="{:.1f}">ideal</text>)", lx + 30, ly + 4);
+  bench_util::svg_legend(svg, lx, ly, "black", "ideal", true);
   if (!bench_util::svg_end(svg, path)) die(fmt::format("cannot write the chart to '{}'", path));
 }
 

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -92,7 +93,7 @@ class Text {
   fmt::memory_buffer buf_;
 };
 
-// --- SVG charts (bench_advection, bench_scaling): plain text, coordinates with one decimal ---
+// --- SVG charts (bench_advection, bench_scaling, bench_report): plain text, coordinates with one decimal ---
 
 /// Opens a W x H chart: the <svg> element (sans-serif, 12 px) and a white background.
 inline void svg_begin(Text& svg, double w, double h) {
@@ -127,6 +128,40 @@ inline void svg_tick(Text& svg, double x0, double x1, double y, double value) {
 inline void svg_axes(Text& svg, double x0, double y0, double w, double h) {
   svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", x0, y0, x0, y0 + h);
   svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black"/>)", x0, y0 + h, x0 + w, y0 + h);
+}
+
+/// A point of a series: where it is drawn (pixels) and its tooltip.
+struct SvgPoint {
+  double x, y;
+  std::string title;
+};
+
+/// A series of a chart: a 2 px polyline through `points` and a dot with its tooltip at each.
+inline void svg_series(Text& svg, const std::string& colour, const std::vector<SvgPoint>& points) {
+  svg.add(R"(<polyline fill="none" stroke="{}" stroke-width="2" points=")", colour);
+  for (const SvgPoint& p : points) svg.add("{:.1f},{:.1f} ", p.x, p.y);
+  svg.line(R"("/>)");
+  for (const SvgPoint& p : points)
+    svg.line(R"(<circle cx="{:.1f}" cy="{:.1f}" r="3.5" fill="{}"><title>{}</title></circle>)", p.x, p.y, colour, p.title);
+}
+
+/// The ideal (speed-up = count) as a dashed black polyline through `points`.
+inline void svg_ideal(Text& svg, const std::vector<std::pair<double, double>>& points) {
+  svg.add(R"(<polyline fill="none" stroke="black" stroke-dasharray="5,4" points=")");
+  for (const auto& [x, y] : points) svg.add("{:.1f},{:.1f} ", x, y);
+  svg.line(R"("/>)");
+}
+
+/// A legend entry at (x, y): a short line in `colour` (dashed black for the ideal) and `label`.
+inline void svg_legend(Text& svg, double x, double y, const std::string& colour, const std::string& label,
+                       bool dashed = false) {
+  if (dashed)
+    svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="black" stroke-dasharray="5,4"/>)", x, y,
+             x + 24, y);
+  else
+    svg.line(R"(<line x1="{:.1f}" y1="{:.1f}" x2="{:.1f}" y2="{:.1f}" stroke="{}" stroke-width="2"/>)", x, y, x + 24, y,
+             colour);
+  svg.line(R"(<text x="{:.1f}" y="{:.1f}">{}</text>)", x + 30, y + 4, label);
 }
 
 /// Closes the chart and writes it to `path`; false when that fails.
@@ -185,6 +220,48 @@ inline double socketpair_rtt(const char* program, int reps, long calls) {
   while (waitpid(child, nullptr, 0) < 0 && errno == EINTR) {
   }
   return median(per);
+}
+
+/// The value of "key" in one line of the benches' flat JSON (no nesting, no escapes needed):
+/// the text between the quotes for a string, else up to the next ',' or '}'. "key" counts only
+/// where a ':' follows it: a string value may be a key's name too ("variant":"threads").
+inline std::optional<std::string> json_field(const std::string& line, const std::string& key) {
+  const std::string k = "\"" + key + "\"";
+  std::size_t at = 0;
+  for (std::size_t from = 0;; from = at) {
+    at = line.find(k, from);
+    if (at == std::string::npos) return std::nullopt;
+    at = line.find_first_not_of(" \t", at + k.size());
+    if (at == std::string::npos) return std::nullopt;
+    if (line[at] == ':') break;
+  }
+  at = line.find_first_not_of(" \t", at + 1);
+  if (at == std::string::npos) return std::nullopt;
+  if (line[at] == '"') {
+    const std::size_t end = line.find('"', at + 1);
+    if (end == std::string::npos) return std::nullopt;
+    return line.substr(at + 1, end - at - 1);
+  }
+  const std::size_t end = line.find_first_of(",}", at);
+  return line.substr(at, end == std::string::npos ? std::string::npos : end - at);
+}
+/// The number under "key" in such a line, if it has one.
+inline std::optional<double> json_number(const std::string& line, const std::string& key) {
+  auto v = json_field(line, key);
+  if (!v) return std::nullopt;
+  char* end = nullptr;
+  const double x = std::strtod(v->c_str(), &end);
+  if (end == v->c_str()) return std::nullopt;
+  return x;
+}
+
+/// `s` cut at every `sep` (empty parts kept: an empty $PATH entry means ".").
+inline std::vector<std::string> split_on(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::size_t at = 0;
+  for (std::size_t next; (next = s.find(sep, at)) != std::string::npos; at = next + 1) out.push_back(s.substr(at, next - at));
+  out.push_back(s.substr(at));
+  return out;
 }
 
 /// "1,2,4" -> {"1", "2", "4"} (empty parts dropped): the benchmarks' list options.

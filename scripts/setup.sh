@@ -16,7 +16,7 @@ case "$mode" in
 esac
 
 packages=(g++ cmake make pkg-config libtbb-dev libeigen3-dev libfmt-dev
-          doctest-dev libcereal-dev libhwloc-dev)
+          doctest-dev libcereal-dev libhwloc-dev libopenmpi-dev openmpi-bin)
 
 missing=()
 for pkg in "${packages[@]}"; do
