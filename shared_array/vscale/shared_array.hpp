@@ -144,187 +144,227 @@ class SharedArray {
   using Dims = std::array<std::size_t, N>;
 
   SharedArray() = default;
-
   /// A zero-filled array of the given dimensions. Options: vscale::init(f), vscale::pids({...}).
   template <class... Opts>
-  explicit SharedArray(Extents<N> dims, Opts&&... opts) : dims_(dims.v) {
-    Pids who{};
-    (take_option(who, opts), ...);
-    pids_ = detail::checked_pids(who.ids);
-    const std::size_t count = detail::checked_count(dims_.data(), N, sizeof(T));
-    map_ = detail::shm_create(count * sizeof(T));
-    data_ = reinterpret_cast<T*>(map_->data);
-    setup(opts...);
-  }
-
+  explicit SharedArray(Extents<N> dims, Opts&&... opts);
   /// A file-backed array: `dims` elements of T at byte `offset` of the file at `path`.
   template <class... Opts>
   SharedArray(const std::string& path, Extents<N> dims, std::size_t offset = 0, FileMode mode = FileMode::automatic,
-              Opts&&... opts)
-      : dims_(dims.v) {
-    Pids who{};
-    (take_option(who, opts), ...);
-    constexpr bool has_init = (is_init<std::decay_t<Opts>>::value || ...);
-    if (has_init && mode == FileMode::r)
-      throw UsageError("vscale: SharedArray(\"" + path + "\"): an init function needs a writable file, but the mode is r");
-    pids_ = detail::checked_pids(who.ids);
-    const std::size_t count = detail::checked_count(dims_.data(), N, sizeof(T));
-    map_ = detail::shm_open_file(path, count * sizeof(T), offset, mode, true);
-    data_ = reinterpret_cast<T*>(map_->data);
-    setup(opts...);
-  }
+              Opts&&... opts);
 
-  /// Element (i0, i1, ...): column-major, the first index varies fastest.
+  /// Element (i0, i1, ...): column-major, the first index varies fastest (checked only
+  /// without NDEBUG).
   template <std::integral... I>
     requires(sizeof...(I) == N)
-  T& operator()(I... idx) const {
-    const std::size_t ix[N] = {static_cast<std::size_t>(idx)...};
-    std::size_t lin = 0, stride = 1;
-    for (std::size_t d = 0; d < N; ++d) {
-#ifndef NDEBUG
-      if (ix[d] >= dims_[d]) bounds_error(d, ix[d]);
-#endif
-      lin += ix[d] * stride;
-      stride *= dims_[d];
-    }
-    return data_[lin];
-  }
-  /// Element at linear (column-major) index k.
-  T& operator[](std::size_t k) const {
-#ifndef NDEBUG
-    if (k >= size()) bounds_error(N, k);
-#endif
-    return data_[k];
-  }
-  /// Element (i0, i1, ...), its indices checked in every build (operator() checks them only
-  /// without NDEBUG): a bad one throws vscale::UsageError naming it and the dimensions.
+  T& operator()(I... idx) const;
+  /// Element at linear (column-major) index k (checked only without NDEBUG).
+  T& operator[](std::size_t k) const;
+  /// Element (i0, i1, ...), its indices checked in every build: a bad one throws
+  /// vscale::UsageError naming it and the dimensions.
   template <std::integral... I>
     requires(sizeof...(I) == N)
-  T& at(I... idx) const {
-    const std::size_t ix[N] = {checked_index(idx)...};
-    std::size_t lin = 0, stride = 1;
-    for (std::size_t d = 0; d < N; ++d) {
-      if (ix[d] >= dims_[d]) bounds_error(d, ix[d]);
-      lin += ix[d] * stride;
-      stride *= dims_[d];
-    }
-    return data_[lin];
-  }
+  T& at(I... idx) const;
 
   T* data() const noexcept { return data_; }
-  std::size_t size() const noexcept {
-    std::size_t n = map_ ? 1 : 0;
-    if (map_)
-      for (auto d : dims_) n *= d;
-    return n;
-  }
+  std::size_t size() const noexcept;
   std::size_t size(std::size_t dim) const { return dims_.at(dim); }
   const Dims& dims() const noexcept { return dims_; }
   const std::vector<int>& pids() const noexcept { return pids_; }
   bool valid() const noexcept { return map_ != nullptr; }
-
   /// All elements as a span (Julia's sdata).
   std::span<T> span() const noexcept { return {data_, size()}; }
   /// N = 1: an Eigen vector over the elements; N = 2: an Eigen matrix (column-major).
-  auto eigen() const {
-    if constexpr (N == 1) {
-      return Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(data_, static_cast<Eigen::Index>(dims_[0]));
-    } else {
-      static_assert(N == 2, "vscale: SharedArray::eigen() exists for 1 and 2 dimensions");
-      return Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>>(data_, static_cast<Eigen::Index>(dims_[0]),
-                                                                          static_cast<Eigen::Index>(dims_[1]));
-    }
-  }
+  auto eigen() const;
 
   template <class A>
-  void save(A& ar) const {
-    if (!map_) throw UsageError("vscale: cannot send an empty SharedArray (moved-from or default-constructed)");
-    ar(dims_, pids_);
-    detail::shm_save(ar, map_);
-  }
+  void save(A& ar) const;
   template <class A>
-  void load(A& ar) {
-    ar(dims_, pids_);
-    map_ = detail::shm_load(ar);
-    data_ = reinterpret_cast<T*>(map_->data);
-  }
+  void load(A& ar);
+  /// (Internal) reserve this process's localindices pages.
+  void reserve_local() const;
 
  private:
-  template <class F>
-  struct is_init_t : std::false_type {};
-  template <class F>
-  struct is_init_t<Init<F>> : std::true_type {};
   template <class X>
-  using is_init = is_init_t<X>;
-
+  struct is_init : std::false_type {};
+  template <class F>
+  struct is_init<Init<F>> : std::true_type {};
   static void take_option(Pids& who, const Pids& p) { who = p; }
   template <class F>
   static void take_option(Pids&, const Init<F>&) {}
-
   template <class... Opts>
-  void setup(const Opts&... opts) {
-    // Every participating process reserves (first-touches) its own part, then runs init.
-    using Self = SharedArray<T, N>;
-    std::vector<Future<void>> done;
-    auto run_init = [&]<class O>(const O& opt) {
-      if constexpr (is_init<O>::value) {
-        for (int p : pids_)
-          done.push_back(remotecall(p, [](const Self& s, const decltype(opt.f)& f) {
-            s.reserve_local();
-            detail::shm_pin(s.map_);
-            f(s);
-          }, *this, opt.f));
-      }
-    };
-    (run_init(opts), ...);
-    (void)run_init;  // (no options given)
-    if (done.empty())
-      for (int p : pids_)
-        done.push_back(remotecall(p, [](const Self& s) {
-          s.reserve_local();
-          detail::shm_pin(s.map_);
-        }, *this));
-    detail::shm_note_pinned(*map_, pids_);
-    wait_all(done);
-  }
-
- public:
-  /// (Internal) reserve this process's localindices pages.
-  void reserve_local() const {
-    if (map_->file) return;
-    std::size_t k = 0;
-    for (; k < pids_.size(); ++k)
-      if (pids_[k] == myid()) break;
-    if (k == pids_.size()) return;
-    IndexRange r = detail::split_1dim(size(), pids_.size(), k);
-    detail::shm_reserve(*map_, r.first * sizeof(T), r.last * sizeof(T));
-  }
-
- private:
-  // A negative index becomes one too large for any dimension (no array has 2^63 elements).
+  void setup(const Opts&... opts);
   template <class I>
-  static std::size_t checked_index(I i) {
-    if constexpr (std::is_signed_v<I>)
-      if (i < 0) return std::numeric_limits<std::size_t>::max();
-    return static_cast<std::size_t>(i);
-  }
-  [[noreturn]] void bounds_error(std::size_t dim, std::size_t i) const {
-    std::string d = "(";
-    for (std::size_t k = 0; k < N; ++k) d += (k ? ", " : "") + std::to_string(dims_[k]);
-    d += ")";
-    const std::string idx = i == std::numeric_limits<std::size_t>::max() ? std::string("(negative)") : std::to_string(i);
-    if (dim == N)
-      throw UsageError("vscale: SharedArray linear index " + idx + " is out of range for dimensions " + d +
-                       " on process " + std::to_string(myid()));
-    throw UsageError("vscale: SharedArray index " + idx + " in dimension " + std::to_string(dim + 1) +
-                     " is out of range for dimensions " + d + " on process " + std::to_string(myid()));
-  }
+  static std::size_t checked_index(I i);
+  [[noreturn]] void bounds_error(std::size_t dim, std::size_t i) const;
 
   std::shared_ptr<detail::SharedMapping> map_;
   T* data_ = nullptr;
   Dims dims_{};
   std::vector<int> pids_;
 };
+
+template <class T, std::size_t N>
+template <class... Opts>
+SharedArray<T, N>::SharedArray(Extents<N> dims, Opts&&... opts) : dims_(dims.v) {
+  Pids who{};
+  (take_option(who, opts), ...);
+  pids_ = detail::checked_pids(who.ids);
+  const std::size_t count = detail::checked_count(dims_.data(), N, sizeof(T));
+  map_ = detail::shm_create(count * sizeof(T));
+  data_ = reinterpret_cast<T*>(map_->data);
+  setup(opts...);
+}
+
+template <class T, std::size_t N>
+template <class... Opts>
+SharedArray<T, N>::SharedArray(const std::string& path, Extents<N> dims, std::size_t offset, FileMode mode,
+                               Opts&&... opts)
+    : dims_(dims.v) {
+  Pids who{};
+  (take_option(who, opts), ...);
+  constexpr bool has_init = (is_init<std::decay_t<Opts>>::value || ...);
+  if (has_init && mode == FileMode::r)
+    throw UsageError("vscale: SharedArray(\"" + path + "\"): an init function needs a writable file, but the mode is r");
+  pids_ = detail::checked_pids(who.ids);
+  const std::size_t count = detail::checked_count(dims_.data(), N, sizeof(T));
+  map_ = detail::shm_open_file(path, count * sizeof(T), offset, mode, true);
+  data_ = reinterpret_cast<T*>(map_->data);
+  setup(opts...);
+}
+
+template <class T, std::size_t N>
+template <std::integral... I>
+  requires(sizeof...(I) == N)
+T& SharedArray<T, N>::operator()(I... idx) const {
+  const std::size_t ix[N] = {static_cast<std::size_t>(idx)...};
+  std::size_t lin = 0, stride = 1;
+  for (std::size_t d = 0; d < N; ++d) {
+#ifndef NDEBUG
+    if (ix[d] >= dims_[d]) bounds_error(d, ix[d]);
+#endif
+    lin += ix[d] * stride;
+    stride *= dims_[d];
+  }
+  return data_[lin];
+}
+
+template <class T, std::size_t N>
+T& SharedArray<T, N>::operator[](std::size_t k) const {
+#ifndef NDEBUG
+  if (k >= size()) bounds_error(N, k);
+#endif
+  return data_[k];
+}
+
+template <class T, std::size_t N>
+template <std::integral... I>
+  requires(sizeof...(I) == N)
+T& SharedArray<T, N>::at(I... idx) const {
+  const std::size_t ix[N] = {checked_index(idx)...};
+  std::size_t lin = 0, stride = 1;
+  for (std::size_t d = 0; d < N; ++d) {
+    if (ix[d] >= dims_[d]) bounds_error(d, ix[d]);
+    lin += ix[d] * stride;
+    stride *= dims_[d];
+  }
+  return data_[lin];
+}
+
+template <class T, std::size_t N>
+std::size_t SharedArray<T, N>::size() const noexcept {
+  std::size_t n = map_ ? 1 : 0;
+  if (map_)
+    for (auto d : dims_) n *= d;
+  return n;
+}
+
+template <class T, std::size_t N>
+auto SharedArray<T, N>::eigen() const {
+  if constexpr (N == 1) {
+    return Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(data_, static_cast<Eigen::Index>(dims_[0]));
+  } else {
+    static_assert(N == 2, "vscale: SharedArray::eigen() exists for 1 and 2 dimensions");
+    return Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>>(data_, static_cast<Eigen::Index>(dims_[0]),
+                                                                        static_cast<Eigen::Index>(dims_[1]));
+  }
+}
+
+template <class T, std::size_t N>
+template <class A>
+void SharedArray<T, N>::save(A& ar) const {
+  if (!map_) throw UsageError("vscale: cannot send an empty SharedArray (moved-from or default-constructed)");
+  ar(dims_, pids_);
+  detail::shm_save(ar, map_);
+}
+
+template <class T, std::size_t N>
+template <class A>
+void SharedArray<T, N>::load(A& ar) {
+  ar(dims_, pids_);
+  map_ = detail::shm_load(ar);
+  data_ = reinterpret_cast<T*>(map_->data);
+}
+
+template <class T, std::size_t N>
+template <class... Opts>
+void SharedArray<T, N>::setup(const Opts&... opts) {
+  // Every participating process reserves (first-touches) its own part, then runs init.
+  using Self = SharedArray<T, N>;
+  std::vector<Future<void>> done;
+  auto run_init = [&]<class O>(const O& opt) {
+    if constexpr (is_init<O>::value) {
+      for (int p : pids_)
+        done.push_back(remotecall(p, [](const Self& s, const decltype(opt.f)& f) {
+          s.reserve_local();
+          detail::shm_pin(s.map_);
+          f(s);
+        }, *this, opt.f));
+    }
+  };
+  (run_init(opts), ...);
+  (void)run_init;  // (no options given)
+  if (done.empty())
+    for (int p : pids_)
+      done.push_back(remotecall(p, [](const Self& s) {
+        s.reserve_local();
+        detail::shm_pin(s.map_);
+      }, *this));
+  detail::shm_note_pinned(*map_, pids_);
+  wait_all(done);
+}
+
+template <class T, std::size_t N>
+void SharedArray<T, N>::reserve_local() const {
+  if (map_->file) return;
+  std::size_t k = 0;
+  for (; k < pids_.size(); ++k)
+    if (pids_[k] == myid()) break;
+  if (k == pids_.size()) return;
+  IndexRange r = detail::split_1dim(size(), pids_.size(), k);
+  detail::shm_reserve(*map_, r.first * sizeof(T), r.last * sizeof(T));
+}
+
+// A negative index becomes one too large for any dimension (no array has 2^63 elements).
+template <class T, std::size_t N>
+template <class I>
+std::size_t SharedArray<T, N>::checked_index(I i) {
+  if constexpr (std::is_signed_v<I>)
+    if (i < 0) return std::numeric_limits<std::size_t>::max();
+  return static_cast<std::size_t>(i);
+}
+
+template <class T, std::size_t N>
+void SharedArray<T, N>::bounds_error(std::size_t dim, std::size_t i) const {
+  std::string d = "(";
+  for (std::size_t k = 0; k < N; ++k) d += (k ? ", " : "") + std::to_string(dims_[k]);
+  d += ")";
+  const std::string idx = i == std::numeric_limits<std::size_t>::max() ? std::string("(negative)") : std::to_string(i);
+  if (dim == N)
+    throw UsageError("vscale: SharedArray linear index " + idx + " is out of range for dimensions " + d +
+                     " on process " + std::to_string(myid()));
+  throw UsageError("vscale: SharedArray index " + idx + " in dimension " + std::to_string(dim + 1) +
+                   " is out of range for dimensions " + d + " on process " + std::to_string(myid()));
+}
 
 /// 1-based position of myid() in procs(S), 0 when this process does not take part.
 template <class T, std::size_t N>
