@@ -65,7 +65,9 @@ Runtime::Runtime(int self, bool master)
       master_(master),
       refs_(self, [this](const RefId& id, std::uint64_t w) { ask_weight(id, w); }),
       spin_us_(spin_from_env()) {
-  waiting_.set_cpus(static_cast<std::int32_t>(usable_cpus()));
+  // The master's CPU count is the job's spin budget; a worker reads it from the segment
+  // (Waiting::init) and skips the topology scan (milliseconds of /sys reads per worker start).
+  if (master_) waiting_.set_cpus(static_cast<std::int32_t>(usable_cpus()));
 }
 
 Runtime::~Runtime() {
