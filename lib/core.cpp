@@ -126,9 +126,7 @@ void keep_answer(Request& q) {
   q.answered = true;
   if (q.waiting > 0 || !q.reply.consumed) return;
   const std::size_t off = static_cast<std::size_t>(q.payload - q.reply.body);
-  q.reply.heap.assign(q.reply.body, q.reply.body + q.reply.len);
-  q.reply.body = q.reply.heap.data();
-  q.reply.release();
+  q.reply.own();
   q.payload = q.reply.body + off;
 }
 

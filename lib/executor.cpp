@@ -65,6 +65,16 @@ void Executor::push(Task&& t) {
   offer();
 }
 
+void Executor::push_all(std::vector<Task>& ts) {
+  {
+    std::lock_guard lk(q_m_);
+    for (auto& t : ts) q_.push_back(std::move(t));
+    q_size_.fetch_add(ts.size(), std::memory_order_seq_cst);
+  }
+  ts.clear();
+  offer();  // a woken executor that finds more queued offers again (run_one)
+}
+
 void Executor::offer() {
   if (spinning_.load(std::memory_order_seq_cst) == 0) host_.wake_executor();
   maybe_add();
@@ -103,27 +113,38 @@ void Executor::maybe_grow() {
   queued_since_.store(0);
 }
 
-bool Executor::run_one() {
+bool Executor::take(Task& t) {
   if (q_size_.load(std::memory_order_acquire) == 0) return false;
-  Task t;
-  {
-    std::lock_guard lk(q_m_);
-    if (q_.empty()) return false;
-    t = std::move(q_.front());
-    q_.pop_front();
-    q_size_.fetch_sub(1, std::memory_order_release);
-  }
+  std::lock_guard lk(q_m_);
+  if (q_.empty()) return false;
+  q_.pop_front(t);
+  q_size_.fetch_sub(1, std::memory_order_release);
+  return true;
+}
+
+void Executor::run(Task& t) {
   started_.fetch_add(1, std::memory_order_relaxed);
   busy_.fetch_add(1);
   if (q_size_.load(std::memory_order_seq_cst) > 0) offer();  // more queued than we take
+  host_.run_task(t);  // lets no exception out
+  busy_.fetch_sub(1);
+}
+
+bool Executor::run_one() {
+  Task t;
+  if (!take(t)) return false;
   if (tl_arena_executor && !tl_in_arena) {
+    // Inside the arena, take what else is queued before leaving it: entering costs more than
+    // a short call.
     tl_in_arena = true;
-    arena_->execute([&] { host_.run_task(t); });  // run_task lets no exception out
+    arena_->execute([&] {
+      run(t);
+      for (int more = 0; more < 256 && !stopping_.load(std::memory_order_relaxed) && take(t); ++more) run(t);
+    });
     tl_in_arena = false;
   } else {
-    host_.run_task(t);
+    run(t);
   }
-  busy_.fetch_sub(1);
   return true;
 }
 

@@ -180,7 +180,7 @@ void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, 
   h.src = self_;
   // A thread that may block waits for room when the way is full; the poller never blocks
   // (what does not fit is queued by the transport, sent in order later).
-  while (!shm_.send(dest, h, a, na, b, nb, !may_block)) {
+  while (!shm_.send(dest, h, a, na, b, nb, !may_block, bell_bits_for(kind))) {
     // Full: wait for the receiver to drain, while keeping our own inbox moving (its poller
     // may be sending to us meanwhile).
     check_dest(dest);
@@ -188,7 +188,6 @@ void Runtime::send(int dest, std::uint16_t kind, const void* a, std::size_t na, 
     poll_once();
     shm_.wait_for_room(dest, 200'000);
   }
-  shm_.wake(dest, bell_bits_for(kind));
 }
 
 void Request::fail(ErrorInfo e) {
@@ -289,6 +288,7 @@ bool Runtime::poll_once() {
     did = true;
   }
   did |= shm_.poll(peers_, &Runtime::deliver, this);
+  if (!calls_.empty()) exec_.push_all(calls_);
   return did;
 }
 
@@ -328,25 +328,26 @@ void Runtime::dispatch(Inbound&& m) {
   switch (m.kind) {
     case kCallRef: {
       refs_.add(decode_head<CallRefMsg>(m).ref, kInitialWeight);
-      exec_.push(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
+      calls_.push_back(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
       return;
     }
     case kCallFetch:
     case kCallDo:
-      exec_.push(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
+      // Queued together at the end of the poll (one lock and one wake-up for a burst).
+      calls_.push_back(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
       return;
     case kResult: {
       const auto rh = decode_head<ResultMsg>(m);
       std::shared_ptr<Request> r = reqs_.take(rh.req);
       if (!r) return;  // abandoned
       r->ok = rh.ok != 0;
-      r->payload = payload_of<ResultMsg>(m);
-      r->payload_len = payload_size<ResultMsg>(m);
+      r->reply = std::move(m);  // first: the move may move a small body
+      r->payload = payload_of<ResultMsg>(r->reply);
+      r->payload_len = payload_size<ResultMsg>(r->reply);
       if (!r->ok) {
         Reader rd(r->payload, r->payload_len);
         r->error = ErrorInfo::read(rd);
       }
-      r->reply = std::move(m);
       if (r->on_done) r->on_done(*r);
       r->done.store(1, std::memory_order_release);
       notify_local();

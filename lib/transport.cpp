@@ -133,7 +133,11 @@ Inbound& Inbound::operator=(Inbound&& o) noexcept {
     len = o.len;
     consumed = o.consumed;
     o.consumed = nullptr;
-    if (o.body == o.heap.data() && !o.heap.empty()) {
+    if (o.body == o.small) {
+      std::memcpy(small, o.small, len);
+      body = small;
+      heap.clear();
+    } else if (o.body == o.heap.data() && !o.heap.empty()) {
       heap = std::move(o.heap);
       body = heap.data();
     } else {
@@ -144,6 +148,24 @@ Inbound& Inbound::operator=(Inbound&& o) noexcept {
     o.len = 0;
   }
   return *this;
+}
+
+void Inbound::assign(const char* p, std::size_t n) {
+  if (n <= kSmall) {
+    if (n) std::memcpy(small, p, n);
+    body = small;
+  } else {
+    heap.assign(p, p + n);
+    body = heap.data();
+  }
+  len = n;
+}
+
+void Inbound::own() {
+  if (!consumed) return;
+  heap.assign(body, body + len);  // not `small`: callers keep pointers into a big body
+  body = heap.data();
+  release();
 }
 
 void Inbound::release() noexcept {
@@ -244,19 +266,31 @@ void ShmTransport::start(int self) {
 }
 
 bool ShmTransport::send(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
-                        bool queue_if_full) {
+                        bool queue_if_full, std::uint32_t wake_bits) {
   Out& o = *out_[dest - 1];
+  bool was_empty = false;
   {
     std::lock_guard lk(o.m);
-    if (flush_overflow(dest, o) && try_emit(dest, h, a, na, b, nb)) return true;
-    if (!queue_if_full) return false;
-    std::vector<char> rec(sizeof h + na + nb);
-    std::memcpy(rec.data(), &h, sizeof h);
-    if (na) std::memcpy(rec.data() + sizeof h, a, na);
-    if (nb) std::memcpy(rec.data() + sizeof h + na, b, nb);
-    o.overflow.push_back(std::move(rec));
-    overflow_pending_.fetch_add(1);
+    if (!flush_overflow(dest, o) || !try_emit(dest, h, a, na, b, nb, &was_empty)) {
+      if (!queue_if_full) return false;
+      // Whoever polls here sends it later (flush_overflow), and wakes dest then.
+      std::vector<char> rec(sizeof h + na + nb);
+      std::memcpy(rec.data(), &h, sizeof h);
+      if (na) std::memcpy(rec.data() + sizeof h, a, na);
+      if (nb) std::memcpy(rec.data() + sizeof h + na, b, nb);
+      o.overflow.push_back(std::move(rec));
+      overflow_pending_.fetch_add(1);
+      messages_sent_.fetch_add(1, std::memory_order_relaxed);
+      return true;
+    }
   }
+  messages_sent_.fetch_add(1, std::memory_order_relaxed);
+  // Earlier messages of ours still unread there: the receiver is bound to find this one with
+  // them. try_emit's fence orders our head store before its read of the tail, and the
+  // receiver fences between storing the tail and looking at the head again (drain_ring), so
+  // one of the two sees the other: either we see the ring drained and wake, or the receiver
+  // sees our record.
+  if (was_empty) wake_if_idle(dest, wake_bits);
   return true;
 }
 
@@ -309,8 +343,18 @@ void ShmTransport::forget(int id, MessageSink sink, void* ctx) {
   o.overflow.clear();
 }
 
-bool ShmTransport::try_emit(int dest, const MsgHeader& h0, const void* a, std::size_t na, const void* b, std::size_t nb) {
+bool ShmTransport::try_emit(int dest, const MsgHeader& h0, const void* a, std::size_t na, const void* b, std::size_t nb,
+                            bool* was_empty) {
   RingHeader& ring = seg_.ring(dest, self_);
+  if (was_empty) {
+    const std::uint64_t head = ring.head.load(std::memory_order_relaxed);  // we are the only producer
+    const bool ok = try_emit(dest, h0, a, na, b, nb);
+    if (ok) {
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      *was_empty = ring.tail.load(std::memory_order_relaxed) == head;
+    }
+    return ok;
+  }
   MsgHeader h = h0;
   const std::size_t body = na + nb;
   // Inline only what fits a quarter of the ring: a record of more than half the ring may
@@ -352,8 +396,11 @@ bool ShmTransport::flush_overflow(int dest, Out& o) {
 }
 
 void ShmTransport::wake(int dest, std::uint32_t bits) {
-  messages_sent_.fetch_add(1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_seq_cst);
+  wake_if_idle(dest, bits);
+}
+
+void ShmTransport::wake_if_idle(int dest, std::uint32_t bits) {
   auto& slot = seg_.slot(dest);
   if (slot.awake.load(std::memory_order_seq_cst) == 0) ring_doorbell(slot.doorbell, bits);
 }
@@ -383,9 +430,7 @@ void ShmTransport::drain_ring(int peer, MessageSink sink, void* ctx) {
       m.body = blk + sizeof(BulkBlock);
       m.len = desc[1];
     } else {
-      m.heap.assign(body, body + h.len);
-      m.body = m.heap.data();
-      m.len = h.len;
+      m.assign(body, h.len);
     }
     pos += round16(sizeof h + h.len);
     sink(ctx, std::move(m));  // the sink lets no exception out

@@ -5,7 +5,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -24,6 +23,35 @@ struct Task {
   Inbound msg;
   std::function<void()> fn;
   std::uint32_t interrupts = 0;  // the process's interrupt count when the call arrived
+};
+
+/// A FIFO of Tasks in one growing ring buffer (a deque of Tasks allocates a block every
+/// couple of pushes: a Task holds a small message body inline).
+class TaskQueue {
+ public:
+  bool empty() const noexcept { return n_ == 0; }
+  void push_back(Task&& t) {
+    if (n_ == buf_.size()) grow();
+    buf_[(head_ + n_) & (buf_.size() - 1)] = std::move(t);
+    ++n_;
+  }
+  /// Move the first task into `t`; the queue must not be empty.
+  void pop_front(Task& t) {
+    t = std::move(buf_[head_]);
+    buf_[head_] = Task{};  // release what the moved-from slot still holds
+    head_ = (head_ + 1) & (buf_.size() - 1);
+    --n_;
+  }
+
+ private:
+  void grow() {
+    std::vector<Task> next(buf_.empty() ? 64 : buf_.size() * 2);
+    for (std::size_t i = 0; i < n_; ++i) next[i] = std::move(buf_[(head_ + i) & (buf_.size() - 1)]);
+    buf_ = std::move(next);
+    head_ = 0;
+  }
+  std::vector<Task> buf_;  // capacity a power of two
+  std::size_t head_ = 0, n_ = 0;
 };
 
 /// What the executor needs from its process.
@@ -73,6 +101,8 @@ class Executor {
 
   /// Queue a task and see that some thread takes it.
   void push(Task&& t);
+  /// Queue all of `ts` (emptied) at once: one lock and one wake-up.
+  void push_all(std::vector<Task>& ts);
   /// Run one queued task on this thread; false when none was queued.
   bool run_one();
   bool queued() const noexcept { return q_size_.load(std::memory_order_acquire) > 0; }
@@ -100,10 +130,12 @@ class Executor {
   void maybe_add();        // another arena executor, when all are busy and work is queued
   void add(bool in_arena);  // with exec_m_ held
   void loop(bool in_arena);
+  bool take(Task& t);  // the first queued task, if any
+  void run(Task& t);
 
   ExecutorHost& host_;
   std::mutex q_m_;
-  std::deque<Task> q_;
+  TaskQueue q_;
   std::atomic<std::size_t> q_size_{0};
 
   int threads_ = 1;

@@ -150,6 +150,7 @@ class Runtime final : private ExecutorHost {
   std::mutex poll_m_;
   std::vector<std::uint8_t> known_dead_;  // guarded by poll_m_
   std::vector<int> peers_;                // guarded by poll_m_
+  std::vector<Task> calls_;               // calls this poll found, guarded by poll_m_
   std::uint32_t seen_epoch_ = ~0u;
   RequestTable reqs_;
   std::atomic<std::uint64_t> seq_{0};

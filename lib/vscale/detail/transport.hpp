@@ -144,20 +144,28 @@ class Segment {
   std::uint64_t mapped_ = 0;
 };
 
-/// A received message. Small bodies are copied out of the ring; a bulk body stays in the
-/// sender's bulk area until this object is destroyed, which tells the sender it may reuse it.
+/// A received message. Small bodies are copied out of the ring (into the object itself up to
+/// kSmall bytes, so that a short call costs no allocation); a bulk body stays in the sender's
+/// bulk area until this object is destroyed or own() is called, which tells the sender it may
+/// reuse it. Moving an Inbound may move its body: take pointers into it after the last move.
 struct Inbound {
+  static constexpr std::size_t kSmall = 96;
   int src = 0;
   std::uint16_t kind = 0;
   const char* body = nullptr;
   std::size_t len = 0;
   std::vector<char> heap;
   std::atomic<std::uint32_t>* consumed = nullptr;
+  alignas(16) char small[kSmall];
 
   Inbound() = default;
   Inbound(Inbound&& o) noexcept { *this = std::move(o); }
   Inbound& operator=(Inbound&& o) noexcept;
   ~Inbound() { release(); }
+  /// Copy `n` bytes at `p` in as the body.
+  void assign(const char* p, std::size_t n);
+  /// Copy a body that lives in the sender's bulk area into this object and release the block.
+  void own();
   void release() noexcept;
 };
 
@@ -221,7 +229,10 @@ void ring_doorbell(std::atomic<std::uint32_t>& doorbell, std::uint32_t bits = kB
 //   messages on. An MPI transport has one progress thread per node leader that makes every
 //   MPI call: send hands it the message, poll takes what it received, wake rings the local
 //   doorbell of the process the message is for.
-// - Waking: wake(dest) tells dest that messages wait, where no thread of dest is polling.
+// - Waking: send wakes dest itself, and only when dest might otherwise not look: not when one
+//   of dest's threads is polling, nor when earlier messages of this pair still wait there
+//   (whoever drains those finds this one too, so a pipelined sender pays no wake-up per
+//   message). wake(dest) tells dest that messages wait, where no thread of dest is polling.
 // - Deaths: forget(id) once id is dead: what it wrote completely is still delivered, what is
 //   queued for it is dropped.
 
@@ -231,10 +242,11 @@ using MessageSink = void (*)(void* ctx, Inbound&& m);
 class Transport {
  public:
   virtual ~Transport() = default;
-  /// Send to `dest`; false when the way is full now and `queue_if_full` is false (nothing
-  /// was done). Throws Error when the body can never travel (too large).
+  /// Send to `dest` and wake it (its threads sleeping for `wake_bits`) if it might not look;
+  /// false when the way is full now and `queue_if_full` is false (nothing was done). Throws
+  /// Error when the body can never travel (too large).
   virtual bool send(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
-                    bool queue_if_full) = 0;
+                    bool queue_if_full, std::uint32_t wake_bits) = 0;
   /// Sleep until `dest` may have room again, at most `timeout_ns`.
   virtual void wait_for_room(int dest, long timeout_ns) = 0;
   /// Deliver what arrived from `peers`, then move queued messages on; true if anything was
@@ -263,7 +275,7 @@ class ShmTransport final : public Transport {
   void start(int self);
 
   bool send(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
-            bool queue_if_full) override;
+            bool queue_if_full, std::uint32_t wake_bits) override;
   void wait_for_room(int dest, long timeout_ns) override;
   bool poll(const std::vector<int>& peers, MessageSink sink, void* ctx) override;
   bool pending(const std::vector<int>& peers) override;
@@ -279,7 +291,10 @@ class ShmTransport final : public Transport {
     std::mutex m;
     std::deque<std::vector<char>> overflow;  // MsgHeader + body, not yet written
   };
-  bool try_emit(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb);
+  // Writes one record; `was_empty`: nothing of ours waited unread in the ring before it.
+  bool try_emit(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
+                bool* was_empty = nullptr);
+  void wake_if_idle(int dest, std::uint32_t bits);  // after a fence: ring unless a thread of dest polls
   bool flush_overflow(int dest, Out& o);  // with o.m held; true when empty afterwards
   void drain_ring(int peer, MessageSink sink, void* ctx);
 
