@@ -17,7 +17,7 @@
 #pragma once
 
 #include <atomic>
-#include <deque>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -289,7 +289,9 @@ class ShmTransport final : public Transport {
  private:
   struct Out {
     std::mutex m;
-    std::deque<std::vector<char>> overflow;  // MsgHeader + body, not yet written
+    // MsgHeader + body, not yet written. A list: an empty one allocates nothing, and there
+    // is an Out for every possible destination (VSCALE_MAX_PROCS), most never used.
+    std::list<std::vector<char>> overflow;
   };
   // Writes one record; `was_empty`: nothing of ours waited unread in the ring before it.
   bool try_emit(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
