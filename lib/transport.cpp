@@ -287,9 +287,9 @@ bool ShmTransport::send(int dest, const MsgHeader& h, const void* a, std::size_t
   messages_sent_.fetch_add(1, std::memory_order_relaxed);
   // Earlier messages of ours still unread there: the receiver is bound to find this one with
   // them. try_emit's fence orders our head store before its read of the tail, and the
-  // receiver fences between storing the tail and looking at the head again (drain_ring), so
-  // one of the two sees the other: either we see the ring drained and wake, or the receiver
-  // sees our record.
+  // receiver fences between storing the tail and looking at the head again (drain_ring; it
+  // always looks again, see the port's comment), so one of the two sees the other: either we
+  // see the ring drained and wake, or the receiver sees our record.
   if (was_empty) wake_if_idle(dest, wake_bits);
   return true;
 }

@@ -185,7 +185,13 @@ inline bool Runtime::call_interrupted() const noexcept {
 
 template <class Ready>
 void Runtime::doze(Ready ready, std::uint32_t bits, long timeout_ns) {
-  waiting_.doze(ready, [this] { return poll_once(); }, bits, timeout_ns);
+  // The last look is a poll like any other, under the polling mark: a sender that finds its
+  // earlier messages unread does not wake us, so whoever drains must look again or, leaving,
+  // have the progress thread look (PollingMark's end).
+  waiting_.doze(ready, [this] {
+    PollingMark polling(*this);
+    return poll_once();
+  }, bits, timeout_ns);
 }
 
 template <class Pred>

@@ -232,7 +232,10 @@ void ring_doorbell(std::atomic<std::uint32_t>& doorbell, std::uint32_t bits = kB
 // - Waking: send wakes dest itself, and only when dest might otherwise not look: not when one
 //   of dest's threads is polling, nor when earlier messages of this pair still wait there
 //   (whoever drains those finds this one too, so a pipelined sender pays no wake-up per
-//   message). wake(dest) tells dest that messages wait, where no thread of dest is polling.
+//   message). The receiver's side of that bargain: a thread that drained must look again
+//   before it stops polling, or leave that to another (the runtime's PollingMark: the last one
+//   out has the progress thread look). wake(dest) tells dest that messages wait, where no
+//   thread of dest is polling.
 // - Deaths: forget(id) once id is dead: what it wrote completely is still delivered, what is
 //   queued for it is dropped.
 
