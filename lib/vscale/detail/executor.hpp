@@ -40,7 +40,10 @@ class TaskQueue {
     t = std::move(buf_[head_]);
     buf_[head_] = Task{};  // release what the moved-from slot still holds
     head_ = (head_ + 1) & (buf_.size() - 1);
-    --n_;
+    if (--n_ == 0 && buf_.size() > kKeep) {  // a burst is over: give its memory back
+      std::vector<Task>().swap(buf_);
+      head_ = 0;
+    }
   }
 
  private:
@@ -50,6 +53,7 @@ class TaskQueue {
     buf_ = std::move(next);
     head_ = 0;
   }
+  static constexpr std::size_t kKeep = 1024;  // slots kept when empty
   std::vector<Task> buf_;  // capacity a power of two
   std::size_t head_ = 0, n_ = 0;
 };
