@@ -17,6 +17,7 @@
 #include <cctype>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -314,11 +315,23 @@ void LocalLauncher::spawn(Batch& b) {
   }
 }
 
+namespace {
+// A worker is /proc/self/exe started again. Under valgrind that is the tool's own binary, not
+// the program (valgrind hides this from readlink, but its preload library shows): say so
+// instead of leaving "did not speak" a riddle.
+std::string exe_hint() {
+  const char* pre = std::getenv("LD_PRELOAD");
+  if (!pre || !std::strstr(pre, "vgpreload")) return {};
+  return " (this program runs under valgrind, and a worker started from /proc/self/exe is valgrind's own "
+         "binary, not this program: run the tool on the program with -p 0)";
+}
+}  // namespace
+
 void LocalLauncher::on_hello(Worker& w) {
   Hello h;
   Verdict v{};
   if (!read_all(w.sock, &h, sizeof h) || std::memcmp(h.magic, kHelloMagic, sizeof h.magic) != 0) {
-    w.failure = "refused: did not speak the vscale join protocol";
+    w.failure = "refused: did not speak the vscale join protocol" + exe_hint();
     w.refused = true;
   } else if (h.id != w.id) {
     w.failure = "refused: claimed to be worker " + std::to_string(h.id);
