@@ -114,7 +114,7 @@ std::optional<long> memory_room() {
 
 }  // namespace
 
-LocalLauncher::LocalLauncher(Runtime& rt) : rt_(rt), cookie_(random_cookie()), oom_base_(oom_kills()) {
+LocalLauncher::LocalLauncher(LauncherHost& host) : host_(host), cookie_(random_cookie()), oom_base_(oom_kills()) {
   wake_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   thread_ = std::thread([this] { loop(); });
 }
@@ -159,7 +159,7 @@ LaunchResult LocalLauncher::launch(int n, const LaunchSpec& spec) {
   }
   // The slot is marked under m_, as reap() does: the monitor thread may be reaping the same
   // worker now (we just killed it), and its reason must not be written twice at once.
-  for (auto& [id, why] : res.failed) rt_.segment().set_dead(id, why);
+  for (auto& [id, why] : res.failed) host_.segment().set_dead(id, why);
   lk.unlock();
   for (auto& [id, why] : res.failed) std::fprintf(stderr, "vscale: worker %d failed to start: %s\n", id, why.c_str());
   return res;
@@ -168,7 +168,7 @@ LaunchResult LocalLauncher::launch(int n, const LaunchSpec& spec) {
 void LocalLauncher::check_room(int n) {
   const std::string ask = "vscale: cannot start " + plural(n, "more worker", "more workers") + ": ";
   // Ids: never reused, and each has its slot and rings in the control segment.
-  const long max_procs = static_cast<long>(rt_.segment().max_procs());
+  const long max_procs = static_cast<long>(host_.segment().max_procs());
   const long ids_left = max_procs - (next_id_ - 1);
   if (n > ids_left)
     throw UsageError(ask + "this session has " + plural(std::max(0L, ids_left), "process id", "process ids") +
@@ -218,7 +218,7 @@ void LocalLauncher::spawn(Batch& b) {
   std::vector<char*> envp;
   for (auto& s : env_store) envp.push_back(s.data());
   envp.push_back(nullptr);
-  const int max_procs = static_cast<int>(rt_.segment().max_procs());
+  const int max_procs = static_cast<int>(host_.segment().max_procs());
   for (int i = 0; i < b.n; ++i) {
     int id, threads;
     std::vector<int> cpus;
@@ -241,7 +241,7 @@ void LocalLauncher::spawn(Batch& b) {
       workers_[id] = std::move(w);
       continue;
     }
-    rt_.segment().set_starting(id);
+    host_.segment().set_starting(id);
     // The worker's fds: a socketpair, two pipes and a copy of the segment's fd, each of ours
     // moved above 10 so that no dup2 in the child overwrites a later source. Any failure
     // (EMFILE under a low ulimit -n, say) closes what was made and says why.
@@ -260,7 +260,7 @@ void LocalLauncher::spawn(Batch& b) {
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) step = "a socket pair";
     else if (pipe2(po, O_CLOEXEC) != 0 || pipe2(pe, O_CLOEXEC) != 0) step = "its output pipes";
     else if (!high(sv[1]) || !high(po[1]) || !high(pe[1]) ||
-             (seg_copy = fcntl(rt_.segment().fd(), F_DUPFD_CLOEXEC, 10)) < 0)
+             (seg_copy = fcntl(host_.segment().fd(), F_DUPFD_CLOEXEC, 10)) < 0)
       step = "copies of its file descriptors";
     if (step) {
       const int err = errno;
@@ -309,7 +309,7 @@ void LocalLauncher::spawn(Batch& b) {
     w.out = po[0];
     w.err = pe[0];
     w.pidfd = pidfd_open(pid);
-    rt_.segment().set_starting(id, pid);
+    host_.segment().set_starting(id, pid);
     std::lock_guard lk(m_);
     workers_[id] = std::move(w);
   }
@@ -366,7 +366,7 @@ void LocalLauncher::on_ready(Worker& w) {
     return;  // it exits now; reap() keeps this reason
   }
   w.joined = true;
-  rt_.segment().set_alive(w.id, static_cast<int>(w.pid));
+  host_.segment().set_alive(w.id, static_cast<int>(w.pid));
 }
 
 void LocalLauncher::flush_line(Worker& w, bool err_stream, const std::string& line) {
@@ -423,10 +423,10 @@ void LocalLauncher::reap(Worker& w) {
   }
   if (w.removing) why = "was removed by rmprocs";
   if (!w.joined && w.failure.empty()) w.failure = why;
-  const std::size_t pending = rt_.requests().pending_to(w.id);  // before they are failed below
-  rt_.segment().set_dead(w.id, why);  // every process then fails what it waits for from it
-  if (w.joined && !w.removing)
-    std::fprintf(stderr, "vscale: worker %d (pid %d) died: %s; %zu pending call%s failed\n", w.id,
+  const long pending = host_.pending_to(w.id);  // before they are failed below
+  host_.segment().set_dead(w.id, why);  // every process then fails what it waits for from it
+  if (w.joined && !w.removing && pending >= 0)
+    std::fprintf(stderr, "vscale: worker %d (pid %d) died: %s; %ld pending call%s failed\n", w.id,
                  static_cast<int>(w.pid), why.c_str(), pending, pending == 1 ? "" : "s");
   for (int* fd : {&w.sock, &w.pidfd}) {
     if (*fd >= 0) close(*fd);
@@ -526,7 +526,7 @@ void LocalLauncher::push_fd(int id, RefId key, int fd) {
   std::lock_guard lk(m_);  // also keeps the socket open while we write
   auto it = workers_.find(id);
   if (it == workers_.end() || !it->second.joined || it->second.exited || it->second.sock < 0)
-    throw ProcessExitedException(id, rt_.dead_reason(id));
+    throw ProcessExitedException(id, host_.segment().dead_reason(id));
   if (!send_fd(it->second.sock, key, fd))
     throw Error("vscale: could not pass a file descriptor to worker " + std::to_string(id) + ": " + std::strerror(errno));
 }
@@ -551,7 +551,7 @@ void LocalLauncher::remove(const std::vector<int>& ids, std::chrono::millisecond
   }
   for (int id : targets) {
     try {
-      rt_.send_msg(id, ExitMsg{}, nullptr, 0, false);
+      host_.send_exit(id);
     } catch (const Error&) {
     }
   }

@@ -127,17 +127,7 @@ std::vector<int> Runtime::alive_ids() const {
   return ids;
 }
 
-std::string Runtime::dead_reason(int id) const {
-  if (!seg_.valid_id(id)) return "does not exist (no such process id)";
-  auto st = seg_.slot(id).state.load(std::memory_order_acquire);
-  if (st == std::uint32_t(SlotState::Dead)) {
-    const char* r = seg_.slot(id).reason;
-    // The reason alone ("killed by SIGKILL"): ProcessExitedException's what() adds "is gone".
-    return r[0] ? std::string(r, strnlen(r, sizeof seg_.slot(id).reason)) : std::string("exited");
-  }
-  if (st == std::uint32_t(SlotState::Starting)) return "has not finished starting";
-  return "does not exist (no such process id)";
-}
+std::string Runtime::dead_reason(int id) const { return seg_.dead_reason(id); }
 
 void Runtime::check_dest(int id) const {
   if (!alive(id)) throw ProcessExitedException(id, dead_reason(id));

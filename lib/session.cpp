@@ -54,7 +54,20 @@ Config config_from_env() {
   return c;
 }
 
+// The launcher's view of the master: its segment, its pending calls, its way to say exit.
+class MasterHost final : public LauncherHost {
+ public:
+  explicit MasterHost(Runtime& rt) : rt_(rt) {}
+  Segment& segment() override { return rt_.segment(); }
+  long pending_to(int id) override { return static_cast<long>(rt_.requests().pending_to(id)); }
+  void send_exit(int id) override { rt_.send_msg(id, ExitMsg{}, nullptr, 0, false); }
+
+ private:
+  Runtime& rt_;
+};
+
 std::unique_ptr<Runtime> g_runtime;
+std::unique_ptr<MasterHost> g_host;  // outlives g_manager, which uses it
 std::unique_ptr<ClusterManager> g_manager;
 std::mutex g_session_m;
 Placement g_placement;  // what the master chose at start (guarded by g_session_m)
@@ -106,7 +119,8 @@ void start_master(const SessionOptions& o, const char* argv0) {
     rt->segment().create(c.max_procs, c.ring_bytes, c.bulk_bytes);
     rt->segment().set_alive(1, getpid());
     rt->start(plan.threads);
-    auto local = std::make_unique<LocalLauncher>(*rt);
+    g_host = std::make_unique<MasterHost>(*rt);
+    auto local = std::make_unique<LocalLauncher>(*g_host);
     local->set_plan(plan.threads, plan.bind ? plan.worker_cpus : std::vector<std::vector<int>>{});
     rt->manager = local.get();
     g_manager = std::move(local);
@@ -121,6 +135,7 @@ void start_master(const SessionOptions& o, const char* argv0) {
     if (g_manager) g_manager->shutdown();
     if (g_runtime) g_runtime->stop();
     g_manager.reset();
+    g_host.reset();
     g_runtime.reset();
     try {
       throw;
@@ -139,6 +154,7 @@ void stop_master() {
   if (g_manager) g_manager->shutdown();
   if (g_runtime) g_runtime->stop();
   g_manager.reset();
+  g_host.reset();
   g_runtime.reset();
 }
 

@@ -49,7 +49,7 @@ void Segment::map(std::uint64_t bytes) {
   mapped_ = bytes;
 }
 
-void Segment::create(std::uint32_t max_procs, std::uint64_t ring_bytes, std::uint64_t bulk_bytes) {
+void Segment::create(std::uint32_t max_procs, std::uint64_t ring_bytes, std::uint64_t bulk_bytes, std::uint32_t node) {
   fd_ = static_cast<int>(syscall(SYS_memfd_create, "vscale-control", MFD_CLOEXEC));
   if (fd_ < 0) throw Error("vscale: memfd_create failed for the control segment: " + errno_text());
   SegHeader h{};
@@ -63,6 +63,7 @@ void Segment::create(std::uint32_t max_procs, std::uint64_t ring_bytes, std::uin
   h.rings_off = round_up(h.slots_off + sizeof(ProcSlot) * max_procs, 1 << 21);
   h.bulk_off = round_up(h.rings_off + h.ring_stride * max_procs * max_procs, 1 << 21);
   h.total_bytes = h.bulk_off + h.bulk_bytes * max_procs;
+  h.node = node;
   // A file larger than RLIMIT_FSIZE kills us with SIGXFSZ at ftruncate (memfds count too):
   // refuse with the limit named instead. The file is sparse: only touched pages take memory.
   rlimit fsize{};
@@ -94,8 +95,20 @@ void Segment::bad_id(int id, const char* what) const {
               std::to_string(max_procs()) + " (" + what + " of the control segment)");
 }
 
+std::string Segment::dead_reason(int id) const {
+  if (!valid_id(id)) return "does not exist (no such process id)";
+  auto& s = slot(id);
+  auto st = s.state.load(std::memory_order_acquire);
+  if (st == std::uint32_t(SlotState::Dead))
+    // The reason alone ("killed by SIGKILL"): ProcessExitedException's what() adds "is gone".
+    return s.reason[0] ? std::string(s.reason, strnlen(s.reason, sizeof s.reason)) : std::string("exited");
+  if (st == std::uint32_t(SlotState::Starting)) return "has not finished starting";
+  return "does not exist (no such process id)";
+}
+
 void Segment::set_starting(int id, int os_pid) const {
   auto& s = slot(id);
+  s.node.store(header().node);
   if (os_pid > 0) s.os_pid.store(os_pid);
   s.state.store(std::uint32_t(SlotState::Starting));
 }
@@ -271,7 +284,7 @@ bool ShmTransport::send(int dest, const MsgHeader& h, const void* a, std::size_t
   bool was_empty = false;
   {
     std::lock_guard lk(o.m);
-    if (!flush_overflow(dest, o) || !try_emit(dest, h, a, na, b, nb, &was_empty)) {
+    if (!flush_overflow(dest, o) || !emit_record(seg_, bulk_, dead_, dest, h, a, na, b, nb, &was_empty)) {
       if (!queue_if_full) return false;
       // Whoever polls here sends it later (flush_overflow), and wakes dest then.
       std::vector<char> rec(sizeof h + na + nb);
@@ -290,7 +303,7 @@ bool ShmTransport::send(int dest, const MsgHeader& h, const void* a, std::size_t
   // receiver fences between storing the tail and looking at the head again (drain_ring; it
   // always looks again, see the port's comment), so one of the two sees the other: either we
   // see the ring drained and wake, or the receiver sees our record.
-  if (was_empty) wake_if_idle(dest, wake_bits);
+  if (was_empty) wake_if_idle(seg_, dest, wake_bits);
   return true;
 }
 
@@ -310,7 +323,7 @@ bool ShmTransport::poll(const std::vector<int>& peers, MessageSink sink, void* c
   for (int peer : peers) {
     RingHeader& r = seg_.ring(self_, peer);
     if (r.head.load(std::memory_order_acquire) == r.tail.load(std::memory_order_relaxed)) continue;
-    drain_ring(peer, sink, ctx);
+    drain_from(peer, sink, ctx);
     did = true;
   }
   if (overflow_pending_.load() > 0) {
@@ -336,48 +349,46 @@ void ShmTransport::forget(int id, MessageSink sink, void* ctx) {
   if (dead_[id - 1].exchange(1)) return;
   // What a dead process wrote completely before dying is still valid (a kCallRef whose
   // Future it already handed on, say): read it once.
-  drain_ring(id, sink, ctx);
+  drain_from(id, sink, ctx);
   Out& o = *out_[id - 1];
   std::lock_guard lk(o.m);
   overflow_pending_.fetch_sub(static_cast<int>(o.overflow.size()));
   o.overflow.clear();
 }
 
-bool ShmTransport::try_emit(int dest, const MsgHeader& h0, const void* a, std::size_t na, const void* b, std::size_t nb,
-                            bool* was_empty) {
-  RingHeader& ring = seg_.ring(dest, self_);
-  if (was_empty) {
-    const std::uint64_t head = ring.head.load(std::memory_order_relaxed);  // we are the only producer
-    const bool ok = try_emit(dest, h0, a, na, b, nb);
-    if (ok) {
-      std::atomic_thread_fence(std::memory_order_seq_cst);
-      *was_empty = ring.tail.load(std::memory_order_relaxed) == head;
-    }
-    return ok;
-  }
+bool emit_record(const Segment& seg, BulkArea& bulk, const std::vector<std::atomic<std::uint8_t>>& dead, int dest,
+                 const MsgHeader& h0, const void* a, std::size_t na, const void* b, std::size_t nb, bool* was_empty) {
+  RingHeader& ring = seg.ring(dest, h0.src);
+  const std::uint64_t head = ring.head.load(std::memory_order_relaxed);  // we are the only producer
   MsgHeader h = h0;
   const std::size_t body = na + nb;
+  bool ok;
   // Inline only what fits a quarter of the ring: a record of more than half the ring may
   // never fit however long we wait (the wrap padding before it takes the rest), and a small
   // VSCALE_RING_KB must still carry every message. A bulk descriptor (32 bytes) always fits.
-  if (body <= kInlineMax && round16(sizeof(MsgHeader) + body) <= seg_.header().ring_bytes / 4) {
+  if (body <= kInlineMax && round16(sizeof(MsgHeader) + body) <= seg.header().ring_bytes / 4) {
     h.len = static_cast<std::uint32_t>(body);
-    return ring_try_write(seg_, ring, h, a, na, b, nb);
+    ok = ring_try_write(seg, ring, h, a, na, b, nb);
+  } else {
+    if (body + sizeof(BulkBlock) > bulk.size())
+      throw Error("vscale: a message of " + std::to_string(body >> 20) + " MiB is larger than the bulk area (" +
+                  std::to_string(bulk.size() >> 20) + " MiB); raise VSCALE_BULK_MB");
+    std::int64_t off = bulk.alloc(body, dest, dead);
+    if (off < 0) return false;
+    char* p = bulk.at(off) + sizeof(BulkBlock);
+    if (na) std::memcpy(p, a, na);
+    if (nb) std::memcpy(p + na, b, nb);
+    std::uint64_t desc[2] = {std::uint64_t(off), body};
+    h.flags |= kFlagBulk;
+    h.len = sizeof desc;
+    ok = ring_try_write(seg, ring, h, desc, sizeof desc, nullptr, 0);
+    if (!ok) bulk.cancel(off);
   }
-  if (body + sizeof(BulkBlock) > bulk_.size())
-    throw Error("vscale: a message of " + std::to_string(body >> 20) + " MiB is larger than the bulk area (" +
-                std::to_string(bulk_.size() >> 20) + " MiB); raise VSCALE_BULK_MB");
-  std::int64_t off = bulk_.alloc(body, dest, dead_);
-  if (off < 0) return false;
-  char* p = bulk_.at(off) + sizeof(BulkBlock);
-  if (na) std::memcpy(p, a, na);
-  if (nb) std::memcpy(p + na, b, nb);
-  std::uint64_t desc[2] = {std::uint64_t(off), body};
-  h.flags |= kFlagBulk;
-  h.len = sizeof desc;
-  if (ring_try_write(seg_, ring, h, desc, sizeof desc, nullptr, 0)) return true;
-  bulk_.cancel(off);
-  return false;
+  if (ok && was_empty) {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    *was_empty = ring.tail.load(std::memory_order_relaxed) == head;
+  }
+  return ok;
 }
 
 bool ShmTransport::flush_overflow(int dest, Out& o) {
@@ -386,7 +397,8 @@ bool ShmTransport::flush_overflow(int dest, Out& o) {
     auto& rec = o.overflow.front();
     MsgHeader h;
     std::memcpy(&h, rec.data(), sizeof h);
-    if (!try_emit(dest, h, rec.data() + sizeof h, rec.size() - sizeof h, nullptr, 0)) break;
+    if (!emit_record(seg_, bulk_, dead_, dest, h, rec.data() + sizeof h, rec.size() - sizeof h, nullptr, 0, nullptr))
+      break;
     o.overflow.pop_front();
     overflow_pending_.fetch_sub(1);
     wrote = true;
@@ -397,20 +409,55 @@ bool ShmTransport::flush_overflow(int dest, Out& o) {
 
 void ShmTransport::wake(int dest, std::uint32_t bits) {
   std::atomic_thread_fence(std::memory_order_seq_cst);
-  wake_if_idle(dest, bits);
+  wake_if_idle(seg_, dest, bits);
 }
 
-void ShmTransport::wake_if_idle(int dest, std::uint32_t bits) {
-  auto& slot = seg_.slot(dest);
+void wake_if_idle(const Segment& seg, int dest, std::uint32_t bits) {
+  if (seg.remote(dest)) [[unlikely]] {
+    auto& h = seg.header();
+    if (h.gw_awake.load(std::memory_order_seq_cst) == 0) {
+      h.gw_doorbell.fetch_add(1, std::memory_order_seq_cst);
+      futex_wake(h.gw_doorbell, 1);
+    }
+    return;
+  }
+  auto& slot = seg.slot(dest);
   if (slot.awake.load(std::memory_order_seq_cst) == 0) ring_doorbell(slot.doorbell, bits);
 }
 
-void ShmTransport::drain_ring(int peer, MessageSink sink, void* ctx) {
-  RingHeader& r = seg_.ring(self_, peer);
-  const std::uint64_t cap = seg_.header().ring_bytes;
+namespace {
+struct InboundSink {
+  int peer;
+  MessageSink sink;
+  void* ctx;
+};
+}  // namespace
+
+void ShmTransport::drain_from(int peer, MessageSink sink, void* ctx) {
+  InboundSink is{peer, sink, ctx};
+  drain_ring(seg_, self_, peer, [](void* c, const MsgHeader& h, const char* body, std::size_t len,
+                                   std::atomic<std::uint32_t>* consumed) {
+    auto& s = *static_cast<InboundSink*>(c);
+    Inbound m;
+    m.src = s.peer;
+    m.kind = h.kind;
+    if (consumed) {
+      m.consumed = consumed;
+      m.body = body;
+      m.len = len;
+    } else {
+      m.assign(body, len);
+    }
+    s.sink(s.ctx, std::move(m));  // the sink lets no exception out
+  }, &is);
+}
+
+void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx) {
+  RingHeader& r = seg.ring(to, from);
+  const std::uint64_t cap = seg.header().ring_bytes;
   const std::uint64_t head = r.head.load(std::memory_order_acquire);
   std::uint64_t pos = r.tail.load(std::memory_order_relaxed);
-  char* data = seg_.ring_data(r);
+  char* data = seg.ring_data(r);
   while (pos != head) {
     MsgHeader h;
     std::memcpy(&h, data + pos % cap, sizeof h);
@@ -418,22 +465,16 @@ void ShmTransport::drain_ring(int peer, MessageSink sink, void* ctx) {
       pos += cap - pos % cap;
       continue;
     }
-    Inbound m;
-    m.src = peer;
-    m.kind = h.kind;
     const char* body = data + pos % cap + sizeof h;
     if (h.flags & kFlagBulk) {
       std::uint64_t desc[2];
       std::memcpy(desc, body, sizeof desc);
-      char* blk = seg_.bulk(peer) + desc[0];
-      m.consumed = &reinterpret_cast<BulkBlock*>(blk)->consumed;
-      m.body = blk + sizeof(BulkBlock);
-      m.len = desc[1];
+      char* blk = seg.bulk(from) + desc[0];
+      sink(ctx, h, blk + sizeof(BulkBlock), desc[1], &reinterpret_cast<BulkBlock*>(blk)->consumed);
     } else {
-      m.assign(body, h.len);
+      sink(ctx, h, body, h.len, nullptr);
     }
     pos += round16(sizeof h + h.len);
-    sink(ctx, std::move(m));  // the sink lets no exception out
   }
   r.tail.store(pos, std::memory_order_release);
   std::atomic_thread_fence(std::memory_order_seq_cst);

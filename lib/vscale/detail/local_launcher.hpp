@@ -20,11 +20,24 @@
 
 namespace vscale::detail {
 
-class Runtime;
+class Segment;
+
+/// What the launcher needs of the process it runs in: the master's runtime, or an MPI node
+/// leader (mpi_gateway.hpp), which starts its node's workers but makes no calls itself.
+class LauncherHost {
+ public:
+  virtual ~LauncherHost() = default;
+  virtual Segment& segment() = 0;
+  /// Calls this process waits on from `id`, for the news of its death; negative: this process
+  /// makes no calls, and the death is reported where they are made (the master).
+  virtual long pending_to(int id) = 0;
+  /// Ask worker `id` to leave politely (a kExit message); throws Error if it cannot be sent.
+  virtual void send_exit(int id) = 0;
+};
 
 class LocalLauncher final : public ClusterManager {
  public:
-  explicit LocalLauncher(Runtime& rt);
+  explicit LocalLauncher(LauncherHost& host);
   ~LocalLauncher() override { shutdown(); }
 
   LaunchResult launch(int n, const LaunchSpec& spec) override;
@@ -34,6 +47,11 @@ class LocalLauncher final : public ClusterManager {
     std::lock_guard lk(m_);
     threads_ = threads;
     cpu_plan_.assign(cpus.begin(), cpus.end());
+  }
+  /// The id the next worker gets (under mpirun each node starts its own block of ids).
+  void set_next_id(int id) {
+    std::lock_guard lk(m_);
+    next_id_ = id;
   }
   void push_fd(int id, RefId key, int fd) override;
   void remove(const std::vector<int>& ids, std::chrono::milliseconds timeout) override;
@@ -67,7 +85,7 @@ class LocalLauncher final : public ClusterManager {
   void reap(Worker& w);
   void kick();  // wakes the launcher thread
 
-  Runtime& rt_;
+  LauncherHost& host_;
   std::string cookie_;
   long oom_base_;
   int wake_fd_ = -1;

@@ -37,6 +37,7 @@ struct alignas(64) ProcSlot {
   std::atomic<std::uint32_t> state;
   std::atomic<std::int32_t> os_pid;
   std::atomic<std::uint32_t> interrupts;  // bumped by each vscale::interrupt of this process
+  std::atomic<std::uint32_t> node;  // the node it runs on (0 on one host; an MPI rank under mpirun)
   char reason[120];  // why it is dead, written by the master before state becomes Dead
   alignas(64) std::atomic<std::uint32_t> doorbell;
   std::atomic<std::uint32_t> awake;
@@ -50,11 +51,16 @@ struct alignas(64) SegHeader {
   std::uint64_t ring_stride;
   std::uint64_t bulk_bytes;  // per sender
   std::uint64_t slots_off, rings_off, bulk_off, total_bytes;
+  std::uint32_t node;  // the node this segment serves: processes whose slot says another are remote
   alignas(64) std::atomic<std::uint32_t> epoch;  // bumped by the master on every membership change
   // Threads of the whole job spinning right now. Spinning only pays while there are idle
   // CPUs: a spinner that gets descheduled still counts as awake, and nobody wakes its
   // process until it runs again.
   alignas(64) std::atomic<std::int32_t> spinners;
+  // The node's MPI gateway (mpi_gateway.hpp) drains the rings to remote processes: senders
+  // ring this instead of a remote process's own doorbell, unless the gateway is awake.
+  alignas(64) std::atomic<std::uint32_t> gw_doorbell;
+  std::atomic<std::uint32_t> gw_awake;
 };
 
 struct RingHeader {
@@ -76,6 +82,9 @@ static_assert(sizeof(MsgHeader) == 16);
 // Message kinds are the protocol's (protocol.hpp); the transport only knows its own padding.
 inline constexpr std::uint16_t kWrap = 0xffff;  // padding to the end of the ring
 inline constexpr std::uint16_t kFlagBulk = 1;
+/// Bodies up to this go inline in a ring (if they fit a quarter of it); larger ones go through
+/// the sender's bulk area and the ring carries {offset, length}.
+inline constexpr std::size_t kInlineMax = 8 * 1024;
 
 /// Header of a block in a sender's bulk area; the receiver sets `consumed` when done.
 struct alignas(64) BulkBlock {
@@ -92,8 +101,8 @@ class Segment {
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;
 
-  /// Master: create the memfd and map it.
-  void create(std::uint32_t max_procs, std::uint64_t ring_bytes, std::uint64_t bulk_bytes);
+  /// Master (or an MPI node leader, for node `node`): create the memfd and map it.
+  void create(std::uint32_t max_procs, std::uint64_t ring_bytes, std::uint64_t bulk_bytes, std::uint32_t node = 0);
   /// Worker: map an inherited memfd.
   void attach(int fd);
 
@@ -120,11 +129,17 @@ class Segment {
     return base_ + header().bulk_off + std::uint64_t(id - 1) * header().bulk_bytes;
   }
   bool valid_id(int id) const noexcept { return id >= 1 && std::uint32_t(id) <= header().max_procs; }
+  /// Whether `id` runs on another node (its messages go through the node's MPI gateway).
+  bool remote(int id) const { return slot(id).node.load(std::memory_order_relaxed) != header().node; }
+  /// Why `id` cannot be reached ("killed by SIGKILL", "has not finished starting", ...).
+  std::string dead_reason(int id) const;
 
   // --- membership: the only writers of slot states and of the epoch (the master's cluster
   // manager, and start_master for process 1). Readers poll the epoch and re-read the states.
-  /// Id `id` is being started (as OS process `os_pid`, once known: call again).
+  /// Id `id` is being started on this node (as OS process `os_pid`, once known: call again).
   void set_starting(int id, int os_pid = 0) const;
+  /// Id `id` belongs to node `node` (another one: its process is reached through the gateway).
+  void set_node(int id, std::uint32_t node) const { slot(id).node.store(node); }
   /// `id` is a member: it answers messages from now on. Bumps the epoch.
   void set_alive(int id, int os_pid = 0) const;
   /// `id` is gone for `reason` ("killed by SIGKILL"): the reason first, then the state, once
@@ -199,6 +214,26 @@ class BulkArea {
 bool ring_try_write(const Segment& seg, RingHeader& r, const MsgHeader& h, const void* body1, std::size_t n1,
                     const void* body2, std::size_t n2);
 
+/// Write one message from `src` into ring (dest, src): inline when it fits a quarter of the ring
+/// and kInlineMax, otherwise through `bulk` (src's bulk area) with only {offset, length} in
+/// the ring. False when the ring or the bulk area is full now. `was_empty` (if given): nothing
+/// of src's waited unread in the ring before it (after a fence: see ShmTransport::send).
+/// Throws Error when the body can never fit the bulk area.
+bool emit_record(const Segment& seg, BulkArea& bulk, const std::vector<std::atomic<std::uint8_t>>& dead, int dest,
+                 const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb, bool* was_empty);
+
+/// What drain_ring hands over for each record: its header, its body, and for a bulk body the
+/// flag to set once the body is no longer needed (null for an inline one, which is gone when
+/// the call returns).
+using RecordSink = void (*)(void* ctx, const MsgHeader& h, const char* body, std::size_t len,
+                            std::atomic<std::uint32_t>* consumed);
+/// Consume everything in ring (to, from); wakes a writer waiting for room.
+void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx);
+
+/// Wake `dest`'s threads sleeping for `bits` unless one of its threads polls; for a remote
+/// dest, wake this node's gateway instead. Call after a seq_cst fence.
+void wake_if_idle(const Segment& seg, int dest, std::uint32_t bits);
+
 // Futex on shared memory (no private flag: waiter and waker may be different processes).
 int futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const timespec* timeout);
 int futex_wake(std::atomic<std::uint32_t>& word, int count);
@@ -265,12 +300,11 @@ class Transport {
 
 /// The shared-memory transport: one ring per ordered pair in the control segment, bodies over
 /// the inline limit through the sender's bulk area, doorbell futexes. Used directly (final)
-/// by the runtime for every process on this host.
+/// by the runtime for every process on this host; under mpirun, the rings to processes on
+/// other nodes are drained by the node's MPI gateway (mpi_gateway.hpp), which also writes
+/// what they send into this node's rings, so the runtime sees one transport.
 class ShmTransport final : public Transport {
  public:
-  /// Bodies up to this go inline in the ring (if they fit a quarter of it); larger ones go
-  /// through the bulk area and the ring carries {offset, length}.
-  static constexpr std::size_t kInlineMax = 8 * 1024;
 
   Segment& segment() noexcept { return seg_; }
   const Segment& segment() const noexcept { return seg_; }
@@ -296,12 +330,8 @@ class ShmTransport final : public Transport {
     // is an Out for every possible destination (VSCALE_MAX_PROCS), most never used.
     std::list<std::vector<char>> overflow;
   };
-  // Writes one record; `was_empty`: nothing of ours waited unread in the ring before it.
-  bool try_emit(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
-                bool* was_empty = nullptr);
-  void wake_if_idle(int dest, std::uint32_t bits);  // after a fence: ring unless a thread of dest polls
   bool flush_overflow(int dest, Out& o);  // with o.m held; true when empty afterwards
-  void drain_ring(int peer, MessageSink sink, void* ctx);
+  void drain_from(int peer, MessageSink sink, void* ctx);
 
   Segment seg_;
   int self_ = 0;
