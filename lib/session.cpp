@@ -21,6 +21,7 @@
 #include "vscale/detail/env.hpp"
 #include "vscale/detail/handshake.hpp"
 #include "vscale/detail/local_launcher.hpp"
+#include "vscale/detail/mpi_node.hpp"
 #include "vscale/detail/runtime.hpp"
 #include "vscale/detail/worker.hpp"
 #include "vscale/placement.hpp"
@@ -29,6 +30,13 @@ namespace vscale {
 namespace detail {
 
 // ================================================================= the session
+
+bool mpi_launch_detected() {
+  // Open MPI's mpirun, MPICH's hydra (and srun with PMI), srun with PMIx.
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
+    if (const char* s = std::getenv(v); s && std::atoi(s) > 1) return true;
+  return false;
+}
 
 namespace {
 
@@ -112,6 +120,20 @@ void start_master(const SessionOptions& o, const char* argv0) {
   if (!plan.master_cpus.empty()) pin_self(plan.master_cpus);
   Config c = config_from_env();
   const auto timeout = default_start_timeout();
+  // Under mpirun (several ranks): rank 0 goes on as the master of the whole job, every other
+  // rank leads its node and never comes back (mpi_node.hpp).
+  std::unique_ptr<MpiNode> mpi;
+  if (mpi_launch_detected()) {
+#ifdef VSCALE_WITH_MPI
+    mpi = MpiNode::init(plan.workers, c.max_procs);
+    if (mpi->rank() != 0) MpiNode::lead(std::move(mpi), plan, c.ring_bytes, c.bulk_bytes, timeout);
+    c.max_procs = mpi->max_procs();
+#else
+    throw Error("vscale: this program was started by mpirun (or srun) as one of several ranks, but vscale was built "
+                "without MPI support: install libopenmpi-dev and build again (CMake option VSCALE_MPI), or run it "
+                "without mpirun (one host: -p N)");
+#endif
+  }
   static const bool exit_handler = [] { return on_exit(master_on_exit, nullptr) == 0; }();
   (void)exit_handler;
   try {
@@ -122,13 +144,27 @@ void start_master(const SessionOptions& o, const char* argv0) {
     g_host = std::make_unique<MasterHost>(*rt);
     auto local = std::make_unique<LocalLauncher>(*g_host);
     local->set_plan(plan.threads, plan.bind ? plan.worker_cpus : std::vector<std::vector<int>>{});
-    rt->manager = local.get();
-    g_manager = std::move(local);
-    g_runtime = std::move(rt);
     g_placement = plan;
-    if (plan.workers > 0) {
-      auto res = g_manager->launch(plan.workers, LaunchSpec{{}, {}, timeout});
-      (void)res;  // failures were reported on stderr; the session goes on with those that joined
+    if (mpi) {
+#ifdef VSCALE_WITH_MPI
+      Runtime* r = rt.get();
+      mpi->attach(rt->segment(), [r](int id) { return static_cast<long>(r->requests().pending_to(id)); });
+      g_runtime = std::move(rt);
+      // The failures were reported on stderr; the job goes on with those that joined.
+      if (plan.workers > 0) (void)local->launch(plan.workers, LaunchSpec{{}, {}, timeout});
+      mpi->wait_settled(timeout + std::chrono::seconds(10));
+      local->set_next_id(mpi->next_free_id());
+      g_manager = std::make_unique<MpiManager>(std::move(local), std::move(mpi), g_runtime->segment());
+      g_runtime->manager = g_manager.get();
+#endif
+    } else {
+      rt->manager = local.get();
+      g_manager = std::move(local);
+      g_runtime = std::move(rt);
+      if (plan.workers > 0) {
+        auto res = g_manager->launch(plan.workers, LaunchSpec{{}, {}, timeout});
+        (void)res;  // failures were reported on stderr; the session goes on with those that joined
+      }
     }
   } catch (...) {
     // Nothing of a failed start stays behind: a later Session may try again.
@@ -318,6 +354,27 @@ std::vector<int> workers() {
   if (ids.size() <= 1) return {1};
   ids.erase(ids.begin());
   return ids;
+}
+
+int host_of(int id) {
+  auto& rt = detail::Runtime::get("host_of");
+  auto& seg = rt.segment();
+  if (!seg.valid_id(id) || seg.slot(id).state.load() == std::uint32_t(detail::SlotState::Unused))
+    throw ProcessExitedException(id, rt.dead_reason(id));
+  return static_cast<int>(seg.slot(id).node.load());
+}
+
+int nhosts() {
+  int n = 0;
+  for (int id : procs()) n = std::max(n, host_of(id) + 1);
+  return n;
+}
+
+std::vector<int> procs_on(int host) {
+  std::vector<int> out;
+  for (int id : procs())
+    if (host_of(id) == host) out.push_back(id);
+  return out;
 }
 
 std::vector<int> addprocs(int n) { return addprocs(n, std::chrono::milliseconds(0)); }

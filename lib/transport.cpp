@@ -106,9 +106,9 @@ std::string Segment::dead_reason(int id) const {
   return "does not exist (no such process id)";
 }
 
-void Segment::set_starting(int id, int os_pid) const {
+void Segment::set_starting(int id, int os_pid, int node) const {
   auto& s = slot(id);
-  s.node.store(header().node);
+  s.node.store(node < 0 ? header().node : std::uint32_t(node));
   if (os_pid > 0) s.os_pid.store(os_pid);
   s.state.store(std::uint32_t(SlotState::Starting));
 }

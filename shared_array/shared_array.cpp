@@ -181,8 +181,19 @@ std::size_t checked_count(const std::size_t* dims, std::size_t n, std::size_t el
 }
 
 std::vector<int> checked_pids(std::vector<int> ids) {
-  if (ids.empty()) ids = workers();  // Julia: all workers, or the master alone
-  for (int p : ids)
+  const int here = host_of(myid());
+  if (ids.empty()) {
+    // Julia: all workers, or the master alone; under mpirun, those of this host (the memory
+    // is this host's).
+    for (int p : workers())
+      if (host_of(p) == here) ids.push_back(p);
+    if (ids.empty()) ids.push_back(myid());
+  }
+  for (int p : ids) {
+    if (ext::alive(p) && host_of(p) != here)
+      throw UsageError("vscale: a SharedArray needs all its processes on one host: " + std::to_string(p) + " is on host " +
+                       std::to_string(host_of(p)) + ", this array on host " + std::to_string(here) +
+                       " (pass pids of one host: vscale::procs_on(host))");
     if (!ext::alive(p))
       throw UsageError("vscale: SharedArray pids: " + std::to_string(p) +
                        " is not a running process (procs() = " + [] {
@@ -190,6 +201,7 @@ std::vector<int> checked_pids(std::vector<int> ids) {
                          for (int q : procs()) s += (s.empty() ? "" : ",") + std::to_string(q);
                          return s;
                        }() + ")");
+  }
   return ids;
 }
 

@@ -80,6 +80,15 @@ std::vector<int> procs();
 /// Ids of the workers, ascending; `{1}` when there are none (as in Julia).
 std::vector<int> workers();
 
+/// The host (node) process `id` runs on: 0 on one host; under mpirun, the MPI rank of its
+/// node (the master's is 0). Throws ProcessExitedException for an id that never existed.
+int host_of(int id);
+/// Number of hosts that run processes of the job (1 unless under mpirun).
+int nhosts();
+/// The processes alive on `host`, ascending (Julia's `procs(pid)`: those that share a host
+/// with `pid` are `procs_on(host_of(pid))`), e.g. the pids of a SharedArray.
+std::vector<int> procs_on(int host);
+
 /// Start `n` more workers (master only) and return the ids of those that joined. A worker
 /// that has not joined within `start_timeout` (default: VSCALE_START_TIMEOUT_MS, else 60 s)
 /// is killed and reported on stderr with the reason; the others are returned (K8s cluster

@@ -136,10 +136,9 @@ class Segment {
 
   // --- membership: the only writers of slot states and of the epoch (the master's cluster
   // manager, and start_master for process 1). Readers poll the epoch and re-read the states.
-  /// Id `id` is being started on this node (as OS process `os_pid`, once known: call again).
-  void set_starting(int id, int os_pid = 0) const;
-  /// Id `id` belongs to node `node` (another one: its process is reached through the gateway).
-  void set_node(int id, std::uint32_t node) const { slot(id).node.store(node); }
+  /// Id `id` is being started on node `node` (-1: this one) as OS process `os_pid` (once
+  /// known: call again). A process on another node is reached through the gateway.
+  void set_starting(int id, int os_pid = 0, int node = -1) const;
   /// `id` is a member: it answers messages from now on. Bumps the epoch.
   void set_alive(int id, int os_pid = 0) const;
   /// `id` is gone for `reason` ("killed by SIGKILL"): the reason first, then the state, once
