@@ -21,6 +21,13 @@
 //                              line gets ratio_to_mpi. Where mpirun or mpi_pingpong is missing (no
 //                              Open MPI), or the run fails, one line on stderr says the reference
 //                              was skipped and why, and the bench goes on.
+//   remotecall_fetch_rtt_xnode remotecall_fetch(w, int -> int) from the master to a worker on
+//                              another node: this program started again as a job of two "nodes"
+//                              of this machine (`mpirun -n 2 ... <this program> -p 1
+//                              --xnode-child`), which takes only this figure; with ratio_to_mpi
+//                              and target_s = mpi_pingpong_rtt + 2 x remotecall_fetch_rtt + 1 us
+//                              (issue 12: MPI's round trip plus a ring round trip on each node).
+//                              Skipped, with a line on stderr, where the MPI reference is.
 // Targets (DESIGN.md): round trip <= 2 us (socketpair 5.2 us on the bench host), 16 workers
 // started in <= 30 ms.
 #include <sys/socket.h>
@@ -58,6 +65,7 @@ struct Result {
   std::optional<double> per_s;       // units per second, where it applies
   std::optional<double> ratio;       // seconds / socketpair_rtt seconds
   std::optional<double> ratio_mpi;   // seconds / mpi_pingpong_rtt seconds
+  std::optional<double> target;      // the figure's target, in seconds, where it has one
 };
 
 void print_json(const Result& r) {
@@ -67,6 +75,7 @@ void print_json(const Result& r) {
   if (r.per_s) j.add(R"(,"per_s":{:.6g})", *r.per_s);
   if (r.ratio) j.add(R"(,"ratio_to_socketpair":{:.4g})", *r.ratio);
   if (r.ratio_mpi) j.add(R"(,"ratio_to_mpi":{:.4g})", *r.ratio_mpi);
+  if (r.target) j.add(R"(,"target_s":{:.6g})", *r.target);
   j.print();
 }
 
@@ -100,9 +109,11 @@ struct MpiRun {
   std::string why;               // when there is no result
 };
 
-// Runs mpi_pingpong (beside this program) on 2 ranks under mpirun and takes its JSON line.
-// popen, not fork: this process has threads; the shell it starts only execs the command.
-MpiRun mpi_pingpong(int reps, long calls, double socketpair_s) {
+// Runs `prog args` (beside this program, or this program) on 2 ranks under mpirun and takes
+// its JSON line of `variant`. popen, not fork: this process has threads; the shell it starts
+// only execs the command.
+MpiRun run_under_mpirun(const std::string& name, const std::string& args, const std::string& variant,
+                        double socketpair_s) {
   MpiRun run;
   char exe[4096];
   const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -111,7 +122,7 @@ MpiRun mpi_pingpong(int reps, long calls, double socketpair_s) {
     return run;
   }
   const std::string self(exe, static_cast<std::size_t>(len));
-  const std::string prog = self.substr(0, self.rfind('/')) + "/mpi_pingpong";
+  const std::string prog = name.empty() ? self : self.substr(0, self.rfind('/')) + "/" + name;
   const std::string mpirun = find_in_path("mpirun");
   if (mpirun.empty()) {
     run.why = "no mpirun in PATH (Open MPI is not installed here: apt-get install openmpi-bin)";
@@ -126,8 +137,8 @@ MpiRun mpi_pingpong(int reps, long calls, double socketpair_s) {
   // A reference must not hang the bench (an mpirun stuck probing networks): at most 5 minutes.
   const std::string timeout = find_in_path("timeout");
   const std::string limit = timeout.empty() ? "" : fmt::format("'{}' -k 5 300 ", timeout);
-  const std::string cmd = fmt::format("{}{}'{}' -n 2 --bind-to none --oversubscribe '{}' --json --reps {} --calls {}", env,
-                                      limit, mpirun, prog, reps, calls);
+  const std::string cmd =
+      fmt::format("{}{}'{}' -n 2 --bind-to none --oversubscribe '{}' {}", env, limit, mpirun, prog, args);
   std::fflush(nullptr);  // nothing of ours buffered twice
   std::FILE* p = popen(cmd.c_str(), "r");
   if (!p) {
@@ -139,14 +150,22 @@ MpiRun mpi_pingpong(int reps, long calls, double socketpair_s) {
   for (std::size_t k; (k = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, k);
   const int status = pclose(p);
   for (const std::string& line : bench_util::split_on(out, '\n'))
-    if (bench_util::json_field(line, "variant") == "mpi_pingpong_rtt") run.line = line;
+    if (bench_util::json_field(line, "variant") == variant) run.line = line;
   const auto s = bench_util::json_number(run.line, "seconds");
   if (status != 0 || !s || !(*s > 0)) {
-    run.why = fmt::format("`{}` failed (status {}{})", cmd, status, run.line.empty() ? ", no mpi_pingpong_rtt line" : "");
+    run.why = fmt::format("`{}` failed (status {}{})", cmd, status, run.line.empty() ? ", no " + variant + " line" : "");
     return run;
   }
-  run.result = Result{"mpi_pingpong_rtt", 2, calls, *s, 1.0 / *s, *s / socketpair_s, {}};
+  const auto n = bench_util::json_number(run.line, "n");
+  const auto procs = bench_util::json_number(run.line, "procs");
+  run.result = Result{variant, procs ? static_cast<int>(*procs) : 2, n ? static_cast<long>(*n) : 0, *s, 1.0 / *s,
+                      *s / socketpair_s, {}};
   return run;
+}
+
+MpiRun mpi_pingpong(int reps, long calls, double socketpair_s) {
+  return run_under_mpirun("mpi_pingpong", fmt::format("--json --reps {} --calls {}", reps, calls), "mpi_pingpong_rtt",
+                          socketpair_s);
 }
 
 // --- vscale -------------------------------------------------------------------------------
@@ -269,7 +288,7 @@ Result startup(int n, int reps) {
 int main(int argc, char** argv) {
   vscale::Session session(argc, argv);
 
-  bool json = false;
+  bool json = false, xnode_child = false;
   int reps = 5;
   long calls = 20000;
   int cores = vscale::usable_cpus();
@@ -284,8 +303,21 @@ int main(int argc, char** argv) {
       calls = value();
     else if (a == "--cores")
       cores = static_cast<int>(value());
+    else if (a == "--xnode-child")
+      xnode_child = true;
     else
       die("unknown option '" + a + "'\nusage: bench_remotecall [-p N] [--json] [--reps R] [--calls C] [--cores K]");
+  }
+
+  if (xnode_child) {
+    // Started by the parent run under mpirun: the round trip to a worker of node 1 only.
+    const auto there = vscale::procs_on(1);
+    if (there.empty()) die("--xnode-child: no worker on node 1 (run under mpirun -n 2 with -p 1 or more)");
+    Result r = rtt_small(there.front(), reps, calls, 1.0);
+    r.variant = "remotecall_fetch_rtt_xnode";
+    r.ratio.reset();
+    print_json(r);
+    return 0;
   }
 
   if (vscale::nworkers() == 0) vscale::addprocs(1);
@@ -310,6 +342,18 @@ int main(int argc, char** argv) {
   Result rtt = rtt_small(w, reps, calls, ref.seconds);
   if (mpi.result) rtt.ratio_mpi = rtt.seconds / mpi.result->seconds;
   emit(rtt);
+  if (mpi.result) {
+    const MpiRun x = run_under_mpirun("", fmt::format("-p 1 --xnode-child --reps {} --calls {}", reps, calls),
+                                      "remotecall_fetch_rtt_xnode", ref.seconds);
+    if (x.result) {
+      Result r = *x.result;
+      r.ratio_mpi = r.seconds / mpi.result->seconds;
+      r.target = mpi.result->seconds + 2 * rtt.seconds + 1e-6;
+      emit(r);
+    } else {
+      fmt::print(stderr, "bench_remotecall: remotecall_fetch_rtt_xnode was skipped: {}\n", x.why);
+    }
+  }
   emit(rtt_1mb(w, reps, calls_1mb, ref.seconds));
   emit(remote_do_rate(w, reps, calls));
   emit(startup(1, reps));
