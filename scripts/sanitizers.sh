@@ -35,7 +35,7 @@ status=0
 # NDEBUG, so the debug-only checks (SharedArray bounds) are built and tested there. No
 # benchmarks; compile-fail tests (only the compiler runs) and the install test are left out.
 sanitizer_build() {  # sanitizer_build DIR VSCALE_SANITIZE
-  cmake -S . -B "$1" -DVSCALE_SANITIZE="$2" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  cmake -S . -B "$1" -DVSCALE_SANITIZE="$2" -DVSCALE_MPI=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g" -DVSCALE_BUILD_BENCH=OFF &&
     cmake --build "$1" -j"$(nproc)"
 }
