@@ -147,8 +147,7 @@ void start_master(const SessionOptions& o, const char* argv0) {
     g_placement = plan;
     if (mpi) {
 #ifdef VSCALE_WITH_MPI
-      Runtime* r = rt.get();
-      mpi->attach(rt->segment(), [r](int id) { return static_cast<long>(r->requests().pending_to(id)); });
+      mpi->attach(rt->segment(), [h = g_host.get()](int id) { return h->pending_to(id); });
       g_runtime = std::move(rt);
       // The failures were reported on stderr; the job goes on with those that joined.
       if (plan.workers > 0) (void)local->launch(plan.workers, LaunchSpec{{}, {}, timeout});

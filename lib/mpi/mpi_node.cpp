@@ -252,25 +252,19 @@ struct MpiNode::Impl {
     return true;
   }
 
-  bool outgoing_pending() const {
-    for (int l : local_ids)
-      for (int r : remote_ids) {
-        RingHeader& ring = seg->ring(r, l);
-        if (ring.head.load(std::memory_order_acquire) != ring.tail.load(std::memory_order_relaxed)) return true;
-      }
-    return false;
-  }
-
-  bool forward_out() {
-    bool did = false;
+  // Whether a ring from a process of this node to one of another holds anything; `forward`:
+  // send what each holds on its way too.
+  bool outgoing(bool forward) {
+    bool any = false;
     for (int l : local_ids)
       for (int r : remote_ids) {
         RingHeader& ring = seg->ring(r, l);
         if (ring.head.load(std::memory_order_acquire) == ring.tail.load(std::memory_order_relaxed)) continue;
+        if (!forward) return true;
         drain_to(r, l);
-        did = true;
+        any = true;
       }
-    return did;
+    return any;
   }
 
   bool receive() {
@@ -409,7 +403,7 @@ struct MpiNode::Impl {
   bool step() {
     bool did = take_requests();
     did |= scan_membership();
-    did |= forward_out();
+    did |= outgoing(true);
     did |= receive();
     did |= apply();
     reap_sends();
@@ -437,7 +431,7 @@ struct MpiNode::Impl {
       // Nap. Senders ring the doorbell only while we are not awake: say so, then look again.
       const std::uint32_t seq = hdr.gw_doorbell.load(std::memory_order_seq_cst);
       hdr.gw_awake.store(0, std::memory_order_seq_cst);
-      bool work = outgoing_pending() || hdr.epoch.load(std::memory_order_acquire) != seen_epoch;
+      bool work = outgoing(false) || hdr.epoch.load(std::memory_order_acquire) != seen_epoch;
       if (!work) {
         std::lock_guard lk(m);
         work = !ctrl_out.empty() || !exits.empty();
