@@ -122,7 +122,9 @@ void start_master(const SessionOptions& o, const char* argv0) {
   const auto timeout = default_start_timeout();
   // Under mpirun (several ranks): rank 0 goes on as the master of the whole job, every other
   // rank leads its node and never comes back (mpi_node.hpp).
-  std::unique_ptr<MpiNode> mpi;
+#ifdef VSCALE_WITH_MPI
+  std::unique_ptr<MpiNode> mpi;  // only where MpiNode is built (VSCALE_MPI)
+#endif
   if (mpi_launch_detected()) {
 #ifdef VSCALE_WITH_MPI
     mpi = MpiNode::init(plan.workers, c.max_procs);
@@ -145,8 +147,8 @@ void start_master(const SessionOptions& o, const char* argv0) {
     auto local = std::make_unique<LocalLauncher>(*g_host);
     local->set_plan(plan.threads, plan.bind ? plan.worker_cpus : std::vector<std::vector<int>>{});
     g_placement = plan;
-    if (mpi) {
 #ifdef VSCALE_WITH_MPI
+    if (mpi) {
       mpi->attach(rt->segment(), [h = g_host.get()](int id) { return h->pending_to(id); });
       g_runtime = std::move(rt);
       // The failures were reported on stderr; the job goes on with those that joined.
@@ -155,8 +157,9 @@ void start_master(const SessionOptions& o, const char* argv0) {
       local->set_next_id(mpi->next_free_id());
       g_manager = std::make_unique<MpiManager>(std::move(local), std::move(mpi), g_runtime->segment());
       g_runtime->manager = g_manager.get();
+    } else
 #endif
-    } else {
+    {
       rt->manager = local.get();
       g_manager = std::move(local);
       g_runtime = std::move(rt);
