@@ -23,7 +23,7 @@ namespace vscale::detail {
 class Segment;
 
 /// What the launcher needs of the process it runs in: the master's runtime, or an MPI node
-/// leader (mpi_gateway.hpp), which starts its node's workers but makes no calls itself.
+/// leader (mpi_node.hpp), which starts its node's workers but makes no calls itself.
 class LauncherHost {
  public:
   virtual ~LauncherHost() = default;

@@ -57,7 +57,7 @@ struct alignas(64) SegHeader {
   // CPUs: a spinner that gets descheduled still counts as awake, and nobody wakes its
   // process until it runs again.
   alignas(64) std::atomic<std::int32_t> spinners;
-  // The node's MPI gateway (mpi_gateway.hpp) drains the rings to remote processes: senders
+  // The node's MPI gateway (mpi_node.hpp) drains the rings to remote processes: senders
   // ring this instead of a remote process's own doorbell, unless the gateway is awake.
   alignas(64) std::atomic<std::uint32_t> gw_doorbell;
   std::atomic<std::uint32_t> gw_awake;
@@ -300,7 +300,7 @@ class Transport {
 /// The shared-memory transport: one ring per ordered pair in the control segment, bodies over
 /// the inline limit through the sender's bulk area, doorbell futexes. Used directly (final)
 /// by the runtime for every process on this host; under mpirun, the rings to processes on
-/// other nodes are drained by the node's MPI gateway (mpi_gateway.hpp), which also writes
+/// other nodes are drained by the node's MPI gateway (mpi_node.hpp), which also writes
 /// what they send into this node's rings, so the runtime sees one transport.
 class ShmTransport final : public Transport {
  public:
