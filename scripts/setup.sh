@@ -16,7 +16,8 @@ case "$mode" in
 esac
 
 packages=(g++ cmake make pkg-config libtbb-dev libeigen3-dev libfmt-dev
-          doctest-dev libcereal-dev libhwloc-dev libopenmpi-dev openmpi-bin)
+          doctest-dev libcereal-dev libhwloc-dev libopenmpi-dev openmpi-bin
+          python3-yaml)
 
 missing=()
 for pkg in "${packages[@]}"; do
