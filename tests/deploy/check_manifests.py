@@ -41,9 +41,15 @@ def guaranteed(where, container):
           f"{where}: cpu limit {lim.get('cpu')!r} is not whole cpus (the static CPU manager gives cores to whole cpus only)")
 
 
+def value_after(argv, flag):
+    """The argument after `flag` in argv, or None."""
+    i = argv.index(flag) + 1 if flag in argv else len(argv)
+    return argv[i] if i < len(argv) else None
+
+
 def sized_to_pod(where, args):
-    check("-p" in args and args[args.index("-p") + 1] == "auto", f"{where}: no `-p auto` in {args}")
-    check("-t" in args and args[args.index("-t") + 1] == "auto", f"{where}: no `-t auto` in {args}")
+    check(value_after(args, "-p") == "auto", f"{where}: no `-p auto` in {args}")
+    check(value_after(args, "-t") == "auto", f"{where}: no `-t auto` in {args}")
 
 
 # Dockerfile: Debian 12, the README's set-up, a program that the set-up builds.
@@ -87,8 +93,8 @@ check(set(specs) == {"Launcher", "Worker"}, f"mpijob.yaml: replica specs {sorted
 launcher = specs["Launcher"]["template"]["spec"]["containers"][0]
 argv = launcher.get("command", []) + launcher.get("args", [])
 check(argv[:1] == ["mpirun"], f"mpijob.yaml: the launcher runs {argv[:1]}, not mpirun")
-check("--bind-to" in argv and argv[argv.index("--bind-to") + 1] == "none", "mpijob.yaml: mpirun without --bind-to none")
-n = int(argv[argv.index("-n") + 1]) if "-n" in argv else -1
+check(value_after(argv, "--bind-to") == "none", "mpijob.yaml: mpirun without --bind-to none")
+n = int(value_after(argv, "-n") or -1)
 workers = specs["Worker"]["replicas"] * mj["spec"].get("slotsPerWorker", 1)
 check(n == workers, f"mpijob.yaml: mpirun -n {n} but {workers} worker slots")
 check(entry_prog in argv, f"mpijob.yaml: the launcher does not run the image's program {entry_prog}")
