@@ -15,6 +15,14 @@
 //   channel_rate       items per second through a RemoteChannel<long> (capacity 1024) owned by
 //                      the master, put by a worker in a loop and taken by the master; seconds
 //                      = per item; + tasks_per_s (items per second)
+//   pmap_batch1_xnode, pmap_batch1 and pmap_auto with the same number of workers W split over
+//   pmap_auto_xnode    two "nodes" of this machine: this program started again as an MPI job of
+//                      two ranks (`mpirun --bind-to none --oversubscribe -n 1 <this program> -p
+//                      W-W/2 --xnode-child ... : -n 1 <this program> -p W/2 --xnode-child ...`),
+//                      which takes only these two figures; + ratio_to_one_node: tasks/s across
+//                      nodes / tasks/s of the one-node variant of this run (issue 12's target for
+//                      pmap_auto: >= 0.5). Skipped, with a line on stderr, with fewer than 2
+//                      workers or where mpirun or MPI support is missing.
 // Targets (issue 4): on the 16-core bench host, pmap_batch1 >= 1M tasks/s with 16 workers and
 // pmap_auto >= 20M tasks/s.
 #include <sys/socket.h>
@@ -54,6 +62,7 @@ struct Result {
   std::optional<double> ratio_to_socketpair;
   std::optional<double> per_task_1kb_s;
   std::optional<double> ratio_to_1kb;
+  std::optional<double> ratio_to_one_node;
 };
 
 void print_json(const Result& r) {
@@ -64,6 +73,7 @@ void print_json(const Result& r) {
   if (r.ratio_to_socketpair) j.add(R"(,"ratio_to_socketpair":{:.4g})", *r.ratio_to_socketpair);
   if (r.per_task_1kb_s) j.add(R"(,"per_task_1kb_s":{:.9g})", *r.per_task_1kb_s);
   if (r.ratio_to_1kb) j.add(R"(,"ratio_to_1kb":{:.4g})", *r.ratio_to_1kb);
+  if (r.ratio_to_one_node) j.add(R"(,"ratio_to_one_node":{:.4g})", *r.ratio_to_one_node);
   j.print();
 }
 
@@ -99,11 +109,23 @@ double time_pmap(const F& f, const std::vector<long>& xs, const vscale::PmapOpti
   return median(per);
 }
 
+// pmap_batch1 and pmap_auto over every worker of the job, with `suffix` on their names.
+std::vector<Result> pmap_pair(long n, int reps, const std::string& suffix) {
+  const auto xs = inputs(n);
+  const auto big = inputs(100 * n);
+  auto ok_plus = [](long x, long r) { return r == x + 1; };
+  const int procs = vscale::nprocs();
+  const double b1 = time_pmap(plus_one, xs, {.batch_size = 1}, reps, ok_plus, "pmap_batch1");
+  const double au = time_pmap(plus_one, big, {}, reps, ok_plus, "pmap_auto");
+  return {Result{"pmap_batch1" + suffix, procs, n, b1, 1.0 / b1, {}, {}, {}, {}},
+          Result{"pmap_auto" + suffix, procs, 100 * n, au, 1.0 / au, {}, {}, {}, {}}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   vscale::Session session(argc, argv);
-  bool json = false;
+  bool json = false, xnode_child = false;
   int reps = 5;
   long n = 20000;
   for (int i = 1; i < argc; ++i) {
@@ -115,26 +137,29 @@ int main(int argc, char** argv) {
       reps = static_cast<int>(value());
     else if (a == "--n")
       n = value();
+    else if (a == "--xnode-child")
+      xnode_child = true;
     else
       die("unknown option '" + a + "'\nusage: bench_pmap [-p N] [--json] [--reps R] [--n TASKS]");
+  }
+  if (xnode_child) {
+    // Started by the parent run under mpirun: pmap over the workers of both nodes only.
+    if (vscale::nhosts() < 2 || vscale::procs_on(1).empty())
+      die("--xnode-child: no worker on node 1 (run under mpirun -n 2 with -p 1 or more)");
+    for (const auto& r : pmap_pair(n, reps, "_xnode")) print_json(r);
+    return 0;
   }
   if (vscale::nworkers() == 0) vscale::addprocs(1);
   const int procs = vscale::nprocs();
 
   std::vector<Result> results;
   const double ref = socketpair_rtt(reps, std::max(1000L, n));
-  results.push_back({"socketpair_rtt", 2, std::max(1000L, n), ref, 1.0 / ref, 1.0, {}, {}});
+  results.push_back({"socketpair_rtt", 2, std::max(1000L, n), ref, 1.0 / ref, 1.0, {}, {}, {}});
 
-  const auto xs = inputs(n);
-  auto ok_plus = [](long x, long r) { return r == x + 1; };
-  {
-    double s = time_pmap(plus_one, xs, {.batch_size = 1}, reps, ok_plus, "pmap_batch1");
-    results.push_back({"pmap_batch1", procs, n, s, 1.0 / s, s / ref, {}, {}});
-  }
-  {
-    const auto big = inputs(100 * n);
-    double s = time_pmap(plus_one, big, {}, reps, ok_plus, "pmap_auto");
-    results.push_back({"pmap_auto", procs, 100 * n, s, 1.0 / s, {}, {}, {}});
+  const auto one_node = pmap_pair(n, reps, "");
+  for (Result r : one_node) {
+    if (r.variant == "pmap_batch1") r.ratio_to_socketpair = r.seconds / ref;
+    results.push_back(r);
   }
   {
     auto lookup = [](const std::vector<char>& data, long i) { return static_cast<long>(data[static_cast<std::size_t>(i) % data.size()]); };
@@ -144,7 +169,7 @@ int main(int argc, char** argv) {
     const auto few = inputs(m);
     double s_kb = time_pmap(vscale::closure(lookup, kb), few, {.batch_size = 1}, reps, ok_byte, "pmap_closure_1kb");
     double s_mb = time_pmap(vscale::closure(lookup, mb), few, {.batch_size = 1}, reps, ok_byte, "pmap_closure_1mb");
-    Result r{"pmap_closure_1mb", procs, m, s_mb, 1.0 / s_mb, {}, s_kb, s_mb / s_kb};
+    Result r{"pmap_closure_1mb", procs, m, s_mb, 1.0 / s_mb, {}, s_kb, s_mb / s_kb, {}};
     results.push_back(r);
   }
 
@@ -166,7 +191,30 @@ int main(int argc, char** argv) {
     }
     ch.close();
     double s = median(per);
-    results.push_back({"channel_rate", 2, m, s, 1.0 / s, {}, {}, {}});
+    results.push_back({"channel_rate", 2, m, s, 1.0 / s, {}, {}, {}, {}});
+  }
+
+  // The same pmaps with the same workers on two nodes.
+  const int w = vscale::nworkers();
+  if (w < 2) {
+    fmt::print(stderr, "bench_pmap: pmap_*_xnode skipped: it needs 2 workers or more (-p 2) to split over two nodes\n");
+  } else {
+    const std::string common = fmt::format("--xnode-child --reps {} --n {}", reps, n);
+    const auto run = bench_util::run_under_mpirun(
+        "", {fmt::format("-p {} {}", w - w / 2, common), fmt::format("-p {} {}", w / 2, common)});
+    for (const Result& one : one_node) {
+      const std::string line = bench_util::line_of(run, one.variant + "_xnode");
+      const auto s = bench_util::json_number(line, "seconds");
+      if (!run.why.empty() || !s || !(*s > 0)) {
+        fmt::print(stderr, "bench_pmap: {}_xnode was skipped: {}\n", one.variant,
+                   run.why.empty() ? "`" + run.command + "` printed no such line" : run.why);
+        continue;
+      }
+      Result r{one.variant + "_xnode", static_cast<int>(bench_util::json_number(line, "procs").value_or(0)), one.n, *s,
+               1.0 / *s, {}, {}, {}, {}};
+      r.ratio_to_one_node = one.seconds / *s;
+      results.push_back(r);
+    }
   }
 
   if (json) {
@@ -177,6 +225,7 @@ int main(int argc, char** argv) {
     for (const auto& r : results) {
       std::string notes;
       if (r.ratio_to_socketpair && r.variant != "socketpair_rtt") notes = fmt::format("x{:f} socketpair", *r.ratio_to_socketpair);
+      if (r.ratio_to_one_node) notes = fmt::format("x{:.3f} the tasks/s on one node", *r.ratio_to_one_node);
       if (r.per_task_1kb_s)
         notes = fmt::format("1 KiB capture: {} (x{:f})", human_time(*r.per_task_1kb_s), r.ratio_to_1kb.value_or(0));
       fmt::print("{:<20} {:>6} {:>10} {:>14} {:>14.4g} {}\n", r.variant, r.procs, r.n, human_time(r.seconds),

@@ -86,22 +86,12 @@ void print_json(const Result& r) {
 // The child is forked from a process that has threads (the runtime's), so it only does
 // async-signal-safe things: read, write, _exit.
 Result socketpair_rtt(int reps, long calls) {
-  Result res{"socketpair_rtt", 2, calls, bench_util::socketpair_rtt("bench_remotecall", reps, calls), {}, 1.0, {}};
+  Result res{"socketpair_rtt", 2, calls, bench_util::socketpair_rtt("bench_remotecall", reps, calls), {}, 1.0, {}, {}};
   res.per_s = 1.0 / res.seconds;
   return res;
 }
 
 // --- the second reference: a raw MPI ping-pong, under mpirun ------------------------------
-
-// The first executable `name` in $PATH, or "".
-std::string find_in_path(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  for (const std::string& d : bench_util::split_on(path ? path : "", ':')) {
-    const std::string p = (d.empty() ? std::string(".") : d) + "/" + name;
-    if (access(p.c_str(), X_OK) == 0) return p;
-  }
-  return "";
-}
 
 struct MpiRun {
   std::optional<Result> result;  // parsed from its line
@@ -110,56 +100,21 @@ struct MpiRun {
 };
 
 // Runs `prog args` (beside this program, or this program) on 2 ranks under mpirun and takes
-// its JSON line of `variant`. popen, not fork: this process has threads; the shell it starts
-// only execs the command.
+// its JSON line of `variant`.
 MpiRun run_under_mpirun(const std::string& name, const std::string& args, const std::string& variant,
                         double socketpair_s) {
   MpiRun run;
-  char exe[4096];
-  const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-  if (len <= 0) {
-    run.why = std::string("cannot read /proc/self/exe: ") + std::strerror(errno);
-    return run;
-  }
-  const std::string self(exe, static_cast<std::size_t>(len));
-  const std::string prog = name.empty() ? self : self.substr(0, self.rfind('/')) + "/" + name;
-  const std::string mpirun = find_in_path("mpirun");
-  if (mpirun.empty()) {
-    run.why = "no mpirun in PATH (Open MPI is not installed here: apt-get install openmpi-bin)";
-    return run;
-  }
-  if (access(prog.c_str(), X_OK) != 0) {
-    run.why = fmt::format("{} is missing (built only where CMake found MPI: libopenmpi-dev)", prog);
-    return run;
-  }
-  // Open MPI refuses to run as root unless told twice; a bench host's job often is root.
-  const std::string env = geteuid() == 0 ? "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " : "";
-  // A reference must not hang the bench (an mpirun stuck probing networks): at most 5 minutes.
-  const std::string timeout = find_in_path("timeout");
-  const std::string limit = timeout.empty() ? "" : fmt::format("'{}' -k 5 300 ", timeout);
-  const std::string cmd =
-      fmt::format("{}{}'{}' -n 2 --bind-to none --oversubscribe '{}' {}", env, limit, mpirun, prog, args);
-  std::fflush(nullptr);  // nothing of ours buffered twice
-  std::FILE* p = popen(cmd.c_str(), "r");
-  if (!p) {
-    run.why = fmt::format("popen: {}", std::strerror(errno));
-    return run;
-  }
-  std::string out;
-  char buf[4096];
-  for (std::size_t k; (k = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, k);
-  const int status = pclose(p);
-  for (const std::string& line : bench_util::split_on(out, '\n'))
-    if (bench_util::json_field(line, "variant") == variant) run.line = line;
+  const auto out = bench_util::run_under_mpirun(name, {args, args});
+  run.line = bench_util::line_of(out, variant);
   const auto s = bench_util::json_number(run.line, "seconds");
-  if (status != 0 || !s || !(*s > 0)) {
-    run.why = fmt::format("`{}` failed (status {}{})", cmd, status, run.line.empty() ? ", no " + variant + " line" : "");
+  if (!out.why.empty() || !s || !(*s > 0)) {
+    run.why = !out.why.empty() ? out.why : fmt::format("`{}` printed no {} line", out.command, variant);
     return run;
   }
   const auto n = bench_util::json_number(run.line, "n");
   const auto procs = bench_util::json_number(run.line, "procs");
   run.result = Result{variant, procs ? static_cast<int>(*procs) : 2, n ? static_cast<long>(*n) : 0, *s, 1.0 / *s,
-                      *s / socketpair_s, {}};
+                      *s / socketpair_s, {}, {}};
   return run;
 }
 
@@ -194,7 +149,7 @@ Result rtt_small(int w, int reps, long calls, double ref) {
   long k = std::max(1000L, calls / 10);
   long expect = k * (k + 1) / 2 + static_cast<long>(reps) * (calls * (calls + 1) / 2);
   if (sink != expect) die(fmt::format("remotecall_fetch_rtt: wrong results (sum {}, expected {})", sink, expect));
-  Result res{"remotecall_fetch_rtt", vscale::nprocs(), calls, median(per), {}, {}, {}};
+  Result res{"remotecall_fetch_rtt", vscale::nprocs(), calls, median(per), {}, {}, {}, {}};
   res.per_s = 1.0 / res.seconds;
   res.ratio = res.seconds / ref;
   return res;
@@ -212,7 +167,7 @@ Result rtt_1mb(int w, int reps, long calls, double ref) {
     per.push_back(seconds_since(t0) / static_cast<double>(calls));
     if (total != payload.size() * static_cast<std::size_t>(calls)) die("remotecall_fetch_rtt_1mb: wrong sizes");
   }
-  Result res{"remotecall_fetch_rtt_1mb", vscale::nprocs(), calls, median(per), {}, {}, {}};
+  Result res{"remotecall_fetch_rtt_1mb", vscale::nprocs(), calls, median(per), {}, {}, {}, {}};
   res.per_s = 1.0 / res.seconds;
   res.ratio = res.seconds / ref;
   return res;
@@ -251,7 +206,7 @@ Result remote_do_rate(int w, int reps, long calls) {
                "bench_remotecall: note: remote_do calls were still running after a later remotecall_fetch returned "
                "({} extra counter reads; the worker runs calls on several threads)\n",
                extra_polls);
-  Result res{"remote_do_rate", vscale::nprocs(), calls, median(per), {}, {}, {}};
+  Result res{"remote_do_rate", vscale::nprocs(), calls, median(per), {}, {}, {}, {}};
   res.per_s = 1.0 / res.seconds;
   return res;
 }
@@ -279,7 +234,7 @@ Result startup(int n, int reps) {
     vscale::rmprocs(ids);
     per.push_back(t);
   }
-  Result res{"startup", n, n, median(per), {}, {}, {}};
+  Result res{"startup", n, n, median(per), {}, {}, {}, {}};
   return res;
 }
 

@@ -264,6 +264,76 @@ inline std::vector<std::string> split_on(const std::string& s, char sep) {
   return out;
 }
 
+/// The first executable `name` in $PATH, or "".
+inline std::string find_in_path(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  for (const std::string& d : split_on(path ? path : "", ':')) {
+    const std::string p = (d.empty() ? std::string(".") : d) + "/" + name;
+    if (access(p.c_str(), X_OK) == 0) return p;
+  }
+  return "";
+}
+
+/// What a run under mpirun gave: the JSON lines it printed, or why there are none.
+struct MpiRunOutput {
+  std::vector<std::string> lines;  // every line with a "variant"
+  std::string why;                 // when the run could not be made or failed
+  std::string command;
+};
+
+/// Runs program `name` (beside this one; "" for this program itself) as one rank per entry of
+/// `rank_args` (each rank its own arguments: `mpirun -n 1 prog A : -n 1 prog B`), with
+/// `--bind-to none --oversubscribe`, and the two OMPI_ALLOW_RUN_AS_ROOT variables when run as
+/// root. popen, not fork: the caller has threads; the shell it starts only execs the command.
+/// A reference must not hang the bench (an mpirun stuck probing networks): at most 5 minutes.
+inline MpiRunOutput run_under_mpirun(const std::string& name, const std::vector<std::string>& rank_args) {
+  MpiRunOutput run;
+  char exe[4096];
+  const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+  if (len <= 0) {
+    run.why = std::string("cannot read /proc/self/exe: ") + std::strerror(errno);
+    return run;
+  }
+  const std::string self(exe, static_cast<std::size_t>(len));
+  const std::string prog = name.empty() ? self : self.substr(0, self.rfind('/')) + "/" + name;
+  const std::string mpirun = find_in_path("mpirun");
+  if (mpirun.empty()) {
+    run.why = "no mpirun in PATH (Open MPI is not installed here: apt-get install openmpi-bin)";
+    return run;
+  }
+  if (access(prog.c_str(), X_OK) != 0) {
+    run.why = fmt::format("{} is missing (built only where CMake found MPI: libopenmpi-dev)", prog);
+    return run;
+  }
+  const std::string env = geteuid() == 0 ? "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " : "";
+  const std::string timeout = find_in_path("timeout");
+  const std::string limit = timeout.empty() ? "" : fmt::format("'{}' -k 5 300 ", timeout);
+  std::string ranks;
+  for (const std::string& a : rank_args) ranks += fmt::format("{}-n 1 '{}' {}", ranks.empty() ? "" : " : ", prog, a);
+  run.command = fmt::format("{}{}'{}' --bind-to none --oversubscribe {}", env, limit, mpirun, ranks);
+  std::fflush(nullptr);  // nothing of ours buffered twice
+  std::FILE* p = popen(run.command.c_str(), "r");
+  if (!p) {
+    run.why = fmt::format("popen: {}", std::strerror(errno));
+    return run;
+  }
+  std::string out;
+  char buf[4096];
+  for (std::size_t k; (k = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, k);
+  const int status = pclose(p);
+  for (const std::string& line : split_on(out, '\n'))
+    if (json_field(line, "variant")) run.lines.push_back(line);
+  if (status != 0) run.why = fmt::format("`{}` failed (status {})", run.command, status);
+  return run;
+}
+
+/// The line of `variant` among a run's lines, or "".
+inline std::string line_of(const MpiRunOutput& run, const std::string& variant) {
+  for (const std::string& l : run.lines)
+    if (json_field(l, "variant") == variant) return l;
+  return "";
+}
+
 /// "1,2,4" -> {"1", "2", "4"} (empty parts dropped): the benchmarks' list options.
 inline std::vector<std::string> split_commas(const std::string& s) {
   std::vector<std::string> out;

@@ -109,17 +109,56 @@ Waitable distributed_for_impl(IndexRange r, Body body, bool threaded) {
   return Waitable(std::move(parts));
 }
 
+// One worker's chunk reduced there (a stateless lambda: shipped by code address).
+template <class R, class Body, class Reducer>
+Future<R> push_reduce_chunk(int w, const Body& body, const Reducer& reducer, long lo, long hi, bool threaded) {
+  return remotecall_push(w, [](const Body& b, const Reducer& red, long first, long last, bool th) {
+    return reduce_chunk<R>(b, red, first, last, th);
+  }, body, reducer, lo, hi, threaded);
+}
+
+// A run of consecutive chunks whose workers share a host other than the caller's: one call to
+// the run's first worker, which hands the other chunks to its node's workers, reduces its own
+// meanwhile, and folds theirs in chunk order. So the body crosses between nodes once per node,
+// and one value per node comes back (issue 12: reduce on each node first).
+template <class R, class Body, class Reducer>
+Future<R> push_reduce_run(const std::vector<int>& ids, const std::vector<long>& bounds, const Body& body,
+                          const Reducer& reducer, bool threaded) {
+  return remotecall_push(ids.front(), [](const Body& b, const Reducer& red, const std::vector<int>& ws,
+                                         const std::vector<long>& at, bool th) {
+    std::vector<Future<R>> rest;
+    for (std::size_t k = 1; k < ws.size(); ++k) rest.push_back(push_reduce_chunk<R>(ws[k], b, red, at[k], at[k + 1], th));
+    R acc = reduce_chunk<R>(b, red, at[0], at[1], th);
+    for (auto& f : rest) acc = red(std::move(acc), f.fetch());
+    return acc;
+  }, body, reducer, ids, bounds, threaded);
+}
+
 template <class Body, class Reducer>
 auto distributed_reduce_impl(IndexRange r, Body body, Reducer reducer, bool threaded) {
   static_assert(std::is_invocable_v<const Body&, long>, "vscale: distributed_for's body must be callable as body(long i)");
   using R = std::decay_t<std::invoke_result_t<const Body&, long>>;
   static_assert(!std::is_void_v<R>, "vscale: a distributed_for with a reducer needs a body that returns a value");
   const auto ws = workers();
+  const auto chunks = chunks_of(r, ws.size());
+  const int here = host_of(myid());
   std::vector<Future<R>> parts;
-  for (const auto& [lo, hi] : chunks_of(r, ws.size()))
-    parts.push_back(remotecall_push(ws[parts.size()], [](const Body& b, const Reducer& red, long first, long last, bool th) {
-      return reduce_chunk<R>(b, red, first, last, th);
-    }, body, reducer, lo, hi, threaded));
+  for (std::size_t k = 0; k < chunks.size();) {
+    // The run of chunks k..e-1 on one host (one host for all, without MPI).
+    const int h = host_of(ws[k]);
+    std::size_t e = k + 1;
+    while (e < chunks.size() && host_of(ws[e]) == h) ++e;
+    if (h == here || e - k == 1) {
+      for (; k < e; ++k) parts.push_back(push_reduce_chunk<R>(ws[k], body, reducer, chunks[k].first, chunks[k].second, threaded));
+      continue;
+    }
+    std::vector<int> ids(ws.begin() + static_cast<long>(k), ws.begin() + static_cast<long>(e));
+    std::vector<long> bounds;
+    for (std::size_t j = k; j < e; ++j) bounds.push_back(chunks[j].first);
+    bounds.push_back(chunks[e - 1].second);
+    parts.push_back(push_reduce_run<R>(ids, bounds, body, reducer, threaded));
+    k = e;
+  }
   if (parts.empty()) return R{};
   R acc = parts[0].fetch();
   for (std::size_t k = 1; k < parts.size(); ++k) acc = reducer(std::move(acc), parts[k].fetch());
@@ -144,7 +183,9 @@ Waitable distributed_for(Threaded, IndexRange r, Body body) {
 
 /// Reduce body(i) over every i in `r` with `reducer` (e.g. std::plus<>{}): each worker reduces
 /// its chunk, then the caller reduces the workers' results in chunk order (Julia's
-/// `@distributed (+) for`). An empty range gives a value-initialized result.
+/// `@distributed (+) for`). Under mpirun the workers of another node reduce their chunks
+/// there first, so one value per node crosses between nodes (operands in the same order, grouped
+/// per node: the reducer must be associative, as Julia's). An empty range gives a value-initialized result.
 template <class Body, class Reducer>
 auto distributed_for(IndexRange r, Body body, Reducer reducer) {
   return detail::distributed_reduce_impl(r, std::move(body), std::move(reducer), false);

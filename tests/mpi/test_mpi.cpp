@@ -100,6 +100,40 @@ TEST_CASE("mpi.pmap_and_reduce") {
   CHECK(sum == n * (n - 1) / 2);
 }
 
+TEST_CASE("mpi.reduce_per_node_first") {
+  // Each operand says where it was made (i >= 0) and each reduction appends the id of the
+  // process that ran it, negated: then the master's own reductions can be counted.
+  auto body = [](long i) { return std::vector<long>{i}; };
+  auto cat = [](std::vector<long> a, const std::vector<long>& b) {
+    a.insert(a.end(), b.begin(), b.end());
+    a.push_back(-vscale::myid());
+    return a;
+  };
+  const long n = 600;
+  const auto r = vscale::distributed_for({0, n}, body, cat);
+  std::vector<long> items, by_master, elsewhere_remote;
+  for (long x : r) {
+    if (x >= 0) items.push_back(x);
+    else if (x == -1) by_master.push_back(x);
+    else if (vscale::host_of(static_cast<int>(-x)) != 0) elsewhere_remote.push_back(x);
+  }
+  std::vector<long> expect(n);
+  std::iota(expect.begin(), expect.end(), 0L);
+  CHECK(items == expect);  // every element once, in order
+  // The master folds its node's 2 chunks and one value per other node: 3 reductions, not 5.
+  CHECK(by_master.size() == workers_on(0).size() + 2 - 1);
+  // Each other node's first worker folded its node's second chunk into its own.
+  for (int h = 1; h < 3; ++h) {
+    CAPTURE(h);
+    const long first = -workers_on(h).at(0);
+    const auto folds = std::count(elsewhere_remote.begin(), elsewhere_remote.end(), first);
+    CHECK(folds == static_cast<long>(n / 6 - 1 + 1));  // its chunk's own n/6 - 1, then one more
+  }
+  // With threads too.
+  const long sum = vscale::distributed_for(vscale::threaded, {0, n}, [](long i) { return i; }, std::plus<>{});
+  CHECK(sum == n * (n - 1) / 2);
+}
+
 TEST_CASE("mpi.channel_across_nodes") {
   const int owner = workers_on(1).at(1), feeder = workers_on(2).at(1);
   vscale::RemoteChannel<long> ch(16, owner);
