@@ -424,7 +424,7 @@ void LocalLauncher::reap(Worker& w) {
   if (w.removing) why = "was removed by rmprocs";
   if (!w.joined && w.failure.empty()) w.failure = why;
   const long pending = host_.pending_to(w.id);  // before they are failed below
-  host_.segment().set_dead(w.id, why);  // every process then fails what it waits for from it
+  host_.segment().set_dead(w.id, why, w.removing);  // every process then fails what it waits for from it
   if (w.joined && !w.removing && pending >= 0)
     std::fprintf(stderr, "vscale: worker %d (pid %d) died: %s; %ld pending call%s failed\n", w.id,
                  static_cast<int>(w.pid), why.c_str(), pending, pending == 1 ? "" : "s");

@@ -120,9 +120,10 @@ void Segment::set_alive(int id, int os_pid) const {
   header().epoch.fetch_add(1);
 }
 
-bool Segment::set_dead(int id, const std::string& reason) const {
+bool Segment::set_dead(int id, const std::string& reason, bool expected) const {
   auto& s = slot(id);
   if (s.state.load() == std::uint32_t(SlotState::Dead)) return false;
+  s.expected.store(expected ? 1 : 0);
   const std::size_t n = std::min(sizeof s.reason - 1, reason.size());
   std::memcpy(s.reason, reason.data(), n);
   s.reason[n] = 0;

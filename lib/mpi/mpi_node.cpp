@@ -244,7 +244,7 @@ struct MpiNode::Impl {
       d.os_pid = s.os_pid.load();
       std::memcpy(d.reason, s.reason, sizeof d.reason);
       d.reason[sizeof d.reason - 1] = 0;
-      d.quiet = told[id - 1] != std::uint32_t(SlotState::Alive) || std::strcmp(d.reason, "was removed by rmprocs") == 0;
+      d.quiet = told[id - 1] != std::uint32_t(SlotState::Alive) || s.expected.load() != 0;
       told[id - 1] = std::uint32_t(SlotState::Dead);
       dead[id - 1].store(1);
       broadcast(frame(Envelope{0, 0, kDied, 0, sizeof d}, &d, sizeof d));
@@ -310,7 +310,7 @@ struct MpiNode::Impl {
         dead[d.id - 1].store(1);
         const long pending = pending_to ? pending_to(d.id) : -1;  // before they are failed
         const bool was_alive = seg->slot(d.id).state.load() == std::uint32_t(SlotState::Alive);
-        if (!seg->set_dead(d.id, d.reason)) return;
+        if (!seg->set_dead(d.id, d.reason, d.quiet != 0)) return;
         if (!d.quiet && was_alive && pending >= 0)
           std::fprintf(stderr, "vscale: worker %d (node %d, %s, pid %d) died: %s; %ld pending call%s failed\n", d.id,
                        from_rank, info[from_rank].host, d.os_pid, d.reason, pending, pending == 1 ? "" : "s");

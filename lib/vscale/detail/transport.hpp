@@ -39,6 +39,7 @@ struct alignas(64) ProcSlot {
   std::atomic<std::uint32_t> interrupts;  // bumped by each vscale::interrupt of this process
   std::atomic<std::uint32_t> node;  // the node it runs on (0 on one host; an MPI rank under mpirun)
   char reason[120];  // why it is dead, written by the master before state becomes Dead
+  std::atomic<std::uint32_t> expected;  // its end was asked for (rmprocs): no one reports it as a death
   alignas(64) std::atomic<std::uint32_t> doorbell;
   std::atomic<std::uint32_t> awake;
 };
@@ -144,7 +145,8 @@ class Segment {
   /// `id` is gone for `reason` ("killed by SIGKILL"): the reason first, then the state, once
   /// (the first reason stays: other processes may be reading it). Bumps the epoch and rings
   /// every process's doorbell, so each fails what it waits for from `id`. False if already dead.
-  bool set_dead(int id, const std::string& reason) const;
+  /// `expected`: its end was asked for (rmprocs), so no node reports it as a death.
+  bool set_dead(int id, const std::string& reason, bool expected = false) const;
 
  private:
   void check_id(int id, const char* what) const {
