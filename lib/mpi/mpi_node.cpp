@@ -100,7 +100,12 @@ struct MpiNode::Impl {
   std::vector<MPI_Request> reqs;  // sends in flight, with their buffers
   std::vector<std::vector<char>> bufs;
   std::vector<int> done_idx;
-  std::vector<std::deque<std::vector<char>>> inq;  // per source rank: arrived, not yet written here
+  // A message from another node, being received (req not yet MPI_REQUEST_NULL) or arrived.
+  struct Incoming {
+    std::vector<char> buf;
+    MPI_Request req = MPI_REQUEST_NULL;
+  };
+  std::vector<std::deque<Incoming>> inq;  // per source rank, in MPI's order: not yet written here
 
   // ---- shared with other threads, under m
   std::mutex m;
@@ -267,6 +272,8 @@ struct MpiNode::Impl {
     return any;
   }
 
+  // Matches what has come and starts receiving it (MPI_Imrecv): a large message arrives while
+  // the gateway goes on forwarding, and delays only what its own node sent after it.
   bool receive() {
     bool did = false;
     for (int i = 0; i < 256 && !stop.load(std::memory_order_relaxed); ++i) {
@@ -281,16 +288,29 @@ struct MpiNode::Impl {
       if (!flag) break;
       int n = 0;
       MPI_Get_count(&st, MPI_BYTE, &n);
-      std::vector<char> buf(static_cast<std::size_t>(n));
-      rc = MPI_Mrecv(buf.data(), n, MPI_BYTE, &msg, MPI_STATUS_IGNORE);
+      Incoming in;
+      in.buf.resize(static_cast<std::size_t>(n));
+      rc = MPI_Imrecv(in.buf.data(), n, MPI_BYTE, &msg, &in.req);
       if (rc != MPI_SUCCESS) {
         lose(st.MPI_SOURCE, rc);
         break;
       }
-      if (buf.size() >= sizeof(Envelope)) inq[st.MPI_SOURCE].push_back(std::move(buf));
+      inq[st.MPI_SOURCE].push_back(std::move(in));
       did = true;
     }
     return did;
+  }
+
+  // Whether the first message from a node has arrived whole (false while it is being received).
+  bool arrived(int from_rank, Incoming& in) {
+    if (in.req == MPI_REQUEST_NULL) return true;
+    int flag = 0;
+    const int rc = MPI_Test(&in.req, &flag, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) {
+      lose(from_rank, rc);
+      return false;
+    }
+    return flag != 0;
   }
 
   void control(int from_rank, const Envelope& e, const char* body) {
@@ -351,8 +371,12 @@ struct MpiNode::Impl {
     bool did = false;
     for (int r = 0; r < size; ++r) {
       auto& q = inq[r];
-      while (!q.empty()) {
-        const auto& buf = q.front();
+      while (!q.empty() && arrived(r, q.front())) {
+        const auto& buf = q.front().buf;
+        if (buf.size() < sizeof(Envelope)) {  // nonsense: dropped
+          q.pop_front();
+          continue;
+        }
         Envelope e;
         std::memcpy(&e, buf.data(), sizeof e);
         const char* body = buf.data() + sizeof e;
