@@ -33,6 +33,12 @@
 //   hybrid     k/2 processes x 2 threads, for even k >= 4 only: at k = 2 it would be 1 x 2, the
 //              very run the threads mode makes. Skipped where k exceeds the usable CPUs
 //              (bench_advection refuses to oversubscribe hybrid runs).
+//   processes_3nodes  Monte Carlo only, once: k processes as an MPI job of 3 ranks on this
+//              machine (`env [OMPI_ALLOW_RUN_AS_ROOT...] mpirun --bind-to none --oversubscribe -n
+//              3 bench_scaling --mc-child ... -p k/3 -t 1`), k the largest multiple of 3 up to the
+//              largest count (at least 3), beside processes at k on one node (measured too if k is
+//              not in the list); + ratio_to_one_node (issue 12's target: >= 0.9). Skipped, with a
+//              note, without mpirun.
 // Speed-up = the time of the same workload in processes mode at k = 1 (1 worker x 1 thread) /
 // the time at k; openmp_reference's speed-up uses the same baseline, so every line of a panel is
 // comparable (an OpenMP line above the others means OpenMP is faster, not that it scales
@@ -296,6 +302,24 @@ class Driver {
               fmt::format("{}: no hybrid run at {} cores (more than the {} usable CPUs)", w, k, vscale::usable_cpus()));
       }
     }
+    if (w == "monte_carlo_pi") three_nodes(program);
+  }
+
+  // Monte Carlo pi over three "nodes" of this machine (issue 12): k processes as an MPI job of 3
+  // ranks, k/3 workers each, beside k processes on one node, k the largest multiple of 3 up to
+  // the largest count asked for (at least 3).
+  void three_nodes(const std::string& program) {
+    const std::string mpirun = bench_util::find_in_path("mpirun"), env = bench_util::find_in_path("env");
+    if (mpirun.empty() || env.empty()) {
+      notes_.push_back("monte_carlo_pi: no run over 3 nodes (no mpirun in PATH: apt-get install openmpi-bin)");
+      return;
+    }
+    const int k = std::max(3, c_.cores.back() / 3 * 3);
+    if (!find("monte_carlo_pi", "processes", k)) measure("monte_carlo_pi", program, "processes", k, k, 1);
+    std::vector<std::string> prefix{env};
+    if (geteuid() == 0) prefix.insert(prefix.end(), {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
+    prefix.insert(prefix.end(), {mpirun, "--bind-to", "none", "--oversubscribe", "-n", "3"});
+    measure("monte_carlo_pi", program, "processes_3nodes", k, k, 1, prefix);
   }
 
   const std::vector<Point>& points() const { return points_; }
@@ -310,10 +334,14 @@ class Driver {
 
  private:
   // One child: `workers` processes (0: the master alone, Monte Carlo only) x `threads`.
+  // `mpi_prefix`: the command that starts the child as 3 MPI ranks (Monte Carlo only), each with
+  // a third of the workers.
   void measure(const std::string& w, const std::string& program, const std::string& mode, int k, int workers,
-               int threads) {
-    const std::string R = std::to_string(c_.reps), T = std::to_string(threads), P = std::to_string(workers);
-    std::vector<std::string> args{program};
+               int threads, const std::vector<std::string>& mpi_prefix = {}) {
+    const int ranks = mpi_prefix.empty() ? 1 : 3;
+    const std::string R = std::to_string(c_.reps), T = std::to_string(threads), P = std::to_string(workers / ranks);
+    std::vector<std::string> args = mpi_prefix;
+    args.push_back(program);
     std::string variant;  // of the bench's lines that make this mode's point
     const bool with_openmp = mode == "processes" && w != "monte_carlo_pi";
     if (w == "advection") {
@@ -341,6 +369,11 @@ class Driver {
         const auto s = json_number(line, "seconds");
         if (!s || !(*s > 0)) break;
         Point p{w, as, k, std::max(1, workers), threads, *s, {}, {}, 0, 0};
+        if (ranks > 1 && json_number(line, "procs").value_or(0) != workers) {
+          fail(fmt::format("{}, {} at {}: `{}` ran {} workers, not {} over 3 nodes (is the program built without MPI?)",
+                           w, mode, cores_text(k), cmd, json_number(line, "procs").value_or(0), workers));
+          return std::nullopt;
+        }
         if (as == "openmp_reference") {  // one process with k threads
           p.procs = 1;
           p.threads = k;
@@ -388,6 +421,9 @@ class Driver {
     j.add(R"(,"reps":{})", c_.reps);
     if (p.ratio) j.add(R"(,"ratio_to_openmp":{:.4g})", *p.ratio);
     if (p.workload == "monte_carlo_pi") j.add(R"(,"pi":{:.9f},"max_stderrs":{:.3g})", p.pi, p.max_stderrs);
+    if (p.mode == "processes_3nodes")
+      if (const Point* one = find(p.workload, "processes", p.cores))
+        j.add(R"(,"nodes":3,"ratio_to_one_node":{:.4g})", one->seconds / p.seconds);
     j.print();
   }
 
@@ -421,6 +457,12 @@ void print_table(const Config& c, const Driver& d, const std::string& w) {
         const std::string ratio = !omp ? "" : p->ratio ? fmt::format("{:.2f}x", *p->ratio) : "-";
         fmt::print(row, k, mode, p->procs, p->threads, human_time(p->seconds), su, ratio);
       }
+  // Points at counts outside the list (the 3-node comparison), in the order measured.
+  for (const auto& p : d.points())
+    if (p.workload == w && (std::find(c.cores.begin(), c.cores.end(), p.cores) == c.cores.end() ||
+                            std::find(kModes.begin(), kModes.end(), p.mode) == kModes.end()))
+      fmt::print(row, p.cores, p.mode, p.procs, p.threads, human_time(p.seconds),
+                 p.speedup ? fmt::format("{:.2f}", *p.speedup) : "-", "");
 }
 
 // The issue's two targets, beside what this run measured (at 16 cores, else at the largest
@@ -438,6 +480,11 @@ void print_targets(std::FILE* out, const Config& c, const Driver& d) {
                       "processes, {1:.2f} x, ideal {0})\n", kmax, *q->speedup);
     else
       fmt::print(out, "  Monte Carlo pi: target >= 15 x speed-up at 16 processes; not measured\n");
+    for (const auto& p : d.points())
+      if (p.workload == "monte_carlo_pi" && p.mode == "processes_3nodes")
+        if (const Point* one = d.find("monte_carlo_pi", "processes", p.cores); one && one->speedup && p.speedup)
+          fmt::print(out, "  Monte Carlo pi, {} processes over 3 nodes: {:.2f} x speed-up, {:.2f} x on one node "
+                          "(ratio {:.3f}; target >= 0.9)\n", p.cores, *p.speedup, *one->speedup, one->seconds / p.seconds);
   }
   if (wanted("advection")) {
     if (const Point* p = d.find("advection", "hybrid", 16); p && p->ratio)
