@@ -54,7 +54,15 @@ def sized_to_pod(where, args):
 
 # Dockerfile: Debian 12, the README's set-up, a program that the set-up builds.
 with open(os.path.join(src, "deploy", "Dockerfile")) as f:
-    lines = [l.strip() for l in f if l.strip() and not l.lstrip().startswith("#")]
+    lines = []
+    for l in f:
+        l = l.strip()
+        if not l or l.startswith("#"):
+            continue
+        if lines and lines[-1].endswith("\\"):  # a continued instruction
+            lines[-1] = lines[-1][:-1].rstrip() + " " + l
+        else:
+            lines.append(l)
 instr = [(l.split(None, 1)[0].upper(), l.split(None, 1)[1] if " " in l else "") for l in lines]
 check(instr[0] == ("FROM", "debian:12"), f"Dockerfile: starts with {instr[0]}, not FROM debian:12")
 workdir = next((a for i, a in instr if i == "WORKDIR"), None)
@@ -71,6 +79,8 @@ entry_prog = yaml.safe_load(entry)[0] if entry else ""
 rel = os.path.relpath(example_file, binary_dir)  # where the build puts the example
 check(os.path.isfile(example_file), f"{example_file} was not built")
 check(entry_prog == f"{workdir}/build/{rel}", f"Dockerfile: ENTRYPOINT {entry_prog} is not the built {workdir}/build/{rel}")
+check(any("openssh-server" in r and "WITH_SSH" in r for r in runs),
+      "Dockerfile: no WITH_SSH step installing openssh-server (the MPIJob's worker pods run sshd)")
 cmd = next((a for i, a in instr if i == "CMD"), None)
 sized_to_pod("Dockerfile CMD", yaml.safe_load(cmd) if cmd else [])
 
