@@ -2,7 +2,8 @@
 # Installs what vscale needs on Debian 12 (only what is missing), builds it into build/
 # (Release), then:
 #   scripts/setup.sh demo   runs the demo
-#   scripts/setup.sh test   runs the whole ctest suite, then again under the sanitizers
+#   scripts/setup.sh test   runs the whole ctest suite, its MPI tests again with MPICH
+#                           (scripts/mpich.sh), then the suite under the sanitizers
 #                           (scripts/sanitizers.sh), and exits non-zero if any of it fails
 #   scripts/setup.sh        only installs and builds
 set -euo pipefail
@@ -18,6 +19,10 @@ esac
 packages=(g++ cmake make pkg-config libtbb-dev libeigen3-dev libfmt-dev
           doctest-dev libcereal-dev libhwloc-dev libopenmpi-dev openmpi-bin
           python3-yaml)
+# The test command also runs the MPI tests with MPICH (scripts/mpich.sh).
+if [[ "$mode" == test ]]; then
+  packages+=(mpich libmpich-dev)
+fi
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -78,6 +83,9 @@ case "$mode" in
     # it for a quick local run). The status is the first failure's.
     status=0
     ctest --test-dir build --output-on-failure -j2 || status=$?
+    mpich=0
+    bash scripts/mpich.sh || mpich=$?
+    if ((status == 0)); then status=$mpich; fi
     if [[ "${VSCALE_SKIP_SANITIZERS:-0}" != 1 ]]; then
       san=0
       bash scripts/sanitizers.sh || san=$?
