@@ -209,7 +209,10 @@ void LocalLauncher::check_room(int n) {
 
 void LocalLauncher::spawn(Batch& b) {
   // Runs on the monitor thread (see the file comment about PR_SET_PDEATHSIG).
-  std::string exe = b.exe.empty() ? std::string("/proc/self/exe") : b.exe;
+  // VSCALE_WORKER_EXE: the same program by its path, for a tool that follows exec (valgrind
+  // --trace-children=yes) but cannot follow /proc/self/exe (under the tool, that is the tool).
+  const char* exe_env = std::getenv("VSCALE_WORKER_EXE");
+  std::string exe = !b.exe.empty() ? b.exe : exe_env && *exe_env ? std::string(exe_env) : std::string("/proc/self/exe");
   std::string cookie_env = "VSCALE_COOKIE=" + (b.cookie.empty() ? cookie_ : b.cookie);
   std::vector<std::string> env_store;
   for (char** e = environ; *e; ++e)
@@ -323,7 +326,8 @@ std::string exe_hint() {
   const char* pre = std::getenv("LD_PRELOAD");
   if (!pre || !std::strstr(pre, "vgpreload")) return {};
   return " (this program runs under valgrind, and a worker started from /proc/self/exe is valgrind's own "
-         "binary, not this program: run the tool on the program with -p 0)";
+         "binary, not this program: run the tool on the program with -p 0, or with --trace-children=yes and "
+         "VSCALE_WORKER_EXE=<the program's path>)";
 }
 }  // namespace
 

@@ -247,6 +247,36 @@ TEST_CASE("reliability.start_timeout_kills_workers_that_never_join") {
   ::rmdir(dir);
 }
 
+TEST_CASE("reliability.worker_exe_names_the_program_workers_run") {
+  // VSCALE_WORKER_EXE (for valgrind --trace-children): the program's own path works as
+  // /proc/self/exe does; another program is refused, named as not speaking the protocol.
+  char self[4096];
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  REQUIRE(n > 0);
+  self[n] = 0;
+  REQUIRE(::setenv("VSCALE_WORKER_EXE", self, 1) == 0);
+  const auto ids = vscale::addprocs(1);
+  REQUIRE(ids.size() == 1);
+  CHECK(vscale::remotecall_fetch(ids[0], [] { return vscale::myid(); }) == ids[0]);
+  vscale::rmprocs(ids);
+  const auto before = vscale::workers();
+  REQUIRE(::setenv("VSCALE_WORKER_EXE", "/bin/true", 1) == 0);
+  {
+    test_util::StderrCapture cap;
+    std::vector<int> bad;
+    try {
+      bad = vscale::addprocs(1);
+    } catch (const vscale::Error&) {  // none started: either way no worker
+    }
+    CHECK(bad.empty());
+    CHECK(cap.contents().find("failed to start") != std::string::npos);
+    MESSAGE(cap.contents());
+  }
+  ::unsetenv("VSCALE_WORKER_EXE");
+  CHECK(vscale::workers() == before);
+  cluster_works();
+}
+
 TEST_CASE("reliability.rmprocs_escalates_to_sigkill") {
   ensure_two_workers();
   const int w = vscale::addprocs(1).at(0);
