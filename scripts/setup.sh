@@ -81,18 +81,24 @@ case "$mode" in
     # The suite in the Release build, then again under ASan+UBSan and (a subset) under TSan
     # (scripts/sanitizers.sh, about 15 more minutes on 2 cores; VSCALE_SKIP_SANITIZERS=1 skips
     # it for a quick local run). The status is the first failure's.
+    # A line per part at the end, so that the tail of a long log says which part failed.
     status=0
-    ctest --test-dir build --output-on-failure -j2 || status=$?
-    mpich=0
-    bash scripts/mpich.sh || mpich=$?
-    if ((status == 0)); then status=$mpich; fi
+    summary=()
+    part() {  # part NAME COMMAND...: runs it, records its outcome, keeps the first failure
+      local rc=0
+      "${@:2}" || rc=$?
+      if ((rc == 0)); then summary+=("  $1: ok"); else summary+=("  $1: FAILED (exit $rc)"); fi
+      if ((status == 0)); then status=$rc; fi
+    }
+    part "Release suite (ctest in build/)" ctest --test-dir build --output-on-failure -j2
+    part "MPI tests with MPICH (scripts/mpich.sh)" bash scripts/mpich.sh
     if [[ "${VSCALE_SKIP_SANITIZERS:-0}" != 1 ]]; then
-      san=0
-      bash scripts/sanitizers.sh || san=$?
-      if ((status == 0)); then status=$san; fi
+      part "sanitizers (scripts/sanitizers.sh)" bash scripts/sanitizers.sh
     else
-      echo "setup.sh: VSCALE_SKIP_SANITIZERS=1: the sanitizer builds are skipped"
+      summary+=("  sanitizers: skipped (VSCALE_SKIP_SANITIZERS=1)")
     fi
+    echo "======== setup.sh test: summary ========"
+    printf '%s\n' "${summary[@]}"
     exit "$status"
     ;;
 esac
