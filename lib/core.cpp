@@ -211,6 +211,17 @@ void call_do(int pid, CodeRef invoker, Writer& args, bool may_block) {
   rt.send_msg(pid, CallDoMsg{invoker}, args.bytes().data(), args.bytes().size(), may_block);
 }
 
+bool spin_poll(bool (*ready)(void*), void* ctx) {
+  Runtime* rt = Runtime::current();
+  if (!rt) return ready(ctx);
+  return rt->spin_polling([&] { return ready(ctx); });
+}
+
+void call_inline(int pid, CodeRef invoker, Writer& args, bool may_block) {
+  Runtime& rt = Runtime::get("remote_do");
+  rt.send_msg(pid, CallInlineMsg{invoker}, args.bytes().data(), args.bytes().size(), may_block);
+}
+
 std::shared_ptr<FutureCore> new_local_core() {
   auto core = std::make_shared<FutureCore>();
   core->id = new_ref_id();

@@ -343,6 +343,9 @@ void Runtime::dispatch(Inbound&& m) {
       notify_local();
       return;
     }
+    case kCallInline:
+      run_inline(m);
+      return;
     case kFetch:
     case kWait:
     case kIsReady:
@@ -409,6 +412,21 @@ void Runtime::handle_ref_query(Inbound& m) {
     }
   }
   answer(false);
+}
+
+void Runtime::run_inline(Inbound& m) {
+  // On the polling thread, in ring order: the invoker must not block (core.hpp, call_inline).
+  const auto h = decode_head<CallInlineMsg>(m);
+  Reader in(payload_of<CallInlineMsg>(m), payload_size<CallInlineMsg>(m));
+  Writer out;
+  try {
+    auto inv = reinterpret_cast<Invoker>(const_cast<void*>(decode_code(h.code)));
+    inv(in, out);
+  } catch (...) {
+    const ErrorInfo err = ErrorInfo::from_current_exception(self_);
+    std::fprintf(stderr, "vscale: an inline call from process %d failed on process %d: %s: %s\n", m.src, self_,
+                 err.type.c_str(), err.message.c_str());
+  }
 }
 
 // ---------------------------------------------------------------- executor host

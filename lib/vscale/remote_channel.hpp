@@ -11,7 +11,12 @@
 // not trivially copyable, so a shipped lambda cannot capture one. Every operation is a
 // remotecall_fetch to the owner that waits there on the channel's condition variable (the
 // owner adds executor threads when calls queue behind blocked ones, see remotecall.hpp); on
-// the owner itself it goes straight to the state. All operations may be used from any process
+// the owner itself it goes straight to the state. The exception is put on a buffered channel
+// from another process: while the owner has reserved room for this process (credits, granted
+// with a put that went as a round trip), a put is one message and returns at once, so items
+// stream (detail/channel_credits.hpp). Order per producer and "nothing lost, nothing twice"
+// hold as for round trips: an operation from here after a put sees it in the channel, and
+// close() returns once every put on credit is in. All operations may be used from any process
 // and any thread.
 //
 //     vscale::RemoteChannel<int> jobs(32);          // owned by this process
@@ -133,7 +138,12 @@ class RemoteChannel {
   template <class A>
   void save(A& ar) const { ar(ref_, capacity_); }
   template <class A>
-  void load(A& ar) { ar(ref_, capacity_); }
+  void load(A& ar) {
+    ar(ref_, capacity_);
+    book_.reset();
+    // A buffered channel owned elsewhere: puts from here go on credit when they can.
+    if (ref_.valid() && capacity_ > 0 && !local()) book_ = detail::credit_book(id(), &detail::give_back_credits<T>);
+  }
 
   /// `for (T v : ch)`: takes values until the channel is closed and drained.
   struct sentinel {};
@@ -153,6 +163,7 @@ class RemoteChannel {
 
   detail::RemoteRef ref_;
   std::uint64_t capacity_ = 0;
+  std::shared_ptr<detail::CreditBook> book_;  // this process's credits on it (channel_credits.hpp)
 };
 
 /// RemoteChannel's input iterator: each step is a try_take().
@@ -187,9 +198,21 @@ RemoteChannel<T>::RemoteChannel(std::size_t capacity, int owner) {
 }
 
 // Throws ChannelClosedError when it is closed (unbuffered: also when closed before a take came).
+// From another process than the owner, a put on credit is one message and no wait
+// (channel_credits.hpp); without credit it is a round trip that brings credits back.
 template <class T>
 void RemoteChannel<T>::put(T v) const {
   check("put");
+  if (book_) {
+    if (book_->take_one()) {
+      detail::inline_call(owner(), true, &detail::ch_put_credited<T>, id(), myid(), std::move(v));
+      return;
+    }
+    const std::int64_t g = detail::channel_remote(owner(), &detail::ch_put_granting<T>, id(), myid(), std::move(v));
+    if (g < 0) closed_error("put", "the channel is closed");
+    book_->add(static_cast<std::uint64_t>(g));
+    return;
+  }
   if (!on_owner(&detail::ch_put<T>, myid(), std::move(v))) closed_error("put", "the channel is closed");
 }
 
@@ -360,7 +383,10 @@ namespace detail {
 /// On the process that will own it: a new channel and the first handle on it.
 template <class T>
 RemoteChannel<T> channel_make(std::uint64_t capacity) {
-  return RemoteChannel<T>(RemoteRef(new_remote_object(std::make_shared<ChannelState<T>>(capacity))), capacity);
+  auto state = std::make_shared<ChannelState<T>>(capacity);
+  auto core = new_remote_object(state);
+  state->id = core->id;  // (before any handle exists: nobody else can reach the state yet)
+  return RemoteChannel<T>(RemoteRef(std::move(core)), capacity);
 }
 }  // namespace detail
 

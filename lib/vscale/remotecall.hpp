@@ -219,6 +219,18 @@ void do_call(int pid, bool may_block, F&& f, Args&&... args) {
   pack_call<Fd, std::decay_t<Args>...>(w, f, args...);
   call_do(pid, code_of<&invoke_call<Fd, std::decay_t<Args>...>>(), w, may_block);
 }
+
+/// `f(args...)` on `pid`'s polling thread, as it receives the message, after everything this
+/// process sent `pid` before (call_inline): for short bookkeeping that never blocks. Not to
+/// this process itself.
+template <class F, class... Args>
+void inline_call(int pid, bool may_block, F&& f, Args&&... args) {
+  using Fd = std::decay_t<F>;
+  check_call<Fd, std::decay_t<Args>...>();
+  Writer w;
+  pack_call<Fd, std::decay_t<Args>...>(w, f, args...);
+  call_inline(pid, code_of<&invoke_call<Fd, std::decay_t<Args>...>>(), w, may_block);
+}
 }  // namespace detail
 
 /// Run `f(args...)` on `pid` without any answer. An exception there is printed there.

@@ -1,14 +1,17 @@
 // A RemoteChannel's state on its owner (remote_channel.hpp) and the operations that run
-// there: put, take, fetch, wait (plain and timed), close, and the verdicts on values held for
-// timed operations of other processes. Not for users (installed: RemoteChannel<T> instantiates
-// these templates).
+// there: put, take, fetch, wait (plain and timed), close, the verdicts on values held for
+// timed operations of other processes, and the owner's side of the credits that let other
+// processes put without a round trip (channel_credits.hpp). Not for users (installed:
+// RemoteChannel<T> instantiates these templates).
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <deque>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -16,6 +19,7 @@
 #include <utility>
 
 #include "vscale/cluster.hpp"
+#include "vscale/detail/channel_credits.hpp"
 #include "vscale/detail/remote_object.hpp"
 #include "vscale/remotecall.hpp"
 
@@ -36,8 +40,12 @@ struct ChReply {
 };
 
 template <class T>
+void ch_credit_revoke(RefId id, bool closing);
+
+template <class T>
 struct ChannelState {
   explicit ChannelState(std::uint64_t cap) : capacity(cap) {}
+  RefId id;  // set by channel_make
   std::mutex m;
   std::condition_variable not_empty;  // a value arrived, or closed
   std::condition_variable not_full;   // a value left, a taker came, or closed
@@ -59,13 +67,62 @@ struct ChannelState {
   std::unordered_map<RefId, Held, RefIdHash> held;  // by ticket
   std::size_t held_takes = 0, held_puts = 0;
   std::size_t takers = 0;  // takes waiting now (an unbuffered put_for is served only when one waits)
+  // Credits (channel_credits.hpp): slots reserved for the puts of other processes, by process.
+  // `revoking`: asked back, no answer yet; `closing`: asked back for good (close).
+  struct Ledger {
+    std::uint64_t reserved = 0;
+    bool revoking = false;
+    bool closing = false;
+  };
+  std::map<int, Ledger> credit;
+  std::uint64_t reserved = 0;  // the sum over `credit`
+  std::size_t putters = 0;     // puts waiting for room now (no credit is granted while one waits)
 
   void pop_front() {
     q.pop_front();
     if (capacity == 0) qid.pop_front();
   }
-  bool room() const { return q.size() + held_takes + held_puts < capacity; }
-  bool closed_and_empty() const { return !open && q.empty() && held_takes == 0; }
+  std::uint64_t used() const { return q.size() + held_takes + held_puts + reserved; }
+  bool room() const { return used() < capacity; }
+  // Closed and empty, and no credited put on its way: a take can say so.
+  bool closed_and_empty() const { return !open && q.empty() && held_takes == 0 && reserved == 0; }
+  // With m held: room for a put; if there is none but slots stand reserved, ask them back.
+  bool room_or_revoke() {
+    if (room()) return true;
+    if (reserved > 0) revoke(false);
+    return false;
+  }
+  // With m held: ask every process holding credits to give back its unused ones (`closing`:
+  // and never to use credits again). The answers come as ch_credit_back.
+  void revoke(bool closing) {
+    for (auto it = credit.begin(); it != credit.end();) {
+      auto cur = it++;
+      Ledger& l = cur->second;
+      if (l.reserved == 0 || (l.revoking && (l.closing || !closing))) continue;
+      l.revoking = true;
+      l.closing = l.closing || closing;
+      try {
+        inline_call(cur->first, false, &ch_credit_revoke<T>, id, closing);
+      } catch (...) {  // gone: its credits with it
+        drop(cur);
+      }
+    }
+  }
+  // With m held: credits for `caller`, which has just put a value: up to half of the room
+  // left, none while another put waits for room.
+  std::uint64_t grant(int caller) {
+    if (putters > 0 || !open || capacity <= used()) return 0;
+    const std::uint64_t g = std::min<std::uint64_t>((capacity - used()) / 2, kMaxGrant);
+    if (g == 0) return 0;
+    credit[caller].reserved += g;
+    reserved += g;
+    return g;
+  }
+  static constexpr std::uint64_t kMaxGrant = 4096;
+  void drop(typename std::map<int, Ledger>::iterator it) {
+    reserved -= it->second.reserved;
+    credit.erase(it);
+  }
   bool in_queue(std::uint64_t put) const { return std::find(qid.begin(), qid.end(), put) != qid.end(); }
   bool on_offer(std::uint64_t put) const {
     if (held_takes == 0) return false;
@@ -92,15 +149,23 @@ struct ChannelState {
       }
     }
   }
-  // With m held: values held for processes that are gone go back (their verdict never comes).
+  // With m held: values held for processes that are gone go back (their verdict never comes),
+  // and their credits are dropped.
   void sweep() {
-    if (held.empty()) return;
+    if (held.empty() && credit.empty()) return;
     const auto live = procs();
     bool any = false;
     for (auto it = held.begin(); it != held.end();) {
       auto cur = it++;
       if (!std::binary_search(live.begin(), live.end(), cur->second.caller)) {
         settle(cur, false);
+        any = true;
+      }
+    }
+    for (auto it = credit.begin(); it != credit.end();) {
+      auto cur = it++;
+      if (!std::binary_search(live.begin(), live.end(), cur->first)) {
+        drop(cur);
         any = true;
       }
     }
@@ -175,13 +240,101 @@ bool ch_put(RefId id, int caller, T v) {  // false: closed
   std::unique_lock lk(s->m);
   channel_wait(lk, s->not_full, caller, [&] {
     s->sweep();
-    return !s->open || s->room();
+    return !s->open || s->room_or_revoke();
   }, "put");
   if (!s->open) return false;
   s->q.push_back(std::move(v));
   lk.unlock();
   s->not_empty.notify_all();  // takers and fetchers/waiters
   return true;
+}
+
+/// A put from another process without credit (channel_credits.hpp): waits for room, puts, and
+/// grants `caller` credits for its next puts. -1: closed; else the credits granted.
+template <class T>
+std::int64_t ch_put_granting(RefId id, int caller, T v) {
+  auto s = ch_state<T>(id);
+  if (!s) return -1;
+  std::unique_lock lk(s->m);
+  {
+    TakerMark waiting(s->putters);  // (counts a waiting put the same way)
+    channel_wait(lk, s->not_full, caller, [&] {
+      s->sweep();
+      return !s->open || s->room_or_revoke();
+    }, "put");
+  }
+  if (!s->open) return -1;
+  s->q.push_back(std::move(v));
+  const auto g = static_cast<std::int64_t>(s->grant(caller));
+  lk.unlock();
+  s->not_empty.notify_all();
+  return g;
+}
+
+/// A put on credit from `producer`, on this (the owner's) polling thread as it arrives: its
+/// slot is reserved, so it never waits. After a close it still goes in: close waits for it.
+template <class T>
+void ch_put_credited(RefId id, int producer, T v) {
+  auto s = ch_state<T>(id);
+  if (!s) return;  // freed: no handle is left anywhere, nobody can see the value
+  {
+    std::lock_guard lk(s->m);
+    auto it = s->credit.find(producer);
+    if (it != s->credit.end() && it->second.reserved > 0) {
+      --it->second.reserved;
+      --s->reserved;
+      if (it->second.reserved == 0 && !it->second.revoking) s->credit.erase(it);
+    } else if (!s->open) {
+      // Its credits were dropped (the process was taken for gone) and the channel is closed.
+      std::fprintf(stderr, "vscale: a put from process %d to a closed RemoteChannel %s was dropped\n", producer,
+                   ref_id_name(id).c_str());
+      return;
+    }
+    s->q.push_back(std::move(v));
+  }
+  s->not_empty.notify_all();
+  s->not_full.notify_all();  // a close waiting for the last credited put
+}
+
+/// `producer` gives back `n` unused credits (`answer`: in answer to a revoke), on this (the
+/// owner's) polling thread.
+template <class T>
+void ch_credit_back(RefId id, int producer, std::uint64_t n, bool answer) {
+  auto s = ch_state<T>(id);
+  if (!s) return;
+  {
+    std::lock_guard lk(s->m);
+    auto it = s->credit.find(producer);
+    if (it == s->credit.end()) return;
+    n = std::min(n, it->second.reserved);
+    it->second.reserved -= n;
+    s->reserved -= n;
+    if (answer) it->second.revoking = false;
+    if (it->second.reserved == 0 && !it->second.revoking) s->credit.erase(it);
+  }
+  s->not_full.notify_all();
+  s->not_empty.notify_all();  // a take waiting to know whether the closed channel is empty
+}
+
+/// The owner asks for this process's credits on channel `id` (on this process's polling
+/// thread): the unused ones go back.
+template <class T>
+void ch_credit_revoke(RefId id, bool closing) {
+  std::uint64_t n = 0;
+  if (auto b = find_credit_book(id)) n = b->revoke(closing);
+  try {
+    inline_call(id.owner, false, &ch_credit_back<T>, id, self_id(), n, true);
+  } catch (...) {  // the owner is gone
+  }
+}
+
+/// CreditBook::GiveBack for channels of T.
+template <class T>
+void give_back_credits(int owner, RefId id, std::uint64_t n, bool answer) noexcept {
+  try {
+    inline_call(owner, false, &ch_credit_back<T>, id, self_id(), n, answer);
+  } catch (...) {  // the owner or this session is gone: so are the credits
+  }
 }
 
 /// A timed put: `ticket` RefId{} from the owner's own process (done at once), else the value is held
@@ -197,7 +350,7 @@ std::uint8_t ch_put_timed(RefId id, int caller, RefId ticket, T v, std::int64_t 
     s->sweep();
     if (!s->open) return true;
     // Unbuffered: served once a take waits for a value that no other put has promised.
-    return s->capacity ? s->room() : s->takers > s->q.size() + s->held_puts;
+    return s->capacity ? s->room_or_revoke() : s->takers > s->q.size() + s->held_puts;
   }, "put_for", until_ns, serve_ns);
   if (!ok) return kChTimedOut;
   if (!s->open) return kChClosed;
@@ -351,13 +504,23 @@ std::uint64_t ch_length(RefId id) {
   return s->q.size();
 }
 
+// Returns once every credit is used or given back (channel_credits.hpp): a credited put that
+// returned before this began is in the channel then.
 template <class T>
 void ch_close(RefId id) {
   auto s = ch_state<T>(id);
   if (!s) return;
   {
-    std::lock_guard lk(s->m);
+    std::unique_lock lk(s->m);
     s->open = false;
+    s->revoke(true);
+    s->not_empty.notify_all();
+    s->not_full.notify_all();
+    while (s->reserved > 0) {
+      s->not_full.wait_for(lk, std::chrono::milliseconds(100));
+      s->sweep();
+      s->revoke(true);  // (one whose grant was on its way when it answered)
+    }
   }
   s->not_empty.notify_all();
   s->not_full.notify_all();

@@ -157,11 +157,21 @@ std::shared_ptr<FutureCore> call_push(int pid, CodeRef invoker, Writer& args);
 /// Remote call without any answer (`may_block` false: never waits for ring space, for use in
 /// destructors that may run on the polling thread).
 void call_do(int pid, CodeRef invoker, Writer& args, bool may_block = true);
+/// Like call_do, but the call runs on `pid`'s polling thread as the message is received, in
+/// the order of the ring from here (after everything this process sent `pid` before). For
+/// short bookkeeping that never blocks (a channel's credited puts and credits); an exception
+/// there is printed there.
+void call_inline(int pid, CodeRef invoker, Writer& args, bool may_block = true);
 /// A Future whose value is produced by this process.
 std::shared_ptr<FutureCore> new_local_core();
 /// A fresh id owned and created by this process: the one id scheme for everything a process
 /// names for others (values, channels, pools, pmap runs, SharedArrays, timed operations).
 RefId new_ref_id();
+/// Spin a while, polling this process's messages (they are dispatched here), until
+/// ready(ctx): for a wait whose wake-up would come from a message this process receives (a
+/// local take on a channel that other processes put to on credit). Within the job's spin
+/// budget; false when ready(ctx) still does not hold (then sleep).
+bool spin_poll(bool (*ready)(void*), void* ctx);
 /// Run `fn` on this process's executor, as an incoming call would.
 void submit_local(std::function<void()> fn);
 /// Block until `core` is no longer pending here, fetching from its owner when needed

@@ -28,6 +28,8 @@ enum MsgKind : std::uint16_t {
   kDelRef = 9,     // DelRefMsg: weight given back by a handle that is gone
   kExit = 10,      // ExitMsg: leave politely
   kInterrupt = 11, // InterruptMsg: cancel the calls in flight here (vscale::interrupt)
+  kCallInline = 12,  // CallInlineMsg, then the arguments; no answer; run by the poller that
+                     // receives it, in the order of its ring (short, never blocking: channel credits)
 };
 
 struct CallFetchMsg {
@@ -42,6 +44,10 @@ struct CallRefMsg {
 };
 struct CallDoMsg {
   static constexpr MsgKind kind = kCallDo;
+  CodeRef code;
+};
+struct CallInlineMsg {
+  static constexpr MsgKind kind = kCallInline;
   CodeRef code;
 };
 struct ResultMsg {

@@ -180,6 +180,7 @@ bool channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv,
   const bool remote = caller != self_id();
   const std::uint32_t caller_gen = remote ? interrupts_of(caller) : 0;
   const bool timed = until_ns != kNoDeadlineNs || serve_ns != kNoDeadlineNs;
+  bool spun = false;
   for (;;) {
     const std::int64_t now = timed ? ch_now_ns() : 0;
     if (now < serve_ns && pred()) return true;
@@ -191,6 +192,24 @@ bool channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv,
       throw InterruptedException(std::string("vscale: ") + what + " abandoned: the calling process " +
                                  std::to_string(caller) + " was interrupted (vscale::interrupt)");
     check_interrupt();
+    if (!remote && !spun) {
+      // This process's own thread: what it waits for may come as a message (a put on credit,
+      // channel_credits.hpp), so spin a while polling first, as a wait for a result does: a
+      // stream of puts then costs no wake-up per item.
+      spun = true;
+      struct Ctx {
+        std::unique_lock<std::mutex>* lk;
+        Pred* pred;
+      } ctx{&lk, &pred};
+      lk.unlock();
+      spin_poll([](void* c) {
+        auto& x = *static_cast<Ctx*>(c);
+        std::lock_guard g(*x.lk->mutex());
+        return (*x.pred)();
+      }, &ctx);
+      lk.lock();
+      continue;
+    }
     std::chrono::nanoseconds step = std::chrono::milliseconds(100);
     if (until_ns != kNoDeadlineNs) step = std::min(step, std::chrono::nanoseconds(until_ns - now));
     cv.wait_for(lk, step);

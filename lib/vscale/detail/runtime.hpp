@@ -117,6 +117,10 @@ class Runtime final : private ExecutorHost {
   void notify_local() { waiting_.wake_waiters(); }  // an answer or a value arrived here
   bool try_spin() noexcept { return waiting_.join_spinners(); }  // the job's spin budget
   void leave_spin() noexcept { waiting_.leave_spinners(); }
+  /// Spin while polling until pred() holds, for at most the spin time, within the job's spin
+  /// budget (false at once without a place in it). Returns pred()'s last answer.
+  template <class Pred>
+  bool spin_polling(Pred pred);
 
   Stats stats() const;
   Segment& segment() noexcept { return seg_; }
@@ -135,6 +139,7 @@ class Runtime final : private ExecutorHost {
   static void deliver(void* self, Inbound&& m);  // the transport's sink: dispatch
   void handle_membership();
   void handle_ref_query(Inbound& m);
+  void run_inline(Inbound& m);  // kCallInline: the call, here and now (on the polling thread)
   void ask_weight(const RefId& id, std::uint64_t weight);
   void progress_loop();
   template <class Ready>
@@ -192,6 +197,28 @@ void Runtime::doze(Ready ready, std::uint32_t bits, long timeout_ns) {
     PollingMark polling(*this);
     return poll_once();
   }, bits, timeout_ns);
+}
+
+template <class Pred>
+bool Runtime::spin_polling(Pred pred) {
+  if (pred()) return true;
+  if (!try_spin()) return false;
+  bool got = false;
+  {
+    PollingMark polling(*this);
+    const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
+    unsigned n = 0;
+    while (!(got = pred())) {
+      if (poll_once()) continue;
+      cpu_relax();
+      if ((++n & 63) == 0) {
+        if (std::chrono::steady_clock::now() > until) break;
+        sched_yield();
+      }
+    }
+  }
+  leave_spin();
+  return got;
 }
 
 template <class Pred>
