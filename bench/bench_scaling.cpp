@@ -309,17 +309,16 @@ class Driver {
   // ranks, k/3 workers each, beside k processes on one node, k the largest multiple of 3 up to
   // the largest count asked for (at least 3).
   void three_nodes(const std::string& program) {
-    const std::string mpirun = bench_util::find_in_path("mpirun"), env = bench_util::find_in_path("env");
-    if (mpirun.empty() || env.empty()) {
-      notes_.push_back("monte_carlo_pi: no run over 3 nodes (no mpirun in PATH: apt-get install openmpi-bin)");
+    std::string why;
+    std::vector<std::string> prefix = bench_util::mpirun_prefix(why);
+    if (prefix.empty()) {
+      notes_.push_back("monte_carlo_pi: no run over 3 nodes: " + why);
       return;
     }
     const int k = std::max(3, c_.cores.back() / 3 * 3);
     if (!find("monte_carlo_pi", "processes", k)) measure("monte_carlo_pi", program, "processes", k, k, 1);
-    std::vector<std::string> prefix{env};
-    if (geteuid() == 0) prefix.insert(prefix.end(), {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
-    prefix.insert(prefix.end(), {mpirun, "--bind-to", "none", "--oversubscribe", "-n", "3"});
-    measure("monte_carlo_pi", program, "processes_3nodes", k, k, 1, prefix);
+    prefix.insert(prefix.end(), {"-n", "3"});
+    measure("monte_carlo_pi", program, "processes_3nodes", k, k, 1, prefix, 3);
   }
 
   const std::vector<Point>& points() const { return points_; }
@@ -334,11 +333,10 @@ class Driver {
 
  private:
   // One child: `workers` processes (0: the master alone, Monte Carlo only) x `threads`.
-  // `mpi_prefix`: the command that starts the child as 3 MPI ranks (Monte Carlo only), each with
-  // a third of the workers.
+  // `mpi_prefix`: the command that starts the child as `ranks` MPI ranks (Monte Carlo only),
+  // each with its share of the workers.
   void measure(const std::string& w, const std::string& program, const std::string& mode, int k, int workers,
-               int threads, const std::vector<std::string>& mpi_prefix = {}) {
-    const int ranks = mpi_prefix.empty() ? 1 : 3;
+               int threads, const std::vector<std::string>& mpi_prefix = {}, int ranks = 1) {
     const std::string R = std::to_string(c_.reps), T = std::to_string(threads), P = std::to_string(workers / ranks);
     std::vector<std::string> args = mpi_prefix;
     args.push_back(program);
@@ -370,8 +368,8 @@ class Driver {
         if (!s || !(*s > 0)) break;
         Point p{w, as, k, std::max(1, workers), threads, *s, {}, {}, 0, 0};
         if (ranks > 1 && json_number(line, "procs").value_or(0) != workers) {
-          fail(fmt::format("{}, {} at {}: `{}` ran {} workers, not {} over 3 nodes (is the program built without MPI?)",
-                           w, mode, cores_text(k), cmd, json_number(line, "procs").value_or(0), workers));
+          fail(fmt::format("{}, {} at {}: `{}` ran {} workers, not {} over {} nodes (is the program built without MPI?)",
+                           w, mode, cores_text(k), cmd, json_number(line, "procs").value_or(0), workers, ranks));
           return std::nullopt;
         }
         if (as == "openmp_reference") {  // one process with k threads

@@ -274,6 +274,21 @@ inline std::string find_in_path(const std::string& name) {
   return "";
 }
 
+/// The start of every mpirun command of the benches, as argv: `env [OMPI_ALLOW_RUN_AS_ROOT=1
+/// OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1] mpirun --bind-to none --oversubscribe` (the variables
+/// when run as root); the ranks follow. Empty, with `why` set, when mpirun is not in PATH.
+inline std::vector<std::string> mpirun_prefix(std::string& why) {
+  const std::string mpirun = find_in_path("mpirun"), env = find_in_path("env");
+  if (mpirun.empty() || env.empty()) {
+    why = "no mpirun in PATH (Open MPI is not installed here: apt-get install openmpi-bin)";
+    return {};
+  }
+  std::vector<std::string> argv{env};
+  if (geteuid() == 0) argv.insert(argv.end(), {"OMPI_ALLOW_RUN_AS_ROOT=1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"});
+  argv.insert(argv.end(), {mpirun, "--bind-to", "none", "--oversubscribe"});
+  return argv;
+}
+
 /// What a run under mpirun gave: the JSON lines it printed, or why there are none.
 struct MpiRunOutput {
   std::vector<std::string> lines;  // every line with a "variant"
@@ -296,21 +311,17 @@ inline MpiRunOutput run_under_mpirun(const std::string& name, const std::vector<
   }
   const std::string self(exe, static_cast<std::size_t>(len));
   const std::string prog = name.empty() ? self : self.substr(0, self.rfind('/')) + "/" + name;
-  const std::string mpirun = find_in_path("mpirun");
-  if (mpirun.empty()) {
-    run.why = "no mpirun in PATH (Open MPI is not installed here: apt-get install openmpi-bin)";
-    return run;
-  }
+  const std::vector<std::string> prefix = mpirun_prefix(run.why);
+  if (prefix.empty()) return run;
   if (access(prog.c_str(), X_OK) != 0) {
     run.why = fmt::format("{} is missing (built only where CMake found MPI: libopenmpi-dev)", prog);
     return run;
   }
-  const std::string env = geteuid() == 0 ? "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " : "";
   const std::string timeout = find_in_path("timeout");
-  const std::string limit = timeout.empty() ? "" : fmt::format("'{}' -k 5 300 ", timeout);
-  std::string ranks;
-  for (const std::string& a : rank_args) ranks += fmt::format("{}-n 1 '{}' {}", ranks.empty() ? "" : " : ", prog, a);
-  run.command = fmt::format("{}{}'{}' --bind-to none --oversubscribe {}", env, limit, mpirun, ranks);
+  run.command = timeout.empty() ? "" : fmt::format("'{}' -k 5 300 ", timeout);
+  for (const std::string& a : prefix) run.command += fmt::format("'{}' ", a);
+  for (std::size_t r = 0; r < rank_args.size(); ++r)
+    run.command += fmt::format("{}-n 1 '{}' {}", r == 0 ? "" : " : ", prog, rank_args[r]);
   std::fflush(nullptr);  // nothing of ours buffered twice
   std::FILE* p = popen(run.command.c_str(), "r");
   if (!p) {
