@@ -17,7 +17,10 @@
 // stream (detail/channel_credits.hpp). Order per producer and "nothing lost, nothing twice"
 // hold as for round trips: an operation from here after a put sees it in the channel, and
 // close() returns once every put on credit is in. All operations may be used from any process
-// and any thread.
+// and any thread. Takes are not prefetched: a value moved to a consumer before its take asks
+// would belong to no one there (another consumer would get a later value first, and a consumer
+// that dies or stops would keep values nobody can take); to stream the other way, put batches
+// (a std::vector per item) or use pmap.
 //
 //     vscale::RemoteChannel<int> jobs(32);          // owned by this process
 //     vscale::RemoteChannel<int> other(8, 2);       // owned by worker 2

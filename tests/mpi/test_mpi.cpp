@@ -17,6 +17,7 @@
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <map>
 #include <numeric>
 #include <string>
 #include <thread>
@@ -152,6 +153,40 @@ TEST_CASE("mpi.channel_across_nodes") {
   CHECK(in_order);
   CHECK(total == 999L * 1000 / 2);
   ch.close();
+}
+
+TEST_CASE("mpi.channel_close_under_puts_from_other_nodes") {
+  // Puts on credit cross the gateways, and so do the owner's revokes at close: every put that
+  // returned is in the channel once close() has returned, once each and in order.
+  vscale::RemoteChannel<long> ch(1 << 20);
+  const std::vector<int> prods{workers_on(1).at(0), workers_on(2).at(0)};
+  std::vector<vscale::Future<long>> counts;
+  for (int w : prods)
+    counts.push_back(vscale::remotecall(w, [](vscale::RemoteChannel<long> c, long me) {
+      long k = 0;
+      try {
+        for (;; ++k) c.put(me * 1'000'000'000L + k);
+      } catch (const vscale::ChannelClosedError&) {
+      }
+      return k;
+    }, ch, long{w}));
+  std::this_thread::sleep_for(200ms);
+  ch.close();
+  std::map<long, std::vector<long>> got;
+  while (ch.isready()) {
+    const long v = ch.take();
+    got[v / 1'000'000'000L].push_back(v % 1'000'000'000L);
+  }
+  for (std::size_t i = 0; i < prods.size(); ++i) {
+    const long k = counts[i].fetch();
+    const auto& mine = got[prods[i]];
+    INFO("worker " << prods[i] << " on node " << vscale::host_of(prods[i]) << " returned from " << k << " puts");
+    CHECK(k > 0);
+    CHECK(mine.size() == static_cast<std::size_t>(k));
+    bool in_order = true;
+    for (std::size_t j = 0; j < mine.size(); ++j) in_order = in_order && mine[j] == static_cast<long>(j);
+    CHECK(in_order);
+  }
 }
 
 TEST_CASE("mpi.shared_array_stays_on_one_host") {

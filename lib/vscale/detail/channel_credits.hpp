@@ -17,6 +17,8 @@
 //    take sees "closed and empty" only when no credited put is still on its way.
 //  - A book whose last handle here goes gives its credits back. Credits held by a process
 //    that dies are dropped by the owner (a put of it still on the way is taken as it comes).
+//    A producer that is stopped (SIGSTOP) while it holds credits holds up close() until it
+//    runs again or is gone: its answer to the revoke is what close waits for.
 #pragma once
 
 #include <cstdint>
