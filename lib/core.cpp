@@ -211,6 +211,15 @@ void call_do(int pid, CodeRef invoker, Writer& args, bool may_block) {
   rt.send_msg(pid, CallDoMsg{invoker}, args.bytes().data(), args.bytes().size(), may_block);
 }
 
+void drain_incoming() {
+  if (Runtime* rt = Runtime::current()) rt->poll_now();
+}
+
+bool peer_drained(int pid) {
+  Runtime* rt = Runtime::current();
+  return rt && rt->drained(pid);
+}
+
 bool spin_poll(bool (*ready)(void*), void* ctx) {
   Runtime* rt = Runtime::current();
   if (!rt) return ready(ctx);

@@ -39,6 +39,7 @@ inline void tsan_message_received() {}
 namespace vscale::detail {
 
 thread_local std::uint32_t tl_dozing = 0;
+thread_local bool tl_polls = false;  // this thread holds poll_m_ (in poll_once or poll_now)
 thread_local bool tl_in_call = false;
 thread_local std::uint32_t tl_call_gen = 0;
 thread_local int tl_no_interrupt = 0;
@@ -89,6 +90,7 @@ Runtime& Runtime::get(const char* what) {
 void Runtime::start(int threads) {
   shm_.start(self_);
   known_dead_.assign(seg_.max_procs(), 0);
+  drained_ = std::make_unique<std::atomic<std::uint8_t>[]>(seg_.max_procs());
   current_.store(this, std::memory_order_release);
   waiting_.init(seg_, self_, spin_us_);  // the job's spin budget: the master's CPU count
   exec_.start(threads);
@@ -153,7 +155,10 @@ void Runtime::handle_membership() {
   }
   if (newly_dead.empty()) return;
   // What it wrote completely is still delivered; what we queued for it is dropped.
-  for (int d : newly_dead) shm_.forget(d, &Runtime::deliver, this);
+  for (int d : newly_dead) {
+    shm_.forget(d, &Runtime::deliver, this);
+    drained_[d - 1].store(1, std::memory_order_release);
+  }
   for (auto& r : reqs_.take_to(newly_dead)) r->fail(ErrorInfo{ErrorInfo::Exited, r->dest, {}, dead_reason(r->dest)});
   notify_local();
 }
@@ -272,6 +277,20 @@ void Runtime::kick_self_if_pending() {
 bool Runtime::poll_once() {
   std::unique_lock lk(poll_m_, std::try_to_lock);
   if (!lk) return false;
+  return poll_locked();
+}
+
+void Runtime::poll_now() {
+  if (tl_polls) return;  // inside a poll already (a dispatch): what it reads is being applied
+  std::unique_lock lk(poll_m_);
+  poll_locked();
+}
+
+bool Runtime::poll_locked() {
+  tl_polls = true;
+  struct Clear {
+    ~Clear() { tl_polls = false; }
+  } clear;
   bool did = false;
   if (seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_) {
     handle_membership();

@@ -16,6 +16,8 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -188,6 +190,63 @@ TEST_CASE("channel_credits.the_owner_dies_under_a_producer_with_credits") {
   } catch (const vscale::ProcessExitedException& e) {
     CHECK(e.pid() == w);
   }
+}
+
+namespace {
+// A value whose serialization fails on demand.
+struct Bomb {
+  bool boom = false;
+  long v = 0;
+  std::string pad;
+  template <class A>
+  void save(A& a) const {
+    if (boom) throw std::runtime_error("this value does not serialize");
+    a(boom, v, pad);
+  }
+  template <class A>
+  void load(A& a) {
+    a(boom, v, pad);
+  }
+};
+}  // namespace
+
+TEST_CASE("channel_credits.a_put_that_cannot_be_sent_keeps_its_credit") {
+  // The second put is on credit and throws before anything is sent: the credit is not lost,
+  // so close() still returns and the channel has exactly the first value.
+  vscale::RemoteChannel<Bomb> ch(100);
+  const bool threw = vscale::remotecall_fetch(w1(), [](vscale::RemoteChannel<Bomb> c) {
+    c.put(Bomb{false, 1, {}});  // a round trip: credits come back
+    try {
+      c.put(Bomb{true, 2, {}});
+    } catch (const std::exception&) {
+      return true;
+    }
+    return false;
+  }, ch);
+  CHECK(threw);
+  const auto t0 = std::chrono::steady_clock::now();
+  ch.close();
+  CHECK(std::chrono::steady_clock::now() - t0 < 5s);
+  CHECK(ch.take().v == 1);
+  CHECK(!ch.try_take());
+}
+
+TEST_CASE("channel_credits.a_third_process_sees_a_put_that_returned") {
+  // Owned by worker 1, filled on credit by worker 2; once worker 2's call has returned, the
+  // master's length and isready see every put, though they took another way than the puts.
+  const int owner = w1(), producer = w2();
+  vscale::RemoteChannel<long> ch(100000, owner);
+  for (int round = 0; round < 20; ++round) {
+    vscale::remotecall_wait(producer, [](vscale::RemoteChannel<long> c, long k) {
+      for (long i = 0; i < k; ++i) c.put(i);
+    }, ch, 200L);
+    REQUIRE(ch.length() == 200);
+    bool in_order = true;
+    for (long i = 0; i < 200; ++i) in_order = in_order && ch.take() == i;
+    CHECK(in_order);
+    CHECK(!ch.isready());
+  }
+  ch.close();
 }
 
 TEST_CASE("channel_credits.no_leaked_state") {

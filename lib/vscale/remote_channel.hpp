@@ -208,7 +208,12 @@ void RemoteChannel<T>::put(T v) const {
   check("put");
   if (book_) {
     if (book_->take_one()) {
-      detail::inline_call(owner(), true, &detail::ch_put_credited<T>, id(), myid(), std::move(v));
+      try {
+        detail::inline_call(owner(), true, &detail::ch_put_credited<T>, id(), myid(), std::move(v));
+      } catch (...) {  // not sent (the value would not serialize, say): the credit is still ours
+        book_->add(1);
+        throw;
+      }
       return;
     }
     const std::int64_t g = detail::channel_remote(owner(), &detail::ch_put_granting<T>, id(), myid(), std::move(v));

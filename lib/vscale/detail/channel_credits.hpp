@@ -16,7 +16,11 @@
 //    or given back, so a put that returned before the close began is in the channel, and a
 //    take sees "closed and empty" only when no credited put is still on its way.
 //  - A book whose last handle here goes gives its credits back. Credits held by a process
-//    that dies are dropped by the owner (a put of it still on the way is taken as it comes).
+//    that dies are dropped by the owner once everything it wrote there has been read, so
+//    its puts on the way are in first.
+//  - A put that returned is seen by every process that learns of it, not only by this one:
+//    while credits are out, the owner's operations that look at the values (take, fetch,
+//    wait, isready, length) first dispatch what is in its rings (ch_state_settled).
 //    A producer that is stopped (SIGSTOP) while it holds credits holds up close() until it
 //    runs again or is gone: its answer to the revoke is what close waits for.
 #pragma once

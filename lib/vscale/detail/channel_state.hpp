@@ -150,7 +150,8 @@ struct ChannelState {
     }
   }
   // With m held: values held for processes that are gone go back (their verdict never comes),
-  // and their credits are dropped.
+  // and their credits are dropped once everything they wrote here has been read (their puts
+  // on the way are in the channel first).
   void sweep() {
     if (held.empty() && credit.empty()) return;
     const auto live = procs();
@@ -164,7 +165,7 @@ struct ChannelState {
     }
     for (auto it = credit.begin(); it != credit.end();) {
       auto cur = it++;
-      if (!std::binary_search(live.begin(), live.end(), cur->first)) {
+      if (peer_drained(cur->first)) {
         drop(cur);
         any = true;
       }
@@ -188,6 +189,22 @@ struct TakerMark {
 template <class T>
 std::shared_ptr<ChannelState<T>> ch_state(const RefId& id) {
   return find_remote_object<ChannelState<T>>(id);
+}
+
+// The state, for an operation that looks at the values: while other processes hold credits,
+// their puts on the way are applied first, so that a put that returned before the caller
+// learned of it (through any chain of messages) is seen. (Not on the polling thread.)
+template <class T>
+std::shared_ptr<ChannelState<T>> ch_state_settled(const RefId& id) {
+  auto s = ch_state<T>(id);
+  if (!s) return s;
+  bool credited;
+  {
+    std::lock_guard lk(s->m);
+    credited = s->reserved > 0;
+  }
+  if (credited) drain_incoming();
+  return s;
 }
 
 // An unbuffered put (Julia's Channel(0)) on the owner's process: the value waits in the queue
@@ -238,10 +255,13 @@ bool ch_put(RefId id, int caller, T v) {  // false: closed
   if (!s) return false;
   if (s->capacity == 0) return ch_put_unbuffered(*s, caller, std::move(v), kNoDeadlineNs) == kChDone;
   std::unique_lock lk(s->m);
-  channel_wait(lk, s->not_full, caller, [&] {
-    s->sweep();
-    return !s->open || s->room_or_revoke();
-  }, "put");
+  {
+    TakerMark waiting(s->putters);  // (counts a waiting put the same way: no grants meanwhile)
+    channel_wait(lk, s->not_full, caller, [&] {
+      s->sweep();
+      return !s->open || s->room_or_revoke();
+    }, "put");
+  }
   if (!s->open) return false;
   s->q.push_back(std::move(v));
   lk.unlock();
@@ -346,12 +366,16 @@ std::uint8_t ch_put_timed(RefId id, int caller, RefId ticket, T v, std::int64_t 
   if (!s) return kChClosed;
   if (s->capacity == 0 && ticket == RefId{}) return ch_put_unbuffered(*s, caller, std::move(v), until_ns);
   std::unique_lock lk(s->m);
-  const bool ok = channel_wait(lk, s->not_full, caller, [&] {
-    s->sweep();
-    if (!s->open) return true;
-    // Unbuffered: served once a take waits for a value that no other put has promised.
-    return s->capacity ? s->room_or_revoke() : s->takers > s->q.size() + s->held_puts;
-  }, "put_for", until_ns, serve_ns);
+  bool ok;
+  {
+    TakerMark waiting(s->putters);
+    ok = channel_wait(lk, s->not_full, caller, [&] {
+      s->sweep();
+      if (!s->open) return true;
+      // Unbuffered: served once a take waits for a value that no other put has promised.
+      return s->capacity ? s->room_or_revoke() : s->takers > s->q.size() + s->held_puts;
+    }, "put_for", until_ns, serve_ns);
+  }
   if (!ok) return kChTimedOut;
   if (!s->open) return kChClosed;
   if (ticket == RefId{}) {
@@ -367,7 +391,7 @@ std::uint8_t ch_put_timed(RefId id, int caller, RefId ticket, T v, std::int64_t 
 
 template <class T>
 std::optional<T> ch_take(RefId id, int caller) {  // nullopt: closed and empty
-  auto s = ch_state<T>(id);
+  auto s = ch_state_settled<T>(id);
   if (!s) return std::nullopt;
   std::unique_lock lk(s->m);
   {
@@ -394,7 +418,7 @@ template <class T>
 ChReply<T> ch_take_timed(RefId id, int caller, RefId ticket, std::int64_t until_ns,
                          std::int64_t serve_ns) {
   ChReply<T> r;
-  auto s = ch_state<T>(id);
+  auto s = ch_state_settled<T>(id);
   if (!s) {
     r.outcome = kChClosed;
     return r;
@@ -451,7 +475,7 @@ std::uint8_t ch_verdict(RefId id, RefId ticket, bool accept) {
 
 template <class T>
 std::optional<T> ch_fetch(RefId id, int caller) {  // nullopt: closed and empty
-  auto s = ch_state<T>(id);
+  auto s = ch_state_settled<T>(id);
   if (!s) return std::nullopt;
   std::unique_lock lk(s->m);
   channel_wait(lk, s->not_empty, caller, [&] {
@@ -464,7 +488,7 @@ std::optional<T> ch_fetch(RefId id, int caller) {  // nullopt: closed and empty
 
 template <class T>
 std::uint8_t ch_wait_timed(RefId id, int caller, std::int64_t until_ns, std::int64_t serve_ns) {
-  auto s = ch_state<T>(id);
+  auto s = ch_state_settled<T>(id);
   if (!s) return kChClosed;
   std::unique_lock lk(s->m);
   const bool ok = channel_wait(lk, s->not_empty, caller, [&] {
@@ -482,7 +506,7 @@ bool ch_wait(RefId id, int caller) {  // false: closed and empty
 
 template <class T>
 bool ch_isready(RefId id) {
-  auto s = ch_state<T>(id);
+  auto s = ch_state_settled<T>(id);
   if (!s) return false;
   std::lock_guard lk(s->m);
   return !s->q.empty();
@@ -498,7 +522,7 @@ bool ch_isopen(RefId id) {
 
 template <class T>
 std::uint64_t ch_length(RefId id) {
-  auto s = ch_state<T>(id);
+  auto s = ch_state_settled<T>(id);
   if (!s) return 0;
   std::lock_guard lk(s->m);
   return s->q.size();

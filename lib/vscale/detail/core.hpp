@@ -172,6 +172,12 @@ RefId new_ref_id();
 /// local take on a channel that other processes put to on credit). Within the job's spin
 /// budget; false when ready(ctx) still does not hold (then sleep).
 bool spin_poll(bool (*ready)(void*), void* ctx);
+/// Dispatch now every message that is in this process's rings (waiting for a poll in progress
+/// on another thread): what any process wrote here before the caller learned of it, directly
+/// or through others, has been applied when this returns (a channel's puts on credit).
+void drain_incoming();
+/// `pid` is dead and everything it wrote to this process before has been delivered.
+bool peer_drained(int pid);
 /// Run `fn` on this process's executor, as an incoming call would.
 void submit_local(std::function<void()> fn);
 /// Block until `core` is no longer pending here, fetching from its owner when needed

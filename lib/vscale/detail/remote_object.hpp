@@ -192,22 +192,29 @@ bool channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv,
       throw InterruptedException(std::string("vscale: ") + what + " abandoned: the calling process " +
                                  std::to_string(caller) + " was interrupted (vscale::interrupt)");
     check_interrupt();
-    if (!remote && !spun) {
+    if (!remote && !timed && !spun) {
       // This process's own thread: what it waits for may come as a message (a put on credit,
       // channel_credits.hpp), so spin a while polling first, as a wait for a result does: a
-      // stream of puts then costs no wake-up per item.
+      // stream of puts then costs no wake-up per item. (Not for a timed wait: the spin would
+      // not stop at its deadline.)
       spun = true;
       struct Ctx {
         std::unique_lock<std::mutex>* lk;
         Pred* pred;
       } ctx{&lk, &pred};
+      struct Relock {  // locked again however the spin ends (pred may throw)
+        std::unique_lock<std::mutex>& l;
+        ~Relock() { l.lock(); }
+      };
       lk.unlock();
-      spin_poll([](void* c) {
-        auto& x = *static_cast<Ctx*>(c);
-        std::lock_guard g(*x.lk->mutex());
-        return (*x.pred)();
-      }, &ctx);
-      lk.lock();
+      {
+        Relock relock{lk};
+        spin_poll([](void* c) {
+          auto& x = *static_cast<Ctx*>(c);
+          std::lock_guard g(*x.lk->mutex());
+          return (*x.pred)();
+        }, &ctx);
+      }
       continue;
     }
     std::chrono::nanoseconds step = std::chrono::milliseconds(100);

@@ -114,6 +114,13 @@ class Runtime final : private ExecutorHost {
   /// NoInterrupt scopes).
   bool call_interrupted() const noexcept;
   bool poll_once();
+  /// One poll now, waiting for the poll lock if another thread holds it: every message that
+  /// was in a ring here when this was called has been dispatched when it returns.
+  void poll_now();
+  /// `id` is dead and everything it wrote here before has been delivered.
+  bool drained(int id) const noexcept {
+    return seg_.valid_id(id) && drained_[id - 1].load(std::memory_order_acquire) != 0;
+  }
   void notify_local() { waiting_.wake_waiters(); }  // an answer or a value arrived here
   bool try_spin() noexcept { return waiting_.join_spinners(); }  // the job's spin budget
   void leave_spin() noexcept { waiting_.leave_spinners(); }
@@ -139,6 +146,7 @@ class Runtime final : private ExecutorHost {
   static void deliver(void* self, Inbound&& m);  // the transport's sink: dispatch
   void handle_membership();
   void handle_ref_query(Inbound& m);
+  bool poll_locked();  // poll_once's work, with poll_m_ held
   void run_inline(Inbound& m);  // kCallInline: the call, here and now (on the polling thread)
   void ask_weight(const RefId& id, std::uint64_t weight);
   void progress_loop();
@@ -154,6 +162,7 @@ class Runtime final : private ExecutorHost {
   Segment& seg_ = shm_.segment();
   std::mutex poll_m_;
   std::vector<std::uint8_t> known_dead_;  // guarded by poll_m_
+  std::unique_ptr<std::atomic<std::uint8_t>[]> drained_;  // by id - 1: dead, and its ring read
   std::vector<int> peers_;                // guarded by poll_m_
   std::vector<Task> calls_;               // calls this poll found, guarded by poll_m_
   std::uint32_t seen_epoch_ = ~0u;
@@ -203,6 +212,10 @@ template <class Pred>
 bool Runtime::spin_polling(Pred pred) {
   if (pred()) return true;
   if (!try_spin()) return false;
+  struct Leave {
+    Runtime& rt;
+    ~Leave() { rt.leave_spin(); }
+  } leave{*this};  // (pred may throw)
   bool got = false;
   {
     PollingMark polling(*this);
@@ -217,7 +230,6 @@ bool Runtime::spin_polling(Pred pred) {
       }
     }
   }
-  leave_spin();
   return got;
 }
 
