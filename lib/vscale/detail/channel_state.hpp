@@ -123,6 +123,13 @@ struct ChannelState {
     reserved -= it->second.reserved;
     credit.erase(it);
   }
+  // With m held: `n` of `it`'s reserved slots are used or given back; the entry goes once
+  // nothing is reserved and no revoke waits for an answer.
+  void release(typename std::map<int, Ledger>::iterator it, std::uint64_t n) {
+    it->second.reserved -= n;
+    reserved -= n;
+    if (it->second.reserved == 0 && !it->second.revoking) credit.erase(it);
+  }
   bool in_queue(std::uint64_t put) const { return std::find(qid.begin(), qid.end(), put) != qid.end(); }
   bool on_offer(std::uint64_t put) const {
     if (held_takes == 0) return false;
@@ -153,14 +160,15 @@ struct ChannelState {
   // and their credits are dropped once everything they wrote here has been read (their puts
   // on the way are in the channel first).
   void sweep() {
-    if (held.empty() && credit.empty()) return;
-    const auto live = procs();
     bool any = false;
-    for (auto it = held.begin(); it != held.end();) {
-      auto cur = it++;
-      if (!std::binary_search(live.begin(), live.end(), cur->second.caller)) {
-        settle(cur, false);
-        any = true;
+    if (!held.empty()) {
+      const auto live = procs();
+      for (auto it = held.begin(); it != held.end();) {
+        auto cur = it++;
+        if (!std::binary_search(live.begin(), live.end(), cur->second.caller)) {
+          settle(cur, false);
+          any = true;
+        }
       }
     }
     for (auto it = credit.begin(); it != credit.end();) {
@@ -249,24 +257,32 @@ ChOutcome ch_put_unbuffered(ChannelState<T>& s, int caller, T v, std::int64_t un
   return kChDone;
 }
 
+// A put on a buffered channel: waits for room, puts, and (`grant`) grants `caller` credits.
+// -1: closed; else the credits granted.
+template <class T>
+std::int64_t ch_put_buffered(ChannelState<T>& s, int caller, T v, bool grant) {
+  std::unique_lock lk(s.m);
+  {
+    TakerMark waiting(s.putters);  // (counts a waiting put the same way: no grants meanwhile)
+    channel_wait(lk, s.not_full, caller, [&] {
+      s.sweep();
+      return !s.open || s.room_or_revoke();
+    }, "put");
+  }
+  if (!s.open) return -1;
+  s.q.push_back(std::move(v));
+  const auto g = grant ? static_cast<std::int64_t>(s.grant(caller)) : 0;
+  lk.unlock();
+  s.not_empty.notify_all();  // takers and fetchers/waiters
+  return g;
+}
+
 template <class T>
 bool ch_put(RefId id, int caller, T v) {  // false: closed
   auto s = ch_state<T>(id);
   if (!s) return false;
   if (s->capacity == 0) return ch_put_unbuffered(*s, caller, std::move(v), kNoDeadlineNs) == kChDone;
-  std::unique_lock lk(s->m);
-  {
-    TakerMark waiting(s->putters);  // (counts a waiting put the same way: no grants meanwhile)
-    channel_wait(lk, s->not_full, caller, [&] {
-      s->sweep();
-      return !s->open || s->room_or_revoke();
-    }, "put");
-  }
-  if (!s->open) return false;
-  s->q.push_back(std::move(v));
-  lk.unlock();
-  s->not_empty.notify_all();  // takers and fetchers/waiters
-  return true;
+  return ch_put_buffered(*s, caller, std::move(v), false) >= 0;
 }
 
 /// A put from another process without credit (channel_credits.hpp): waits for room, puts, and
@@ -275,20 +291,7 @@ template <class T>
 std::int64_t ch_put_granting(RefId id, int caller, T v) {
   auto s = ch_state<T>(id);
   if (!s) return -1;
-  std::unique_lock lk(s->m);
-  {
-    TakerMark waiting(s->putters);  // (counts a waiting put the same way)
-    channel_wait(lk, s->not_full, caller, [&] {
-      s->sweep();
-      return !s->open || s->room_or_revoke();
-    }, "put");
-  }
-  if (!s->open) return -1;
-  s->q.push_back(std::move(v));
-  const auto g = static_cast<std::int64_t>(s->grant(caller));
-  lk.unlock();
-  s->not_empty.notify_all();
-  return g;
+  return ch_put_buffered(*s, caller, std::move(v), true);
 }
 
 /// A put on credit from `producer`, on this (the owner's) polling thread as it arrives: its
@@ -301,9 +304,7 @@ void ch_put_credited(RefId id, int producer, T v) {
     std::lock_guard lk(s->m);
     auto it = s->credit.find(producer);
     if (it != s->credit.end() && it->second.reserved > 0) {
-      --it->second.reserved;
-      --s->reserved;
-      if (it->second.reserved == 0 && !it->second.revoking) s->credit.erase(it);
+      s->release(it, 1);
     } else if (!s->open) {
       // Its credits were dropped (the process was taken for gone) and the channel is closed.
       std::fprintf(stderr, "vscale: a put from process %d to a closed RemoteChannel %s was dropped\n", producer,
@@ -326,26 +327,11 @@ void ch_credit_back(RefId id, int producer, std::uint64_t n, bool answer) {
     std::lock_guard lk(s->m);
     auto it = s->credit.find(producer);
     if (it == s->credit.end()) return;
-    n = std::min(n, it->second.reserved);
-    it->second.reserved -= n;
-    s->reserved -= n;
     if (answer) it->second.revoking = false;
-    if (it->second.reserved == 0 && !it->second.revoking) s->credit.erase(it);
+    s->release(it, std::min(n, it->second.reserved));
   }
   s->not_full.notify_all();
   s->not_empty.notify_all();  // a take waiting to know whether the closed channel is empty
-}
-
-/// The owner asks for this process's credits on channel `id` (on this process's polling
-/// thread): the unused ones go back.
-template <class T>
-void ch_credit_revoke(RefId id, bool closing) {
-  std::uint64_t n = 0;
-  if (auto b = find_credit_book(id)) n = b->revoke(closing);
-  try {
-    inline_call(id.owner, false, &ch_credit_back<T>, id, self_id(), n, true);
-  } catch (...) {  // the owner is gone
-  }
 }
 
 /// CreditBook::GiveBack for channels of T.
@@ -355,6 +341,15 @@ void give_back_credits(int owner, RefId id, std::uint64_t n, bool answer) noexce
     inline_call(owner, false, &ch_credit_back<T>, id, self_id(), n, answer);
   } catch (...) {  // the owner or this session is gone: so are the credits
   }
+}
+
+/// The owner asks for this process's credits on channel `id` (on this process's polling
+/// thread): the unused ones go back.
+template <class T>
+void ch_credit_revoke(RefId id, bool closing) {
+  std::uint64_t n = 0;
+  if (auto b = find_credit_book(id)) n = b->revoke(closing);
+  give_back_credits<T>(id.owner, id, n, true);
 }
 
 /// A timed put: `ticket` RefId{} from the owner's own process (done at once), else the value is held

@@ -128,6 +128,10 @@ class Runtime final : private ExecutorHost {
   /// budget (false at once without a place in it). Returns pred()'s last answer.
   template <class Pred>
   bool spin_polling(Pred pred);
+  /// The spin itself, with a place in the budget held: poll until stop() or the spin time is
+  /// up, yielding often. Returns stop()'s last answer.
+  template <class Stop>
+  bool spin_loop(Stop stop);
 
   Stats stats() const;
   Segment& segment() noexcept { return seg_; }
@@ -208,29 +212,32 @@ void Runtime::doze(Ready ready, std::uint32_t bits, long timeout_ns) {
   }, bits, timeout_ns);
 }
 
+template <class Stop>
+bool Runtime::spin_loop(Stop stop) {
+  struct Leave {
+    Runtime& rt;
+    ~Leave() { rt.leave_spin(); }
+  } leave{*this};  // (stop may throw)
+  PollingMark polling(*this);
+  const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
+  unsigned n = 0;
+  bool got;
+  while (!(got = stop())) {
+    if (poll_once()) continue;
+    cpu_relax();
+    if ((++n & 63) == 0) {
+      if (std::chrono::steady_clock::now() > until) break;
+      sched_yield();  // a thread woken on this CPU (the one we may be waiting for) runs now
+    }
+  }
+  return got;
+}
+
 template <class Pred>
 bool Runtime::spin_polling(Pred pred) {
   if (pred()) return true;
   if (!try_spin()) return false;
-  struct Leave {
-    Runtime& rt;
-    ~Leave() { rt.leave_spin(); }
-  } leave{*this};  // (pred may throw)
-  bool got = false;
-  {
-    PollingMark polling(*this);
-    const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
-    unsigned n = 0;
-    while (!(got = pred())) {
-      if (poll_once()) continue;
-      cpu_relax();
-      if ((++n & 63) == 0) {
-        if (std::chrono::steady_clock::now() > until) break;
-        sched_yield();
-      }
-    }
-  }
-  return got;
+  return spin_loop(pred);
 }
 
 template <class Pred>
@@ -250,24 +257,14 @@ void Runtime::wait_until(Pred pred, bool interruptible) {
     // so with more processes than CPUs the workers it waits for still get the CPU.
     if (spin && try_spin()) {
       spin = false;
-      {
-        PollingMark polling(*this);
-        const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
-        unsigned n = 0;
-        while (!pred()) {
-          if (poll_once()) continue;
-          if ((tl_executor && exec_.queued()) || (interruptible && call_interrupted())) {
-            spin = true;  // handled above, then spin again
-            break;
-          }
-          cpu_relax();
-          if ((++n & 63) == 0) {
-            if (std::chrono::steady_clock::now() > until) break;
-            sched_yield();  // a thread woken on this CPU (the one we may be waiting for) runs now
-          }
+      spin_loop([&] {
+        if (pred()) return true;
+        if ((tl_executor && exec_.queued()) || (interruptible && call_interrupted())) {
+          spin = true;  // handled above, then spin again
+          return true;
         }
-      }
-      leave_spin();
+        return false;
+      });
       continue;
     }
     doze([&] { return pred() || (tl_executor && exec_.queued()) || (interruptible && call_interrupted()); },
