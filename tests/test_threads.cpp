@@ -86,14 +86,23 @@ TEST_CASE("threads.parallel_for_inside_a_call_uses_the_arena") {
 TEST_CASE("threads.back_to_back_calls_each_get_every_thread") {
   // A call that arrives while the previous one is finishing must still get the whole arena:
   // an idle executor parked in an arena slot once kept a TBB worker out, and such a call ran
-  // on kThreads - 1 threads (about one call in ten with -p 1 -t 2).
+  // on kThreads - 1 threads (about one call in ten with -p 1 -t 2). Each item waits until
+  // every thread of the arena has shown up (or 5 s pass): a TBB worker that is slow to wake
+  // on a loaded machine still joins in time, and a slot kept out of reach still shows, as a
+  // call that ran on fewer threads.
   int short_calls = 0;
-  for (int k = 0; k < 30; ++k) {
+  for (int k = 0; k < 30 && short_calls == 0; ++k) {
     auto n = vscale::remotecall_fetch(w1(), [] {
       tbb::enumerable_thread_specific<int> seen(0);
+      std::atomic<int> joined{0};
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
       tbb::parallel_for(0, 40, [&](int) {
-        seen.local() = 1;
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        if (seen.local() == 0) {
+          seen.local() = 1;
+          joined.fetch_add(1);
+        }
+        while (joined.load() < kThreads && std::chrono::steady_clock::now() < until)
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
       }, tbb::simple_partitioner());
       return static_cast<int>(seen.size());
     });
