@@ -307,6 +307,53 @@ TEST_CASE("remotecall.types.empty_vector_and_string") {
   CHECK(vscale::remotecall(w2(), [] { return std::string(); }).fetch().empty());
 }
 
+namespace {
+struct Sample {  // trivially copyable, no cereal member
+  int id;
+  double x, y;
+  bool operator==(const Sample&) const = default;
+};
+}  // namespace
+
+TEST_CASE("remotecall.types.byte_blocks") {
+  // std::string and std::vector of trivially copyable elements ship as a length and their
+  // bytes (no cereal archive); everything around them still goes through cereal.
+  std::vector<Sample> pts{{1, 0.5, -1.0}, {2, 2.0, 3.0}};
+  auto moved = vscale::remotecall_fetch(w1(), [](std::vector<Sample> v) {
+    for (auto& p : v) p.x += 1;
+    return v;
+  }, pts);
+  CHECK(moved == std::vector<Sample>{{1, 1.5, -1.0}, {2, 3.0, 3.0}});
+
+  const std::string with_nuls("a\0b\0\0c", 6);
+  CHECK(vscale::remotecall_fetch(w2(), [](const std::string& s) { return s + s; }, with_nuls) == with_nuls + with_nuls);
+
+  std::vector<bool> bits{true, false, true, true};  // packed: through cereal
+  CHECK(vscale::remotecall_fetch(w1(), [](std::vector<bool> b) { b.flip(); return b; }, bits) ==
+        std::vector<bool>{false, true, false, false});
+
+  std::vector<std::vector<long>> nested{{1, 2}, {}, {3}};  // the inner vectors through cereal
+  CHECK(vscale::remotecall_fetch(w2(), [](std::vector<std::vector<long>> v) { v.push_back({4}); return v; }, nested) ==
+        std::vector<std::vector<long>>{{1, 2}, {}, {3}, {4}});
+
+  auto c = vscale::closure([](const std::vector<long>& v, const std::string& tag, long k) {
+    return tag + std::to_string(v.at(static_cast<std::size_t>(k)));
+  }, std::vector<long>{10, 20, 30}, std::string("v="));
+  CHECK(vscale::remotecall_fetch(w1(), c, 2L) == "v=30");
+}
+
+TEST_CASE("remotecall.types.byte_block_length_is_checked") {
+  // A length that claims more bytes than the message holds is an error, not a huge allocation.
+  vscale::detail::Writer w;
+  const std::uint64_t n = std::uint64_t(1) << 60;
+  w.write_raw(&n, sizeof n);
+  w.write_raw("12345678", 8);
+  vscale::detail::Reader r(w.bytes().data(), w.bytes().size());
+  CHECK_THROWS_AS(vscale::detail::read<std::vector<long>>(r), vscale::Error);
+  vscale::detail::Reader r2(w.bytes().data(), w.bytes().size());
+  CHECK_THROWS_AS(vscale::detail::read<std::string>(r2), vscale::Error);
+}
+
 TEST_CASE("remotecall.remotecall_wait") {
   auto f = vscale::remotecall_wait(w1(), [](int x) { return x * 3; }, 14);
   CHECK(f.isready());

@@ -4,7 +4,9 @@
 // object file that contains it (survives ASLR), and data as bytes:
 //   - trivially copyable values (ints, PODs, lambdas with trivially copyable captures): memcpy;
 //   - function pointers: as code addresses;
-//   - std strings and containers, Eigen matrices, types with a cereal `serialize` member:
+//   - std::string and std::vector of trivially copyable elements: a length and the bytes
+//     (no archive: building cereal's stream costs more than a small call itself);
+//   - other std containers, Eigen matrices, types with a cereal `serialize` member:
 //     cereal's binary archive;
 //   - vscale handles (Future, RemoteChannel, RemoteValue, SharedArray, WorkerPool): as ids
 //     (with weights, so that the owner knows when the last one is gone), resolved on arrival;
@@ -172,6 +174,11 @@ class Writer {
     buf_.resize(old + n);
     if (n) std::memcpy(buf_.data() + old, p, n);
   }
+  /// A block of any length: one pass over the bytes (resize would zero them first).
+  void write_block(const void* p, std::size_t n) {
+    const char* c = static_cast<const char*>(p);
+    buf_.insert(buf_.end(), c, c + n);
+  }
   cereal::BinaryOutputArchive& archive() {
     if (!cereal_) cereal_ = std::make_unique<Cereal>(buf_);
     return cereal_->archive;
@@ -201,6 +208,13 @@ class Reader {
     pos_ += n;
   }
   std::size_t remaining() const noexcept { return static_cast<std::size_t>(end_ - pos_); }
+  /// A length written by write_length for elements of `elem` bytes, checked against what is left.
+  std::uint64_t read_length(std::size_t elem) {
+    std::uint64_t n = 0;
+    read_raw(&n, sizeof n);
+    if (n > remaining() / elem) throw Error("vscale: truncated message (internal error)");
+    return n;
+  }
   cereal::BinaryInputArchive& archive() {
     if (!cereal_) cereal_ = std::make_unique<Cereal>(pos_, end_);
     return cereal_->archive;
@@ -233,16 +247,36 @@ concept CerealShippable = cereal::traits::is_output_serializable<T, cereal::Bina
 template <class T>
 concept MemcpyShippable = std::is_trivially_copyable_v<T> && !std::is_pointer_v<T> && !std::is_member_pointer_v<T>;
 
+/// Elements a vector ships as one block of bytes (std::vector<bool> packs its bits; an empty
+/// type has no bytes).
+template <class T>
+concept PodElement = MemcpyShippable<T> && !std::is_same_v<T, bool> && !std::is_empty_v<T>;
+
+template <class T>
+struct is_pod_vector : std::false_type {};
+template <class E>
+struct is_pod_vector<std::vector<E>> : std::bool_constant<PodElement<E>> {};
+/// std::vector of PodElements and std::string: a length and the bytes, without cereal.
+template <class T>
+concept ByteBlock = is_pod_vector<T>::value || std::is_same_v<T, std::string>;
+
+/// A type that writes and reads itself with write() and read() (pmap's batches).
+template <class T>
+concept SelfShipping = requires(const T& c, T& m, Writer& w, Reader& r) {
+  c.vscale_write(w);
+  m.vscale_read(r);
+};
+
 template <class T>
 inline constexpr bool shippable_v = [] {
   if constexpr (is_closure<T>::value) {
     return []<class F, class... C>(std::type_identity<Closure<F, C...>>) {
-      return (FunctionPointer<F> || MemcpyShippable<F>)&&(... && (MemcpyShippable<C> || CerealShippable<C>));
+      return (FunctionPointer<F> || MemcpyShippable<F>)&&(... && (MemcpyShippable<C> || ByteBlock<C> || CerealShippable<C>));
     }(std::type_identity<T>{});
   } else if constexpr (std::is_pointer_v<T> || std::is_member_pointer_v<T>) {
     return FunctionPointer<T>;  // (asking cereal about a data pointer would hit its own static_assert)
   } else {
-    return MemcpyShippable<T> || CerealShippable<T>;
+    return MemcpyShippable<T> || ByteBlock<T> || SelfShipping<T> || CerealShippable<T>;
   }
 }();
 
@@ -260,6 +294,12 @@ void write(Writer& w, const T& v) {
     std::apply([&](const auto&... c) { (write(w, c), ...); }, v.captured);
   } else if constexpr (MemcpyShippable<T>) {
     if constexpr (!std::is_empty_v<T>) w.write_raw(&v, sizeof(T));  // captureless lambdas: nothing to send
+  } else if constexpr (ByteBlock<T>) {
+    const std::uint64_t n = v.size();
+    w.write_raw(&n, sizeof n);
+    w.write_block(v.data(), n * sizeof(typename T::value_type));
+  } else if constexpr (SelfShipping<T>) {
+    v.vscale_write(w);
   } else if constexpr (CerealShippable<T>) {
     w.archive()(v);
   } else if constexpr (std::is_pointer_v<T>) {
@@ -291,6 +331,17 @@ T read(Reader& r) {
     alignas(T) unsigned char storage[sizeof(T)] = {};
     if constexpr (!std::is_empty_v<T>) r.read_raw(storage, sizeof(T));
     return *std::launder(reinterpret_cast<T*>(storage));
+  } else if constexpr (ByteBlock<T>) {
+    using E = typename T::value_type;
+    T v;
+    v.resize(r.read_length(sizeof(E)));
+    r.read_raw(v.data(), v.size() * sizeof(E));
+    return v;
+  } else if constexpr (SelfShipping<T>) {
+    static_assert(std::is_default_constructible_v<T>);
+    T v;
+    v.vscale_read(r);
+    return v;
   } else if constexpr (!CerealShippable<T>) {
     // Not shippable: write<T> (or the caller's check) has said so at compile time already;
     // nothing more is instantiated here, so that its message is the one to read.

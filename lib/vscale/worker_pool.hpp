@@ -146,6 +146,9 @@ inline std::vector<int> PoolState::list() {
 inline void PoolState::sync(const std::vector<int>& ids) {
   {
     std::lock_guard lk(m);
+    // The default pool is synced with workers() on every look: the usual case changes nothing.
+    if (std::is_sorted(ids.begin(), ids.end()) && std::equal(ids.begin(), ids.end(), members.begin(), members.end()))
+      return;
     std::set<int> want(ids.begin(), ids.end());
     for (auto it = members.begin(); it != members.end();) {
       if (!want.count(*it)) {

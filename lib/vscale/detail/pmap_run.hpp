@@ -48,35 +48,13 @@ struct pmap_result<F, Collection> {
 template <class F, class Collection>
 using pmap_result_t = typename pmap_result<F, Collection>::type;
 
-template <class T>
-concept PodElement = MemcpyShippable<T> && !std::is_same_v<T, bool> && !std::is_empty_v<T>;
-
-/// A batch of elements or results on the wire: trivially copyable types as one block of
-/// bytes (a plain struct needs no cereal member), others element by element through cereal.
+/// A batch of elements or results on the wire: its vector, through write() and read()
+/// (trivially copyable elements as one block of bytes, others through cereal).
 template <class T>
 struct ShipVec {
   std::vector<T> v;
-  template <class A>
-  void save(A& ar) const {
-    if constexpr (PodElement<T>) {
-      std::uint64_t n = v.size();
-      ar(n);
-      ar(cereal::binary_data(v.data(), n * sizeof(T)));
-    } else {
-      ar(v);
-    }
-  }
-  template <class A>
-  void load(A& ar) {
-    if constexpr (PodElement<T>) {
-      std::uint64_t n = 0;
-      ar(n);
-      v.resize(n);
-      ar(cereal::binary_data(v.data(), n * sizeof(T)));
-    } else {
-      ar(v);
-    }
-  }
+  void vscale_write(Writer& w) const { write(w, v); }
+  void vscale_read(Reader& r) { v = read<std::vector<T>>(r); }
 };
 
 /// Callables shipped once per worker: a per-process registry, one per callable type.
@@ -264,8 +242,14 @@ std::vector<R> PmapRun<F, T, R>::run() {
     adopt(std::move(ws));
   }
   try {
+    auto looked = Clock::now();
     while (!pending_.empty() || !inflight_.empty()) {
-      if (!pending_.empty()) take_free_workers();
+      // Workers freed or added meanwhile join in; looking every millisecond, not every turn
+      // (the default pool brings its members up to date on each look: a few allocations).
+      if (!pending_.empty() && (owned_.empty() || Clock::now() - looked > std::chrono::milliseconds(1))) {
+        take_free_workers();
+        looked = Clock::now();
+      }
       fill();
       for (int w : dead_) drop_worker(w);
       if (!dead_.empty()) {
