@@ -226,6 +226,10 @@ bool spin_poll(bool (*ready)(void*), void* ctx) {
   return rt->spin_polling([&] { return ready(ctx); });
 }
 
+void leave_busy() noexcept {
+  if (Runtime* rt = Runtime::current()) rt->leave_busy();
+}
+
 void call_inline(int pid, CodeRef invoker, Writer& args, bool may_block) {
   Runtime& rt = Runtime::get("remote_do");
   rt.send_msg(pid, CallInlineMsg{invoker}, args.bytes().data(), args.bytes().size(), may_block);

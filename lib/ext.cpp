@@ -19,6 +19,7 @@ SpinPlace::~SpinPlace() {
 }
 
 int futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, long timeout_ns) {
+  detail::leave_busy();  // a call that sleeps here must be woken by what is sent to its process
   if (timeout_ns < 0) return detail::futex_wait(word, expected, nullptr);
   timespec ts{timeout_ns / 1000000000L, timeout_ns % 1000000000L};
   return detail::futex_wait(word, expected, &ts);

@@ -354,6 +354,33 @@ TEST_CASE("remotecall.types.byte_block_length_is_checked") {
   CHECK_THROWS_AS(vscale::detail::read<std::string>(r2), vscale::Error);
 }
 
+TEST_CASE("remotecall.a_busy_worker_still_answers_at_once") {
+  // While a worker's one executor (-t 1) runs a long call, senders do not ring its doorbell
+  // (the call counts as polling, Runtime::enter_busy); its progress thread still reads what
+  // arrives within about a millisecond. A fetch of a Future the worker holds is answered then,
+  // not after the call, nor at the progress thread's 100 ms timeout.
+  const int w = w1();
+  std::vector<vscale::Future<int>> fs;
+  for (int k = 0; k < 11; ++k) fs.push_back(vscale::remotecall(w, [](int x) { return x; }, k));
+  for (auto& f : fs) f.wait();
+  auto long_call = vscale::remotecall(w, [] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    return 1;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // it is running
+  std::vector<double> ms;
+  for (int k = 0; k < 11; ++k) {
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(fs[static_cast<std::size_t>(k)].fetch() == k);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  CHECK_FALSE(long_call.isready());  // (the fetches were answered while it ran)
+  std::sort(ms.begin(), ms.end());
+  INFO("median fetch " << ms[5] << " ms");
+  CHECK(ms[5] < 25.0);
+  CHECK(long_call.fetch() == 1);
+}
+
 TEST_CASE("remotecall.remotecall_wait") {
   auto f = vscale::remotecall_wait(w1(), [](int x) { return x * 3; }, 14);
   CHECK(f.isready());

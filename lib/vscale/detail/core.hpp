@@ -172,6 +172,10 @@ RefId new_ref_id();
 /// local take on a channel that other processes put to on credit). Within the job's spin
 /// budget; false when ready(ctx) still does not hold (then sleep).
 bool spin_poll(bool (*ready)(void*), void* ctx);
+/// The call this thread runs is about to block outside the runtime's own waits (a channel's
+/// or pool's condition variable, a barrier's futex): it stops counting as polling for this
+/// process, so that what is sent here meanwhile wakes it (Runtime::enter_busy).
+void leave_busy() noexcept;
 /// Dispatch now every message that is in this process's rings (waiting for a poll in progress
 /// on another thread): what any process wrote here before the caller learned of it, directly
 /// or through others, has been applied when this returns (a channel's puts on credit).

@@ -219,6 +219,7 @@ bool channel_wait(std::unique_lock<std::mutex>& lk, std::condition_variable& cv,
     }
     std::chrono::nanoseconds step = std::chrono::milliseconds(100);
     if (until_ns != kNoDeadlineNs) step = std::min(step, std::chrono::nanoseconds(until_ns - now));
+    leave_busy();
     cv.wait_for(lk, step);
   }
 }

@@ -122,6 +122,9 @@ class Runtime final : private ExecutorHost {
     return seg_.valid_id(id) && drained_[id - 1].load(std::memory_order_acquire) != 0;
   }
   void notify_local() { waiting_.wake_waiters(); }  // an answer or a value arrived here
+  /// The call this thread runs is about to block (a doze, a channel's or a barrier's wait):
+  /// it stops counting as polling (run_task's busy mark), so that senders wake this process.
+  void leave_busy() noexcept;
   bool try_spin() noexcept { return waiting_.join_spinners(); }  // the job's spin budget
   void leave_spin() noexcept { waiting_.leave_spinners(); }
   /// Spin while polling until pred() holds, for at most the spin time, within the job's spin
@@ -146,6 +149,8 @@ class Runtime final : private ExecutorHost {
   void idle(bool in_arena) override;
   void wake_executor() override { waiting_.wake(kBellExec, 1); }
   void kick_self_if_pending();
+  bool enter_busy() noexcept;  // run_task's busy mark (see runtime.cpp); true if taken
+  void end_busy() noexcept;
   void dispatch(Inbound&& m);
   static void deliver(void* self, Inbound&& m);  // the transport's sink: dispatch
   void handle_membership();
@@ -178,6 +183,8 @@ class Runtime final : private ExecutorHost {
   std::chrono::nanoseconds spin_us_;  // VSCALE_SPIN_US, read at construction
   std::atomic<bool> stopping_{false};
   std::atomic<bool> exit_requested_{false};
+  std::atomic<int> busy_{0};                     // threads holding a busy mark
+  std::atomic<bool> progress_sleeps_long_{false};  // the progress thread is not ticking
   std::thread progress_;
   friend RefId new_ref_id();
 };
@@ -206,6 +213,7 @@ void Runtime::doze(Ready ready, std::uint32_t bits, long timeout_ns) {
   // The last look is a poll like any other, under the polling mark: a sender that finds its
   // earlier messages unread does not wake us, so whoever drains must look again or, leaving,
   // have the progress thread look (PollingMark's end).
+  leave_busy();
   waiting_.doze(ready, [this] {
     PollingMark polling(*this);
     return poll_once();
