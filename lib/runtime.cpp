@@ -326,14 +326,16 @@ void Runtime::deliver(void* self, Inbound&& m) {
 // with the mark). What makes it safe: the executor polls before it sleeps (idle, doze's last
 // look), a call that blocks in a vscale wait gives the mark up first (leave_busy), and a call
 // that runs long or blocks elsewhere is covered by the progress thread, which looks every
-// kBusyTickNs while a mark is held: a message then waits at most that long. With -t > 1
-// another executor may be asleep while one is busy, and it must be woken: no mark there.
+// kBusyTickNs while a mark is held: a message then waits at most that long. A thread of the
+// process asleep on the doorbell meanwhile (a waiter, an idle executor) is still woken by the
+// sender (ProcSlot::busy and dozing). Only with -t 1: with more, the other arena executors
+// are the ones to take the next call at once, spinning or woken as before.
 bool Runtime::enter_busy() noexcept {
   if (tl_busy || exec_.threads() != 1) return false;
   tl_busy = true;
-  waiting_.mark_polling();
-  busy_.fetch_add(1, std::memory_order_seq_cst);
-  // Pairs with the progress thread's store of progress_sleeps_long_ and load of busy_: one
+  busy_taken_.fetch_add(1, std::memory_order_relaxed);
+  waiting_.mark_busy();
+  // Pairs with the progress thread's store of progress_sleeps_long_ and load of the busy count: one
   // of the two sees the other, so a long sleep never overlooks a mark.
   if (progress_sleeps_long_.load(std::memory_order_seq_cst)) ring_doorbell(seg_.slot(self_).doorbell, kBellProgress);
   return true;
@@ -342,34 +344,37 @@ bool Runtime::enter_busy() noexcept {
 void Runtime::end_busy() noexcept {
   if (!tl_busy) return;  // given up while the call waited
   tl_busy = false;
-  busy_.fetch_sub(1, std::memory_order_seq_cst);
-  // No kick: the executor polls again before it sleeps.
-  waiting_.unmark_polling();
+  waiting_.unmark_busy();  // no kick: the executor polls again before it sleeps
 }
 
 void Runtime::leave_busy() noexcept {
   if (!tl_busy) return;
   tl_busy = false;
-  busy_.fetch_sub(1, std::memory_order_seq_cst);
-  if (!waiting_.unmark_polling()) kick_self_if_pending();
+  if (!waiting_.unmark_busy()) kick_self_if_pending();
 }
 
 void Runtime::progress_loop() {
   auto& slot = seg_.slot(self_);
   auto last_check = std::chrono::steady_clock::now();
-  int quiet = kQuietTicks;  // ticks since a busy mark was last seen
+  int quiet = kQuietTicks;  // ticks since a busy mark was last held or taken
+  std::uint64_t taken = 0;
   while (!stopping_.load()) {
-    if (poll_once()) continue;
+    // Keep polling while there is more, unless a busy call will look anyway: a tick is one
+    // look, or the progress thread would become one more spinning thread beside the executor.
+    if (poll_once() && waiting_.busy() == 0) continue;
     std::uint32_t seq = slot.doorbell.load(std::memory_order_seq_cst);
-    if (poll_once()) continue;
+    if (poll_once() && waiting_.busy() == 0) continue;
     long timeout = (shm_.has_queued() || exec_.starving()) ? 2000000L : 100000000L;
-    if (busy_.load(std::memory_order_seq_cst) > 0) quiet = 0;
+    // Marks of short calls are mostly not held at the moment of a tick: count those taken.
+    const std::uint64_t now_taken = busy_taken_.load(std::memory_order_relaxed);
+    if (waiting_.busy() > 0 || now_taken != taken) quiet = 0;
+    taken = now_taken;
     if (quiet < kQuietTicks) {
       ++quiet;
       timeout = std::min(timeout, kBusyTickNs);
     } else {
       progress_sleeps_long_.store(true, std::memory_order_seq_cst);
-      if (busy_.load(std::memory_order_seq_cst) > 0) {
+      if (waiting_.busy() > 0) {
         progress_sleeps_long_.store(false, std::memory_order_relaxed);  // ticking after all
         quiet = 1;
         timeout = std::min(timeout, kBusyTickNs);

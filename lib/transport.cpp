@@ -423,7 +423,14 @@ void wake_if_idle(const Segment& seg, int dest, std::uint32_t bits) {
     return;
   }
   auto& slot = seg.slot(dest);
-  if (slot.awake.load(std::memory_order_seq_cst) == 0) ring_doorbell(slot.doorbell, bits);
+  const std::uint32_t awake = slot.awake.load(std::memory_order_seq_cst);
+  if (awake == 0) {
+    ring_doorbell(slot.doorbell, bits);
+  } else if (awake == slot.busy.load(std::memory_order_seq_cst) && slot.dozing.load(std::memory_order_seq_cst) > 0) {
+    // Only calls under a busy mark will look, at their end: wake who sleeps for this.
+    slot.doorbell.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake_bits(slot.doorbell, bits == kBellExec ? 1 : INT_MAX, bits);
+  }
 }
 
 namespace {

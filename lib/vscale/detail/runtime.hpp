@@ -183,8 +183,8 @@ class Runtime final : private ExecutorHost {
   std::chrono::nanoseconds spin_us_;  // VSCALE_SPIN_US, read at construction
   std::atomic<bool> stopping_{false};
   std::atomic<bool> exit_requested_{false};
-  std::atomic<int> busy_{0};                     // threads holding a busy mark
   std::atomic<bool> progress_sleeps_long_{false};  // the progress thread is not ticking
+  std::atomic<std::uint64_t> busy_taken_{0};       // busy marks taken so far (enter_busy)
   std::thread progress_;
   friend RefId new_ref_id();
 };

@@ -12,7 +12,8 @@
 // and the ring carries only {offset, length}.
 //
 // Waking: a receiver thread that polls counts itself in `awake`; a sender bumps the receiver's
-// `doorbell` and FUTEX_WAKEs it only when nobody is awake there. Futexes are shared (no
+// `doorbell` and FUTEX_WAKEs it only when nobody is awake there (or when only busy calls are,
+// and threads of it sleep: see ProcSlot::busy). Futexes are shared (no
 // FUTEX_PRIVATE_FLAG) because the waiter and the waker are different processes.
 #pragma once
 
@@ -42,6 +43,12 @@ struct alignas(64) ProcSlot {
   std::atomic<std::uint32_t> expected;  // its end was asked for (rmprocs): no one reports it as a death
   alignas(64) std::atomic<std::uint32_t> doorbell;
   std::atomic<std::uint32_t> awake;
+  // Of `awake`: calls running under a busy mark (runtime.cpp, enter_busy), which look at the
+  // rings only when they are done or at the progress thread's next tick; and the threads
+  // asleep on the doorbell (not the progress thread). A sender that finds only busy marks
+  // awake wakes those sleepers, not the progress thread.
+  std::atomic<std::uint32_t> busy;
+  std::atomic<std::uint32_t> dozing;
 };
 
 struct alignas(64) SegHeader {

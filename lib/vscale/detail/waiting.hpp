@@ -54,6 +54,8 @@ class Waiting {
     const std::uint32_t seq = bell.load(std::memory_order_seq_cst);
     if (bits & kBellExec) exec_sleepers_.fetch_add(1, std::memory_order_seq_cst);
     if (bits & kBellWait) wait_sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    auto& dozing = seg_->slot(self_).dozing;
+    dozing.fetch_add(1, std::memory_order_seq_cst);
     // We are not polling: a sender rings the bell. Look once more before sleeping, so that
     // nothing that arrived before we counted ourselves is missed (tl_dozing: what we complete
     // in that look need not wake us).
@@ -61,6 +63,7 @@ class Waiting {
     const bool go = !ready() && !look();
     tl_dozing = 0;
     if (go) futex_wait_bits(bell, seq, bits, timeout_ns);
+    dozing.fetch_sub(1, std::memory_order_seq_cst);
     if (bits & kBellExec) exec_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
     if (bits & kBellWait) wait_sleepers_.fetch_sub(1, std::memory_order_seq_cst);
   }
@@ -83,6 +86,19 @@ class Waiting {
   /// from unmark when it was the last one (then make sure nothing was left unpolled).
   void mark_polling() noexcept { seg_->slot(self_).awake.fetch_add(1, std::memory_order_seq_cst); }
   bool unmark_polling() noexcept { return seg_->slot(self_).awake.fetch_sub(1, std::memory_order_seq_cst) != 1; }
+  /// The same for a busy mark (ProcSlot::busy): counted as busy before it counts as awake,
+  /// and after it no longer does, so that a sender never takes it for a thread that polls.
+  void mark_busy() noexcept {
+    seg_->slot(self_).busy.fetch_add(1, std::memory_order_seq_cst);
+    mark_polling();
+  }
+  bool unmark_busy() noexcept {
+    const bool others = unmark_polling();
+    seg_->slot(self_).busy.fetch_sub(1, std::memory_order_seq_cst);
+    return others;
+  }
+  /// Busy marks held in this process now.
+  std::uint32_t busy() const noexcept { return seg_->slot(self_).busy.load(std::memory_order_seq_cst); }
 
  private:
   Segment* seg_ = nullptr;
