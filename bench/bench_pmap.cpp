@@ -5,8 +5,13 @@
 //
 // Variants (seconds = median over R reps of the time per task):
 //   socketpair_rtt     1-byte write/read ping-pong with a forked child, per round trip
-//   pmap_batch1        pmap(x -> x + 1, n longs, batch_size = 1); + tasks_per_s and
-//                      ratio_to_socketpair (target on the 2-core machine: <= 1)
+//   remotecall_fetch_rtt  remotecall_fetch(first worker, x -> x + 1) round trips from the master,
+//                      per call, while the other workers idle (the reference of issue 14's
+//                      pmap target)
+//   pmap_batch1        pmap(x -> x + 1, n longs, batch_size = 1); + tasks_per_s,
+//                      ratio_to_socketpair (target on the 2-core machine: <= 1) and
+//                      ratio_to_rtt: time per task / remotecall_fetch_rtt of this run (issue 14:
+//                      <= 2 with as many workers as cores)
 //   pmap_auto          pmap(x -> x + 1, 100 n longs, automatic batch size); + tasks_per_s
 //   pmap_closure_1mb   pmap(closure(f, 1 MiB std::vector<char>), n longs, batch_size = 1);
 //                      + per_task_1kb_s: the same with a 1 KiB vector, measured in the same run,
@@ -63,6 +68,7 @@ struct Result {
   std::optional<double> per_task_1kb_s;
   std::optional<double> ratio_to_1kb;
   std::optional<double> ratio_to_one_node;
+  std::optional<double> ratio_to_rtt;
 };
 
 void print_json(const Result& r) {
@@ -74,6 +80,7 @@ void print_json(const Result& r) {
   if (r.per_task_1kb_s) j.add(R"(,"per_task_1kb_s":{:.9g})", *r.per_task_1kb_s);
   if (r.ratio_to_1kb) j.add(R"(,"ratio_to_1kb":{:.4g})", *r.ratio_to_1kb);
   if (r.ratio_to_one_node) j.add(R"(,"ratio_to_one_node":{:.4g})", *r.ratio_to_one_node);
+  if (r.ratio_to_rtt) j.add(R"(,"ratio_to_rtt":{:.4g})", *r.ratio_to_rtt);
   j.print();
 }
 
@@ -109,6 +116,21 @@ double time_pmap(const F& f, const std::vector<long>& xs, const vscale::PmapOpti
   return median(per);
 }
 
+// Median per call of remotecall_fetch(w, plus_one, i) over `reps` runs of `calls` calls.
+double fetch_rtt(int w, int reps, long calls) {
+  for (long i = 0; i < 1000; ++i)
+    if (vscale::remotecall_fetch(w, plus_one, i) != i + 1) die("remotecall_fetch_rtt: wrong result");
+  std::vector<double> per;
+  long sum = 0;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    for (long i = 0; i < calls; ++i) sum += vscale::remotecall_fetch(w, plus_one, i);
+    per.push_back(seconds_since(t0) / static_cast<double>(calls));
+  }
+  if (sum != static_cast<long>(reps) * (calls * (calls + 1) / 2)) die("remotecall_fetch_rtt: wrong results");
+  return median(per);
+}
+
 // pmap_batch1 and pmap_auto over every worker of the job, with `suffix` on their names.
 std::vector<Result> pmap_pair(long n, int reps, const std::string& suffix) {
   const auto xs = inputs(n);
@@ -117,8 +139,8 @@ std::vector<Result> pmap_pair(long n, int reps, const std::string& suffix) {
   const int procs = vscale::nprocs();
   const double b1 = time_pmap(plus_one, xs, {.batch_size = 1}, reps, ok_plus, "pmap_batch1");
   const double au = time_pmap(plus_one, big, {}, reps, ok_plus, "pmap_auto");
-  return {Result{"pmap_batch1" + suffix, procs, n, b1, 1.0 / b1, {}, {}, {}, {}},
-          Result{"pmap_auto" + suffix, procs, 100 * n, au, 1.0 / au, {}, {}, {}, {}}};
+  return {Result{"pmap_batch1" + suffix, procs, n, b1, 1.0 / b1, {}, {}, {}, {}, {}},
+          Result{"pmap_auto" + suffix, procs, 100 * n, au, 1.0 / au, {}, {}, {}, {}, {}}};
 }
 
 }  // namespace
@@ -154,11 +176,17 @@ int main(int argc, char** argv) {
 
   std::vector<Result> results;
   const double ref = socketpair_rtt(reps, std::max(1000L, n));
-  results.push_back({"socketpair_rtt", 2, std::max(1000L, n), ref, 1.0 / ref, 1.0, {}, {}, {}});
+  results.push_back({"socketpair_rtt", 2, std::max(1000L, n), ref, 1.0 / ref, 1.0, {}, {}, {}, {}});
 
+  const long rtt_calls = std::max(1000L, n);
+  const double rtt = fetch_rtt(vscale::workers().front(), reps, rtt_calls);
+  results.push_back({"remotecall_fetch_rtt", procs, rtt_calls, rtt, 1.0 / rtt, {}, {}, {}, {}, {}});
   const auto one_node = pmap_pair(n, reps, "");
   for (Result r : one_node) {
-    if (r.variant == "pmap_batch1") r.ratio_to_socketpair = r.seconds / ref;
+    if (r.variant == "pmap_batch1") {
+      r.ratio_to_socketpair = r.seconds / ref;
+      r.ratio_to_rtt = r.seconds / rtt;
+    }
     results.push_back(r);
   }
   {
@@ -169,7 +197,7 @@ int main(int argc, char** argv) {
     const auto few = inputs(m);
     double s_kb = time_pmap(vscale::closure(lookup, kb), few, {.batch_size = 1}, reps, ok_byte, "pmap_closure_1kb");
     double s_mb = time_pmap(vscale::closure(lookup, mb), few, {.batch_size = 1}, reps, ok_byte, "pmap_closure_1mb");
-    Result r{"pmap_closure_1mb", procs, m, s_mb, 1.0 / s_mb, {}, s_kb, s_mb / s_kb, {}};
+    Result r{"pmap_closure_1mb", procs, m, s_mb, 1.0 / s_mb, {}, s_kb, s_mb / s_kb, {}, {}};
     results.push_back(r);
   }
 
@@ -191,7 +219,7 @@ int main(int argc, char** argv) {
     }
     ch.close();
     double s = median(per);
-    results.push_back({"channel_rate", 2, m, s, 1.0 / s, {}, {}, {}, {}});
+    results.push_back({"channel_rate", 2, m, s, 1.0 / s, {}, {}, {}, {}, {}});
   }
 
   // The same pmaps with the same workers on two nodes.
@@ -211,7 +239,7 @@ int main(int argc, char** argv) {
         continue;
       }
       Result r{one.variant + "_xnode", static_cast<int>(bench_util::json_number(line, "procs").value_or(0)), one.n, *s,
-               1.0 / *s, {}, {}, {}, {}};
+               1.0 / *s, {}, {}, {}, {}, {}};
       r.ratio_to_one_node = one.seconds / *s;
       results.push_back(r);
     }
@@ -225,6 +253,7 @@ int main(int argc, char** argv) {
     for (const auto& r : results) {
       std::string notes;
       if (r.ratio_to_socketpair && r.variant != "socketpair_rtt") notes = fmt::format("x{:f} socketpair", *r.ratio_to_socketpair);
+      if (r.ratio_to_rtt) notes += fmt::format(", x{:.2f} remotecall_fetch_rtt", *r.ratio_to_rtt);
       if (r.ratio_to_one_node) notes = fmt::format("x{:.3f} the tasks/s on one node", *r.ratio_to_one_node);
       if (r.per_task_1kb_s)
         notes = fmt::format("1 KiB capture: {} (x{:f})", human_time(*r.per_task_1kb_s), r.ratio_to_1kb.value_or(0));

@@ -48,7 +48,7 @@ using bench_util::median;
 
 // The ratio fields the benches print, with the column text they get in the notes.
 const std::vector<std::pair<std::string, std::string>> kRatios = {
-    {"ratio_to_openmp", "x OpenMP"}, {"ratio_to_socketpair", "x socketpair"}, {"ratio_to_mpi", "x MPI"},
+    {"ratio_to_openmp", "x OpenMP"}, {"ratio_to_socketpair", "x socketpair"}, {"ratio_to_rtt", "x round trip"}, {"ratio_to_mpi", "x MPI"},
     {"ratio_to_1kb", "x 1 KiB capture"}};
 
 // Measures whose time is not meant to fall as processes are added (no speed-up column).
