@@ -427,9 +427,9 @@ void wake_if_idle(const Segment& seg, int dest, std::uint32_t bits) {
   if (awake == 0) {
     ring_doorbell(slot.doorbell, bits);
   } else if (awake == slot.busy.load(std::memory_order_seq_cst) && slot.dozing.load(std::memory_order_seq_cst) > 0) {
-    // Only calls under a busy mark will look, at their end: wake who sleeps for this.
-    slot.doorbell.fetch_add(1, std::memory_order_seq_cst);
-    futex_wake_bits(slot.doorbell, bits == kBellExec ? 1 : INT_MAX, bits);
+    // Only calls under a busy mark will look, at their end: wake who sleeps for this (the
+    // progress thread ticks meanwhile).
+    ring_doorbell(slot.doorbell, bits, false);
   }
 }
 
@@ -542,9 +542,9 @@ int futex_wake_bits(std::atomic<std::uint32_t>& word, int count, std::uint32_t b
       syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&word), FUTEX_WAKE_BITSET, count, nullptr, nullptr, bits));
 }
 
-void ring_doorbell(std::atomic<std::uint32_t>& doorbell, std::uint32_t bits) {
+void ring_doorbell(std::atomic<std::uint32_t>& doorbell, std::uint32_t bits, bool or_progress) {
   doorbell.fetch_add(1, std::memory_order_seq_cst);
-  if (bits == kBellProgress || futex_wake_bits(doorbell, bits == kBellExec ? 1 : INT_MAX, bits) <= 0)
+  if (bits == kBellProgress || (futex_wake_bits(doorbell, bits == kBellExec ? 1 : INT_MAX, bits) <= 0 && or_progress))
     futex_wake_bits(doorbell, 1, kBellProgress);
 }
 

@@ -260,13 +260,6 @@ struct is_pod_vector<std::vector<E>> : std::bool_constant<PodElement<E>> {};
 template <class T>
 concept ByteBlock = is_pod_vector<T>::value || std::is_same_v<T, std::string>;
 
-/// A type that writes and reads itself with write() and read() (pmap's batches).
-template <class T>
-concept SelfShipping = requires(const T& c, T& m, Writer& w, Reader& r) {
-  c.vscale_write(w);
-  m.vscale_read(r);
-};
-
 template <class T>
 inline constexpr bool shippable_v = [] {
   if constexpr (is_closure<T>::value) {
@@ -276,7 +269,7 @@ inline constexpr bool shippable_v = [] {
   } else if constexpr (std::is_pointer_v<T> || std::is_member_pointer_v<T>) {
     return FunctionPointer<T>;  // (asking cereal about a data pointer would hit its own static_assert)
   } else {
-    return MemcpyShippable<T> || ByteBlock<T> || SelfShipping<T> || CerealShippable<T>;
+    return MemcpyShippable<T> || ByteBlock<T> || CerealShippable<T>;
   }
 }();
 
@@ -298,8 +291,6 @@ void write(Writer& w, const T& v) {
     const std::uint64_t n = v.size();
     w.write_raw(&n, sizeof n);
     w.write_block(v.data(), n * sizeof(typename T::value_type));
-  } else if constexpr (SelfShipping<T>) {
-    v.vscale_write(w);
   } else if constexpr (CerealShippable<T>) {
     w.archive()(v);
   } else if constexpr (std::is_pointer_v<T>) {
@@ -336,11 +327,6 @@ T read(Reader& r) {
     T v;
     v.resize(r.read_length(sizeof(E)));
     r.read_raw(v.data(), v.size() * sizeof(E));
-    return v;
-  } else if constexpr (SelfShipping<T>) {
-    static_assert(std::is_default_constructible_v<T>);
-    T v;
-    v.vscale_read(r);
     return v;
   } else if constexpr (!CerealShippable<T>) {
     // Not shippable: write<T> (or the caller's check) has said so at compile time already;

@@ -48,14 +48,6 @@ struct pmap_result<F, Collection> {
 template <class F, class Collection>
 using pmap_result_t = typename pmap_result<F, Collection>::type;
 
-/// A batch of elements or results on the wire: its vector, through write() and read()
-/// (trivially copyable elements as one block of bytes, others through cereal).
-template <class T>
-struct ShipVec {
-  std::vector<T> v;
-  void vscale_write(Writer& w) const { write(w, v); }
-  void vscale_read(Reader& r) { v = read<std::vector<T>>(r); }
-};
 
 /// Callables shipped once per worker: a per-process registry, one per callable type.
 template <class F>
@@ -87,18 +79,18 @@ template <class F>
 inline constexpr bool cache_callable_v = !(FunctionPointer<F> || (MemcpyShippable<F> && sizeof(F) <= 256));
 
 template <class R, class F, class T>
-ShipVec<R> apply_batch(const F& f, const std::vector<T>& xs, bool threaded) {
-  ShipVec<R> out;
+std::vector<R> apply_batch(const F& f, const std::vector<T>& xs, bool threaded) {
+  std::vector<R> out;
   if (threaded && xs.size() > 1) {
     // The batch's elements over this process's arena (the call runs inside it).
     std::vector<std::optional<R>> tmp(xs.size());
     tbb::parallel_for(std::size_t(0), xs.size(), [&](std::size_t k) { tmp[k].emplace(std::invoke(f, xs[k])); });
-    out.v.reserve(xs.size());
-    for (auto& r : tmp) out.v.push_back(std::move(*r));
+    out.reserve(xs.size());
+    for (auto& r : tmp) out.push_back(std::move(*r));
     return out;
   }
-  out.v.reserve(xs.size());
-  for (const T& x : xs) out.v.push_back(std::invoke(f, x));
+  out.reserve(xs.size());
+  for (const T& x : xs) out.push_back(std::invoke(f, x));
   return out;
 }
 
@@ -163,7 +155,7 @@ class PmapRun {
   struct InFlight {
     Batch b;
     int w;
-    Future<ShipVec<R>> fut;
+    Future<std::vector<R>> fut;
     Clock::time_point issued;
   };
 
@@ -347,19 +339,21 @@ void PmapRun<F, T, R>::fill() {
 
 template <class F, class T, class R>
 void PmapRun<F, T, R>::issue(int w, Batch b) {
-  ShipVec<T> xs{std::vector<T>(items_.begin() + static_cast<std::ptrdiff_t>(b.lo),
-                               items_.begin() + static_cast<std::ptrdiff_t>(b.hi))};
-  Future<ShipVec<R>> fut;
+  // A batch travels as a std::vector: trivially copyable elements as one block of bytes
+  // (serialize.hpp), others through cereal.
+  std::vector<T> xs(items_.begin() + static_cast<std::ptrdiff_t>(b.lo),
+                    items_.begin() + static_cast<std::ptrdiff_t>(b.hi));
+  Future<std::vector<R>> fut;
   try {
     if constexpr (kCache) {
-      fut = remotecall_push(w, [](RefId id, bool threaded, const ShipVec<T>& v) {
+      fut = remotecall_push(w, [](RefId id, bool threaded, const std::vector<T>& v) {
         auto fn = FnRegistry<F>::get().find(id);
         if (!fn) throw Error("vscale::pmap: the function was not installed on this worker (internal error)");
-        return apply_batch<R>(*fn, v.v, threaded);
+        return apply_batch<R>(*fn, v, threaded);
       }, fid_, threaded_, std::move(xs));
     } else {
-      fut = remotecall_push(w, [](const F& fn, bool threaded, const ShipVec<T>& v) {
-        return apply_batch<R>(fn, v.v, threaded);
+      fut = remotecall_push(w, [](const F& fn, bool threaded, const std::vector<T>& v) {
+        return apply_batch<R>(fn, v, threaded);
       }, f_, threaded_, std::move(xs));
     }
   } catch (const ProcessExitedException& e) {
@@ -397,7 +391,7 @@ void PmapRun<F, T, R>::collect() {
     depth_ = batch_secs_ < 200e-6 ? 8 : 2;
     try {
       const auto& got = x.fut.fetch();
-      for (std::size_t i = x.b.lo; i < x.b.hi; ++i) results_[i] = got.v[i - x.b.lo];
+      for (std::size_t i = x.b.lo; i < x.b.hi; ++i) results_[i] = got[i - x.b.lo];
       done_ += x.b.hi - x.b.lo;
     } catch (const ProcessExitedException& e) {
       if (e.pid() == x.w) drop_worker(x.w);  // the worker is gone: stop using it

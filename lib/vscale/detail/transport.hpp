@@ -251,8 +251,10 @@ int futex_wake(std::atomic<std::uint32_t>& word, int count);
 inline constexpr std::uint32_t kBellExec = 1, kBellProgress = 2, kBellWait = 4;
 int futex_wait_bits(std::atomic<std::uint32_t>& word, std::uint32_t expected, std::uint32_t bits, long timeout_ns);
 int futex_wake_bits(std::atomic<std::uint32_t>& word, int count, std::uint32_t bits);
-/// Ring a process's doorbell: wake its threads sleeping for `bits`, or else its progress thread.
-void ring_doorbell(std::atomic<std::uint32_t>& doorbell, std::uint32_t bits = kBellExec | kBellWait);
+/// Ring a process's doorbell: wake its threads sleeping for `bits`, or else (`or_progress`)
+/// its progress thread.
+void ring_doorbell(std::atomic<std::uint32_t>& doorbell, std::uint32_t bits = kBellExec | kBellWait,
+                   bool or_progress = true);
 
 // ================================================================= the transport port
 //
