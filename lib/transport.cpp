@@ -282,10 +282,10 @@ void ShmTransport::start(int self) {
 bool ShmTransport::send(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
                         bool queue_if_full, std::uint32_t wake_bits) {
   Out& o = *out_[dest - 1];
-  bool was_empty = false;
+  std::uint64_t before = 0;
   {
     std::lock_guard lk(o.m);
-    if (!flush_overflow(dest, o) || !emit_record(seg_, bulk_, dead_, dest, h, a, na, b, nb, &was_empty)) {
+    if (!flush_overflow(dest, o) || !emit_record(seg_, bulk_, dead_, dest, h, a, na, b, nb, &before)) {
       if (!queue_if_full) return false;
       // Whoever polls here sends it later (flush_overflow), and wakes dest then.
       std::vector<char> rec(sizeof h + na + nb);
@@ -300,11 +300,11 @@ bool ShmTransport::send(int dest, const MsgHeader& h, const void* a, std::size_t
   }
   messages_sent_.fetch_add(1, std::memory_order_relaxed);
   // Earlier messages of ours still unread there: the receiver is bound to find this one with
-  // them. try_emit's fence orders our head store before its read of the tail, and the
-  // receiver fences between storing the tail and looking at the head again (drain_ring; it
-  // always looks again, see the port's comment), so one of the two sees the other: either we
-  // see the ring drained and wake, or the receiver sees our record.
-  if (was_empty) wake_if_idle(seg_, dest, wake_bits);
+  // them. wake_after_record's fence orders our record before its reads of the receiver's
+  // awake word and tail, and the receiver fences between storing its tail and looking at the
+  // ring again (drain_ring; it always looks again, see the port's comment), so one of the two
+  // sees the other: either we see the ring drained and wake, or the receiver sees our record.
+  wake_after_record(seg_, dest, self_, before, wake_bits);
   return true;
 }
 
@@ -322,8 +322,7 @@ void ShmTransport::wait_for_room(int dest, long timeout_ns) {
 bool ShmTransport::poll(const std::vector<int>& peers, MessageSink sink, void* ctx) {
   bool did = false;
   for (int peer : peers) {
-    RingHeader& r = seg_.ring(self_, peer);
-    if (r.head.load(std::memory_order_acquire) == r.tail.load(std::memory_order_relaxed)) continue;
+    if (!seg_.ring_ready(seg_.ring(self_, peer))) continue;
     drain_from(peer, sink, ctx);
     did = true;
   }
@@ -339,10 +338,8 @@ bool ShmTransport::poll(const std::vector<int>& peers, MessageSink sink, void* c
 
 bool ShmTransport::pending(const std::vector<int>& peers) {
   if (overflow_pending_.load() > 0) return true;
-  for (int p : peers) {
-    RingHeader& r = seg_.ring(self_, p);
-    if (r.head.load(std::memory_order_acquire) != r.tail.load(std::memory_order_relaxed)) return true;
-  }
+  for (int p : peers)
+    if (seg_.ring_ready(seg_.ring(self_, p))) return true;
   return false;
 }
 
@@ -358,9 +355,10 @@ void ShmTransport::forget(int id, MessageSink sink, void* ctx) {
 }
 
 bool emit_record(const Segment& seg, BulkArea& bulk, const std::vector<std::atomic<std::uint8_t>>& dead, int dest,
-                 const MsgHeader& h0, const void* a, std::size_t na, const void* b, std::size_t nb, bool* was_empty) {
+                 const MsgHeader& h0, const void* a, std::size_t na, const void* b, std::size_t nb,
+                 std::uint64_t* before) {
   RingHeader& ring = seg.ring(dest, h0.src);
-  const std::uint64_t head = ring.head.load(std::memory_order_relaxed);  // we are the only producer
+  if (before) *before = ring.head.load(std::memory_order_relaxed);  // we are the only producer
   MsgHeader h = h0;
   const std::size_t body = na + nb;
   bool ok;
@@ -384,10 +382,6 @@ bool emit_record(const Segment& seg, BulkArea& bulk, const std::vector<std::atom
     h.len = sizeof desc;
     ok = ring_try_write(seg, ring, h, desc, sizeof desc, nullptr, 0);
     if (!ok) bulk.cancel(off);
-  }
-  if (ok && was_empty) {
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    *was_empty = ring.tail.load(std::memory_order_relaxed) == head;
   }
   return ok;
 }
@@ -413,24 +407,44 @@ void ShmTransport::wake(int dest, std::uint32_t bits) {
   wake_if_idle(seg_, dest, bits);
 }
 
-void wake_if_idle(const Segment& seg, int dest, std::uint32_t bits) {
-  if (seg.remote(dest)) [[unlikely]] {
-    auto& h = seg.header();
-    if (h.gw_awake.load(std::memory_order_seq_cst) == 0) {
-      h.gw_doorbell.fetch_add(1, std::memory_order_seq_cst);
-      futex_wake(h.gw_doorbell, 1);
-    }
-    return;
-  }
+namespace {
+// What a sender owes `dest` (after a seq_cst fence): nothing while one of its threads polls.
+enum class WakeDue { None, Gateway, Doorbell, Sleepers };
+WakeDue wake_due(const Segment& seg, int dest) {
+  if (seg.remote(dest)) [[unlikely]]
+    return seg.header().gw_awake.load(std::memory_order_seq_cst) == 0 ? WakeDue::Gateway : WakeDue::None;
   auto& slot = seg.slot(dest);
   const std::uint32_t awake = slot.awake.load(std::memory_order_seq_cst);
-  if (awake == 0) {
-    ring_doorbell(slot.doorbell, bits);
-  } else if (awake == slot.busy.load(std::memory_order_seq_cst) && slot.dozing.load(std::memory_order_seq_cst) > 0) {
-    // Only calls under a busy mark will look, at their end: wake who sleeps for this (the
-    // progress thread ticks meanwhile).
-    ring_doorbell(slot.doorbell, bits, false);
+  if (awake == 0) return WakeDue::Doorbell;
+  // Only calls under a busy mark will look, at their end: wake who sleeps for this (the
+  // progress thread ticks meanwhile).
+  if (awake == slot.busy.load(std::memory_order_seq_cst) && slot.dozing.load(std::memory_order_seq_cst) > 0)
+    return WakeDue::Sleepers;
+  return WakeDue::None;
+}
+void pay(const Segment& seg, int dest, WakeDue due, std::uint32_t bits) {
+  switch (due) {
+    case WakeDue::None: break;
+    case WakeDue::Gateway: {
+      auto& h = seg.header();
+      h.gw_doorbell.fetch_add(1, std::memory_order_seq_cst);
+      futex_wake(h.gw_doorbell, 1);
+      break;
+    }
+    case WakeDue::Doorbell: ring_doorbell(seg.slot(dest).doorbell, bits); break;
+    case WakeDue::Sleepers: ring_doorbell(seg.slot(dest).doorbell, bits, false); break;
   }
+}
+}  // namespace
+
+void wake_if_idle(const Segment& seg, int dest, std::uint32_t bits) { pay(seg, dest, wake_due(seg, dest), bits); }
+
+void wake_after_record(const Segment& seg, int dest, int src, std::uint64_t before, std::uint32_t bits) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const WakeDue due = wake_due(seg, dest);
+  // The tail only now: a receiver that polls has it on its own core, and keeps it there.
+  if (due == WakeDue::None || seg.ring(dest, src).tail.load(std::memory_order_relaxed) != before) return;
+  pay(seg, dest, due, bits);
 }
 
 namespace {
@@ -463,17 +477,24 @@ void ShmTransport::drain_from(int peer, MessageSink sink, void* ctx) {
 void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx) {
   RingHeader& r = seg.ring(to, from);
   const std::uint64_t cap = seg.header().ring_bytes;
-  const std::uint64_t head = r.head.load(std::memory_order_acquire);
-  std::uint64_t pos = r.tail.load(std::memory_order_relaxed);
+  const std::uint64_t start = r.tail.load(std::memory_order_relaxed);
+  std::uint64_t pos = start;
   char* data = seg.ring_data(r);
-  while (pos != head) {
-    MsgHeader h;
-    std::memcpy(&h, data + pos % cap, sizeof h);
-    if (h.kind == kWrap) {
+  // Until the first record not yet complete; at most one ring's worth, since the producer
+  // gets no room back before the tail below.
+  for (;;) {
+    auto* rh = reinterpret_cast<RecordHeader*>(data + pos % cap);
+    if (std::atomic_ref<std::uint64_t>(rh->stamp).load(std::memory_order_acquire) != record_stamp(pos)) break;
+    if (rh->kind == kWrap) {
       pos += cap - pos % cap;
       continue;
     }
-    const char* body = data + pos % cap + sizeof h;
+    MsgHeader h{};
+    h.len = rh->len;
+    h.kind = rh->kind;
+    h.flags = rh->flags;
+    h.src = from;
+    const char* body = reinterpret_cast<const char*>(rh + 1);
     if (h.flags & kFlagBulk) {
       std::uint64_t desc[2];
       std::memcpy(desc, body, sizeof desc);
@@ -482,8 +503,9 @@ void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx
     } else {
       sink(ctx, h, body, h.len, nullptr);
     }
-    pos += round16(sizeof h + h.len);
+    pos += round16(sizeof(RecordHeader) + h.len);
   }
+  if (pos == start) return;
   r.tail.store(pos, std::memory_order_release);
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (r.writer_waiting.load(std::memory_order_relaxed)) {
@@ -496,25 +518,41 @@ void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx
 bool ring_try_write(const Segment& seg, RingHeader& r, const MsgHeader& h, const void* body1, std::size_t n1,
                     const void* body2, std::size_t n2) {
   const std::uint64_t cap = seg.header().ring_bytes;
-  const std::uint64_t rec = round_up(sizeof(MsgHeader) + n1 + n2, 16);
+  const std::uint64_t rec = round_up(sizeof(RecordHeader) + n1 + n2, 16);
   const std::uint64_t head = r.head.load(std::memory_order_relaxed);
-  const std::uint64_t tail = r.tail.load(std::memory_order_acquire);
   const std::uint64_t off = head % cap;
   const std::uint64_t pad = (off + rec > cap) ? cap - off : 0;  // skip to the start when it would wrap
-  if (head + pad + rec - tail > cap) return false;
+  // The record, and the block after it that we clear: all of it must be consumed space.
+  const std::uint64_t end = head + pad + rec + sizeof(RecordHeader);
+  if (end - r.tail_seen > cap) {
+    r.tail_seen = r.tail.load(std::memory_order_acquire);
+    if (end - r.tail_seen > cap) return false;
+  }
   char* data = seg.ring_data(r);
+  auto clear = [](char* at) { std::atomic_ref<std::uint64_t>(reinterpret_cast<RecordHeader*>(at)->stamp).store(0, std::memory_order_relaxed); };
+  auto publish = [](char* at, std::uint64_t pos) {
+    std::atomic_ref<std::uint64_t>(reinterpret_cast<RecordHeader*>(at)->stamp).store(record_stamp(pos), std::memory_order_release);
+  };
   std::uint64_t pos = head;
   if (pad) {
-    MsgHeader w{};
-    w.kind = kWrap;
-    std::memcpy(data + off, &w, sizeof w);
+    auto* w = reinterpret_cast<RecordHeader*>(data + off);
+    w->len = 0;
+    w->kind = kWrap;
+    w->flags = 0;
+    clear(data);  // where the record goes: the consumer will look there once it sees the wrap
+    publish(data + off, pos);
     pos += pad;
   }
   char* p = data + pos % cap;
-  std::memcpy(p, &h, sizeof h);
-  if (n1) std::memcpy(p + sizeof h, body1, n1);
-  if (n2) std::memcpy(p + sizeof h + n1, body2, n2);
-  r.head.store(pos + rec, std::memory_order_release);
+  auto* rh = reinterpret_cast<RecordHeader*>(p);
+  rh->len = static_cast<std::uint32_t>(n1 + n2);
+  rh->kind = h.kind;
+  rh->flags = h.flags;
+  if (n1) std::memcpy(p + sizeof(RecordHeader), body1, n1);
+  if (n2) std::memcpy(p + sizeof(RecordHeader) + n1, body2, n2);
+  clear(data + (pos + rec) % cap);  // the next record's place: no stamp of an earlier lap there
+  publish(p, pos);
+  r.head.store(pos + rec, std::memory_order_relaxed);
   return true;
 }
 

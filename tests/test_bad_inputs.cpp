@@ -1176,6 +1176,49 @@ TEST_CASE("bad_input.helper.messages_of_every_size" * doctest::skip()) {
   std::printf("helper ran\n");
 }
 
+// What the stream below left on the worker: a sum over every byte and its position in the
+// stream, so that a lost, repeated, reordered or torn record changes it.
+std::uint64_t g_stream_sum = 0, g_stream_count = 0;
+std::uint64_t stream_mix(std::uint64_t sum, std::uint64_t k, const std::vector<char>& v) {
+  for (char c : v) sum = sum * 1099511628211ull + std::uint64_t(static_cast<unsigned char>(c)) + k;
+  return sum;
+}
+
+TEST_CASE("bad_input.helper.stream_through_small_ring" * doctest::skip()) {
+  // Records of every small size streamed without waiting (remote_do) through a ring that
+  // wraps every few records and fills up: the stamps the consumer polls, the block cleared
+  // after each record, the wrap padding and the producer's cached tail all get exercised.
+  const int w = test_util::w1();
+  vscale::remotecall_fetch(w, [] {
+    g_stream_sum = 0;
+    g_stream_count = 0;
+    return 0;
+  });
+  std::uint64_t sum = 0;
+  const std::uint64_t n = 20000;
+  for (std::uint64_t k = 0; k < n; ++k) {
+    std::vector<char> v = pattern(k * 7 % 300);
+    if (!v.empty()) v[0] = static_cast<char>(k);
+    sum = stream_mix(sum, k, v);
+    vscale::remote_do(w, [](std::uint64_t k, const std::vector<char>& v) {
+      g_stream_sum = stream_mix(g_stream_sum, k, v);
+      ++g_stream_count;
+    }, k, v);
+  }
+  const auto got = vscale::remotecall_fetch(w, [] { return std::vector<std::uint64_t>{g_stream_count, g_stream_sum}; });
+  CHECK(got.at(0) == n);
+  CHECK(got.at(1) == sum);
+  std::printf("helper ran\n");
+}
+
+TEST_CASE("bad_input.small_ring_streams_in_order") {
+  for (const char* kb : {"VSCALE_RING_KB=1", "VSCALE_RING_KB=4"}) {
+    ChildRun r = run_helper("bad_input.helper.stream_through_small_ring", {kb}, 120);
+    CAPTURE(kb);
+    check_helper_passed(r);
+  }
+}
+
 TEST_CASE("bad_input.small_ring_carries_every_message") {
   // VSCALE_RING_KB=1 hung on a 1,000-byte argument: a record plus the wrap padding before it
   // could never fit. Every ring size accepted carries every message.

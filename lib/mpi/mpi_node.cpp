@@ -188,9 +188,9 @@ struct MpiNode::Impl {
       MsgHeader h{};
       h.kind = kExit;
       h.src = 1;
-      bool was_empty = false;
-      if (emit_record(*seg, bulk_for(1), dead, id, h, nullptr, 0, nullptr, 0, &was_empty))
-        wake_if_idle(*seg, id, kBellProgress);
+      std::uint64_t before = 0;
+      if (emit_record(*seg, bulk_for(1), dead, id, h, nullptr, 0, nullptr, 0, &before))
+        wake_after_record(*seg, id, 1, before, kBellProgress);
     }
     return true;
   }
@@ -263,8 +263,7 @@ struct MpiNode::Impl {
     bool any = false;
     for (int l : local_ids)
       for (int r : remote_ids) {
-        RingHeader& ring = seg->ring(r, l);
-        if (ring.head.load(std::memory_order_acquire) == ring.tail.load(std::memory_order_relaxed)) continue;
+        if (!seg->ring_ready(seg->ring(r, l))) continue;
         if (!forward) return true;
         drain_to(r, l);
         any = true;
@@ -387,15 +386,17 @@ struct MpiNode::Impl {
           MsgHeader h{};
           h.kind = e.kind;
           h.src = e.src;
-          bool was_empty = false;
+          std::uint64_t before = 0;
+          bool wrote = false;
           try {
-            if (!emit_record(*seg, bulk_for(e.src), dead, e.dest, h, body, e.len, nullptr, 0, &was_empty))
+            if (!emit_record(*seg, bulk_for(e.src), dead, e.dest, h, body, e.len, nullptr, 0, &before))
               break;  // the ring is full: the rest of this node's stream waits, in order
+            wrote = true;
           } catch (const Error& ex) {
             std::fprintf(stderr, "vscale (node %d): a message from %d to %d was dropped: %s\n", rank, e.src, e.dest,
                          ex.what());
           }
-          if (was_empty) wake_if_idle(*seg, e.dest, bell_bits_for(e.kind));
+          if (wrote) wake_after_record(*seg, e.dest, e.src, before, bell_bits_for(e.kind));
         }  // else: for a process that is gone (or nonsense): dropped, as on one host
         q.pop_front();
         did = true;

@@ -6,10 +6,18 @@
 // the rings and bulk pages actually touched take memory.
 //
 // A ring is single-producer (the sender process, serialised by a per-destination mutex) and
-// single-consumer (whichever thread of the receiver holds its poll lock). Head and tail are
-// byte positions that only grow, each on its own cache line. Records are 16-byte aligned:
-// a MsgHeader then the body. Bodies larger than kInlineMax travel in the sender's bulk area
-// and the ring carries only {offset, length}.
+// single-consumer (whichever thread of the receiver holds its poll lock). Records are 16-byte
+// aligned: a RecordHeader then the body. Bodies larger than kInlineMax travel in the sender's
+// bulk area and the ring carries only {offset, length}. Positions are byte counts that only
+// grow. A record says itself that it is complete: its header's stamp, written last, is a
+// function of its position, so the consumer polls the record at its own position (one cache
+// line, the record's own) instead of a head word and then the record (two lines, one after the
+// other). The producer clears the stamp of the block after each record before publishing it,
+// so the consumer never finds an old stamp where the next record will go. The consumer
+// publishes its tail once per drain; the producer reads it only when its last look says the
+// ring is full (RingHeader::tail_seen), and the sender's wake-up check reads the receiver's
+// awake word first, the tail only when a wake-up is due: while both sides are busy neither
+// pulls the other's position word to its core.
 //
 // Waking: a receiver thread that polls counts itself in `awake`; a sender bumps the receiver's
 // `doorbell` and FUTEX_WAKEs it only when nobody is awake there (or when only busy calls are,
@@ -72,8 +80,10 @@ struct alignas(64) SegHeader {
 };
 
 struct RingHeader {
-  alignas(64) std::atomic<std::uint64_t> head;  // written by the producer
-  alignas(64) std::atomic<std::uint64_t> tail;  // written by the consumer
+  // The producer's own line: where its next record goes, and the tail it last read.
+  alignas(64) std::atomic<std::uint64_t> head;
+  std::uint64_t tail_seen;
+  alignas(64) std::atomic<std::uint64_t> tail;  // written by the consumer: all before it is consumed
   alignas(64) std::atomic<std::uint32_t> space_seq;
   std::atomic<std::uint32_t> writer_waiting;
 };
@@ -86,6 +96,19 @@ struct MsgHeader {
   std::uint32_t reserved;
 };
 static_assert(sizeof(MsgHeader) == 16);
+
+/// A record's header in a ring (the ring names the source). `stamp` is written last, with
+/// release: record_stamp(position) once the header and the body are complete.
+struct RecordHeader {
+  std::uint32_t len;  // body bytes
+  std::uint16_t kind;
+  std::uint16_t flags;
+  std::uint64_t stamp;
+};
+static_assert(sizeof(RecordHeader) == 16);
+/// Never 0 (what an unwritten or cleared block holds) for a position a ring reaches, and
+/// different for the same offset in different laps of the ring.
+inline std::uint64_t record_stamp(std::uint64_t pos) noexcept { return pos ^ 0x9e3779b97f4a7c15ull; }
 
 // Message kinds are the protocol's (protocol.hpp); the transport only knows its own padding.
 inline constexpr std::uint16_t kWrap = 0xffff;  // padding to the end of the ring
@@ -131,7 +154,15 @@ class Segment {
                                           (std::uint64_t(to - 1) * h.max_procs + std::uint64_t(from - 1)) *
                                               h.ring_stride);
   }
-  char* ring_data(RingHeader& r) const noexcept { return reinterpret_cast<char*>(&r) + 256; }
+  char* ring_data(const RingHeader& r) const noexcept {
+    return reinterpret_cast<char*>(const_cast<RingHeader*>(&r)) + 256;
+  }
+  /// The consumer's look: whether ring `r` holds a complete record it has not consumed.
+  bool ring_ready(const RingHeader& r) const noexcept {
+    const std::uint64_t pos = r.tail.load(std::memory_order_relaxed);
+    auto* h = reinterpret_cast<RecordHeader*>(ring_data(r) + pos % header().ring_bytes);
+    return std::atomic_ref<std::uint64_t>(h->stamp).load(std::memory_order_acquire) == record_stamp(pos);
+  }
   char* bulk(int id) const {
     check_id(id, "bulk area");
     return base_ + header().bulk_off + std::uint64_t(id - 1) * header().bulk_bytes;
@@ -224,11 +255,12 @@ bool ring_try_write(const Segment& seg, RingHeader& r, const MsgHeader& h, const
 
 /// Write one message from `src` into ring (dest, src): inline when it fits a quarter of the ring
 /// and kInlineMax, otherwise through `bulk` (src's bulk area) with only {offset, length} in
-/// the ring. False when the ring or the bulk area is full now. `was_empty` (if given): nothing
-/// of src's waited unread in the ring before it (after a fence: see ShmTransport::send).
-/// Throws Error when the body can never fit the bulk area.
+/// the ring. False when the ring or the bulk area is full now. `before` (if given): the ring's
+/// position before this record, for wake_after_record. Throws Error when the body can never
+/// fit the bulk area.
 bool emit_record(const Segment& seg, BulkArea& bulk, const std::vector<std::atomic<std::uint8_t>>& dead, int dest,
-                 const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb, bool* was_empty);
+                 const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
+                 std::uint64_t* before = nullptr);
 
 /// What drain_ring hands over for each record: its header, its body, and for a bulk body the
 /// flag to set once the body is no longer needed (null for an inline one, which is gone when
@@ -241,6 +273,11 @@ void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx
 /// Wake `dest`'s threads sleeping for `bits` unless one of its threads polls; for a remote
 /// dest, wake this node's gateway instead. Call after a seq_cst fence.
 void wake_if_idle(const Segment& seg, int dest, std::uint32_t bits);
+/// After emit_record put a record at `before` in ring (dest, src): wake_if_idle, unless what
+/// src wrote before the record still waits unread there, for then the receiver is bound to find
+/// this one with it (it looks again after publishing its tail: see ShmTransport::send). Fences
+/// itself.
+void wake_after_record(const Segment& seg, int dest, int src, std::uint64_t before, std::uint32_t bits);
 
 // Futex on shared memory (no private flag: waiter and waker may be different processes).
 int futex_wait(std::atomic<std::uint32_t>& word, std::uint32_t expected, const timespec* timeout);
