@@ -167,6 +167,7 @@ void Executor::loop(bool in_arena) {
   } else {
     serve();
   }
+  host_.serving_done();
 }
 
 }  // namespace vscale::detail

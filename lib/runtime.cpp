@@ -45,6 +45,12 @@ thread_local std::uint32_t tl_call_gen = 0;
 thread_local int tl_no_interrupt = 0;
 namespace {
 thread_local bool tl_busy = false;  // this thread holds a busy mark (enter_busy)
+// The one arena executor (-t 1) still counts as polling (ProcSlot::awake) and holds its spinner
+// seat from the idle spin that found its call: the call's busy mark adds to them (enter_busy),
+// and the next idle spin takes them back, so that a stream of calls does not write the awake
+// word, which every sender to this process reads, four times a call. Given back when the call
+// blocks (leave_busy), when the thread runs anything but a call, sleeps, or stops.
+thread_local bool tl_kept_poll = false;
 // While a busy mark is held the progress thread looks at the rings this often, since senders
 // skip the doorbell then; it keeps ticking for a few ticks after the last one ends, so that a
 // stream of calls does not wake it for each.
@@ -334,7 +340,10 @@ bool Runtime::enter_busy() noexcept {
   if (tl_busy || exec_.threads() != 1) return false;
   tl_busy = true;
   busy_taken_.fetch_add(1, std::memory_order_relaxed);
-  waiting_.mark_busy();
+  if (tl_kept_poll)
+    waiting_.add_busy();  // already counted as awake
+  else
+    waiting_.mark_busy();
   // Pairs with the progress thread's store of progress_sleeps_long_ and load of the busy count: one
   // of the two sees the other, so a long sleep never overlooks a mark.
   if (progress_sleeps_long_.load(std::memory_order_seq_cst)) ring_doorbell(seg_.slot(self_).doorbell, kBellProgress);
@@ -344,14 +353,31 @@ bool Runtime::enter_busy() noexcept {
 void Runtime::end_busy() noexcept {
   if (!tl_busy) return;  // given up while the call waited
   tl_busy = false;
-  waiting_.unmark_busy();  // no kick: the executor polls again before it sleeps
+  // No kick: the executor polls again before it sleeps. A kept mark stays: the thread goes
+  // back to idle(), which polls at once.
+  if (tl_kept_poll)
+    waiting_.drop_busy();
+  else
+    waiting_.unmark_busy();
 }
 
 void Runtime::leave_busy() noexcept {
   if (!tl_busy) return;
   tl_busy = false;
-  if (!waiting_.unmark_busy()) kick_self_if_pending();
+  const bool kept = std::exchange(tl_kept_poll, false);
+  const bool others = waiting_.unmark_busy();
+  if (kept) leave_spin();
+  if (!others) kick_self_if_pending();
 }
+
+void Runtime::drop_kept_poll() noexcept {
+  if (!std::exchange(tl_kept_poll, false)) return;
+  const bool others = waiting_.unmark_polling();
+  leave_spin();
+  if (!others) kick_self_if_pending();
+}
+
+void Runtime::serving_done() noexcept { drop_kept_poll(); }
 
 void Runtime::progress_loop() {
   auto& slot = seg_.slot(self_);
@@ -514,6 +540,7 @@ void Runtime::run_inline(Inbound& m) {
 
 void Runtime::run_task(Task& t) {
   if (t.fn) {
+    drop_kept_poll();  // a local task takes no busy mark, and may run long or block
     try {
       t.fn();
     } catch (const std::exception& e) {
@@ -606,10 +633,11 @@ void Runtime::run_task(Task& t) {
 void Runtime::idle(bool in_arena) {
   // Arena executors spin when idle (within the job's spin budget), so that a stream of calls
   // does not pay a futex wake-up each; grown executors only sleep.
-  if (in_arena && try_spin()) {
+  const bool kept = std::exchange(tl_kept_poll, false);  // (see tl_kept_poll)
+  if (in_arena && (kept || try_spin())) {
+    if (!kept) waiting_.mark_polling();
     bool got = false;
     {
-      PollingMark polling(*this);
       Executor::Spinning spinning(exec_);  // counted out before the queue's last look
       const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
       unsigned n = 0;
@@ -626,8 +654,16 @@ void Runtime::idle(bool in_arena) {
         }
       }
     }
+    if (got && exec_.threads() == 1 && !exec_.stopping()) {
+      tl_kept_poll = true;  // for the call just queued: its busy mark adds to this (enter_busy)
+      return;
+    }
+    if (!waiting_.unmark_polling()) kick_self_if_pending();
     leave_spin();
     if (got) return;
+  } else if (kept) {
+    tl_kept_poll = true;
+    drop_kept_poll();
   }
   doze([&] { return exec_.queued() || exec_.stopping(); }, kBellExec, 100'000'000L);
 }

@@ -418,7 +418,7 @@ WakeDue wake_due(const Segment& seg, int dest) {
   if (awake == 0) return WakeDue::Doorbell;
   // Only calls under a busy mark will look, at their end: wake who sleeps for this (the
   // progress thread ticks meanwhile).
-  if (awake == slot.busy.load(std::memory_order_seq_cst) && slot.dozing.load(std::memory_order_seq_cst) > 0)
+  if (slot.dozing.load(std::memory_order_seq_cst) > 0 && awake == slot.busy.load(std::memory_order_seq_cst))
     return WakeDue::Sleepers;
   return WakeDue::None;
 }

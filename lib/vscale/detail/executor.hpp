@@ -68,6 +68,9 @@ class ExecutorHost {
   virtual void idle(bool in_arena) = 0;
   /// Wake one idle executor (or a waiter that runs queued work).
   virtual void wake_executor() = 0;
+  /// An executor thread leaves its loop (the executor stops): what it held across idle()
+  /// calls, it gives back.
+  virtual void serving_done() noexcept = 0;
 
  protected:
   ~ExecutorHost() = default;

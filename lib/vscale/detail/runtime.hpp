@@ -147,6 +147,8 @@ class Runtime final : private ExecutorHost {
   friend struct PollingMark;
   void run_task(Task& t) override;
   void idle(bool in_arena) override;
+  void serving_done() noexcept override;
+  void drop_kept_poll() noexcept;  // gives back what idle() kept for the call (see tl_kept_poll)
   void wake_executor() override { waiting_.wake(kBellExec, 1); }
   void kick_self_if_pending();
   bool enter_busy() noexcept;  // run_task's busy mark (see runtime.cpp); true if taken

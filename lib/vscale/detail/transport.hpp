@@ -51,12 +51,13 @@ struct alignas(64) ProcSlot {
   std::atomic<std::uint32_t> expected;  // its end was asked for (rmprocs): no one reports it as a death
   alignas(64) std::atomic<std::uint32_t> doorbell;
   std::atomic<std::uint32_t> awake;
-  // Of `awake`: calls running under a busy mark (runtime.cpp, enter_busy), which look at the
-  // rings only when they are done or at the progress thread's next tick; and the threads
-  // asleep on the doorbell (not the progress thread). A sender that finds only busy marks
-  // awake wakes those sleepers, not the progress thread.
-  std::atomic<std::uint32_t> busy;
+  // The threads asleep on the doorbell (not the progress thread).
   std::atomic<std::uint32_t> dozing;
+  // Of `awake`: calls running under a busy mark (runtime.cpp, enter_busy), which look at the
+  // rings only when they are done or at the progress thread's next tick. A sender that finds
+  // only busy marks awake wakes the sleepers, not the progress thread. On a line of its own:
+  // it changes with every call, `awake` and `dozing`, which every send reads, need not.
+  alignas(64) std::atomic<std::uint32_t> busy;
 };
 
 struct alignas(64) SegHeader {

@@ -97,6 +97,9 @@ class Waiting {
     seg_->slot(self_).busy.fetch_sub(1, std::memory_order_seq_cst);
     return others;
   }
+  /// A thread already counted as polling becomes busy, and back (Runtime::tl_kept_poll).
+  void add_busy() noexcept { seg_->slot(self_).busy.fetch_add(1, std::memory_order_seq_cst); }
+  void drop_busy() noexcept { seg_->slot(self_).busy.fetch_sub(1, std::memory_order_seq_cst); }
   /// Busy marks held in this process now.
   std::uint32_t busy() const noexcept { return seg_->slot(self_).busy.load(std::memory_order_seq_cst); }
 
