@@ -129,6 +129,7 @@ bool Segment::set_dead(int id, const std::string& reason, bool expected) const {
   s.reason[n] = 0;
   s.state.store(std::uint32_t(SlotState::Dead));
   header().epoch.fetch_add(1);
+  futex_wake(header().epoch, INT_MAX);  // who waits for a death (MpiManager::remove)
   for (int other = 1; valid_id(other); ++other) {
     auto& o = slot(other);
     if (o.state.load() == std::uint32_t(SlotState::Unused)) break;  // ids are handed out in order

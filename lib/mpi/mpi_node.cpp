@@ -729,11 +729,22 @@ void MpiManager::remove(const std::vector<int>& ids, std::chrono::milliseconds t
   }
   if (!there.empty()) node_->remove_remote(there, timeout);
   if (!here.empty()) local_->remove(here, timeout);
-  // Their leaders stop them and tell every node; wait for the news.
+  // Their leaders stop them and tell every node; wait for the news, which marks each dead
+  // here (Segment::set_dead wakes the epoch's futex).
   const auto deadline = std::chrono::steady_clock::now() + timeout + std::chrono::seconds(5);
+  auto& epoch = seg_.header().epoch;
   for (int id : there)
-    while (seg_.slot(id).state.load() != std::uint32_t(SlotState::Dead) && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    for (;;) {
+      const std::uint32_t seen = epoch.load(std::memory_order_seq_cst);
+      if (seg_.slot(id).state.load() == std::uint32_t(SlotState::Dead)) break;
+      const auto left = deadline - std::chrono::steady_clock::now();
+      if (left <= std::chrono::nanoseconds(0)) break;
+      // At most 100 ms a look (a death marked between the two loads above wakes us anyway).
+      const long ns = static_cast<long>(
+          std::min<std::chrono::nanoseconds>(left, std::chrono::milliseconds(100)).count());
+      timespec ts{ns / 1000000000L, ns % 1000000000L};
+      futex_wait(epoch, seen, &ts);
+    }
 }
 
 void MpiManager::push_fd(int id, RefId key, int fd) {
