@@ -633,7 +633,8 @@ void Runtime::run_task(Task& t) {
 void Runtime::idle(bool in_arena) {
   // Arena executors spin when idle (within the job's spin budget), so that a stream of calls
   // does not pay a futex wake-up each; grown executors only sleep.
-  const bool kept = std::exchange(tl_kept_poll, false);  // (see tl_kept_poll)
+  // (see tl_kept_poll; only an arena executor keeps a mark, so `kept` implies in_arena)
+  const bool kept = std::exchange(tl_kept_poll, false);
   if (in_arena && (kept || try_spin())) {
     if (!kept) waiting_.mark_polling();
     bool got = false;
@@ -654,16 +655,11 @@ void Runtime::idle(bool in_arena) {
         }
       }
     }
-    if (got && exec_.threads() == 1 && !exec_.stopping()) {
-      tl_kept_poll = true;  // for the call just queued: its busy mark adds to this (enter_busy)
-      return;
-    }
-    if (!waiting_.unmark_polling()) kick_self_if_pending();
-    leave_spin();
-    if (got) return;
-  } else if (kept) {
-    tl_kept_poll = true;
+    tl_kept_poll = true;  // the mark and the seat this spin held
+    // Kept for the call just queued: its busy mark adds to them (enter_busy).
+    if (got && exec_.threads() == 1 && !exec_.stopping()) return;
     drop_kept_poll();
+    if (got) return;
   }
   doze([&] { return exec_.queued() || exec_.stopping(); }, kBellExec, 100'000'000L);
 }

@@ -483,9 +483,7 @@ void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx
   char* data = seg.ring_data(r);
   // Until the first record not yet complete; at most one ring's worth, since the producer
   // gets no room back before the tail below.
-  for (;;) {
-    auto* rh = reinterpret_cast<RecordHeader*>(data + pos % cap);
-    if (std::atomic_ref<std::uint64_t>(rh->stamp).load(std::memory_order_acquire) != record_stamp(pos)) break;
+  while (RecordHeader* rh = complete_record(data, cap, pos)) {
     if (rh->kind == kWrap) {
       pos += cap - pos % cap;
       continue;

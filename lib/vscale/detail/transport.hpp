@@ -110,6 +110,11 @@ static_assert(sizeof(RecordHeader) == 16);
 /// Never 0 (what an unwritten or cleared block holds) for a position a ring reaches, and
 /// different for the same offset in different laps of the ring.
 inline std::uint64_t record_stamp(std::uint64_t pos) noexcept { return pos ^ 0x9e3779b97f4a7c15ull; }
+/// The record at position `pos` of a ring's data (`cap` bytes), or null while it is not complete.
+inline RecordHeader* complete_record(char* data, std::uint64_t cap, std::uint64_t pos) noexcept {
+  auto* h = reinterpret_cast<RecordHeader*>(data + pos % cap);
+  return std::atomic_ref<std::uint64_t>(h->stamp).load(std::memory_order_acquire) == record_stamp(pos) ? h : nullptr;
+}
 
 // Message kinds are the protocol's (protocol.hpp); the transport only knows its own padding.
 inline constexpr std::uint16_t kWrap = 0xffff;  // padding to the end of the ring
@@ -160,9 +165,7 @@ class Segment {
   }
   /// The consumer's look: whether ring `r` holds a complete record it has not consumed.
   bool ring_ready(const RingHeader& r) const noexcept {
-    const std::uint64_t pos = r.tail.load(std::memory_order_relaxed);
-    auto* h = reinterpret_cast<RecordHeader*>(ring_data(r) + pos % header().ring_bytes);
-    return std::atomic_ref<std::uint64_t>(h->stamp).load(std::memory_order_acquire) == record_stamp(pos);
+    return complete_record(ring_data(r), header().ring_bytes, r.tail.load(std::memory_order_relaxed)) != nullptr;
   }
   char* bulk(int id) const {
     check_id(id, "bulk area");
