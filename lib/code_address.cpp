@@ -6,6 +6,7 @@
 #include <link.h>
 
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -31,7 +32,11 @@ std::uint64_t fnv1a(const char* s) {
 std::mutex table_mutex;
 std::vector<Object> table;  // guarded by table_mutex
 
+// Bumped by every rebuild: each thread's remembered object (encode_code) is then stale.
+std::atomic<std::uint64_t> generation{1};
+
 void rebuild() {
+  generation.fetch_add(1, std::memory_order_release);  // every thread's remembered object
   table.clear();
   dl_iterate_phdr(
       [](dl_phdr_info* info, size_t, void*) -> int {
@@ -61,8 +66,15 @@ const Object* find_by_key(std::uint64_t k) {
 
 }  // namespace
 
+// Each thread remembers the last object it named or found (a stream of calls names one
+// function again and again): no lock and no search then. `generation` tells it that the
+// table was rebuilt since.
 CodeRef encode_code(const void* address) {
   auto a = reinterpret_cast<std::uintptr_t>(address);
+  thread_local Object last{};
+  thread_local std::uint64_t last_gen = 0;
+  if (last_gen == generation.load(std::memory_order_acquire) && a >= last.lo && a < last.hi)
+    return {last.key, a - last.base};
   std::lock_guard lk(table_mutex);
   const Object* o = find_by_address(a);
   if (!o) {
@@ -70,10 +82,16 @@ CodeRef encode_code(const void* address) {
     o = find_by_address(a);
   }
   if (!o) throw Error("vscale: cannot ship a function that is not in any loaded object");
+  last = *o;
+  last_gen = generation.load(std::memory_order_relaxed);
   return {o->key, a - o->base};
 }
 
 const void* decode_code(CodeRef ref) {
+  thread_local Object last{};
+  thread_local std::uint64_t last_gen = 0;
+  if (last_gen == generation.load(std::memory_order_acquire) && ref.object == last.key)
+    return reinterpret_cast<const void*>(last.base + ref.offset);
   std::lock_guard lk(table_mutex);
   const Object* o = find_by_key(ref.object);
   if (!o) {
@@ -83,6 +101,8 @@ const void* decode_code(CodeRef ref) {
   if (!o)
     throw Error("vscale: a remote call names code in a library this process has not loaded "
                 "(load the same libraries in every process, e.g. with everywhere)");
+  last = *o;
+  last_gen = generation.load(std::memory_order_relaxed);
   return reinterpret_cast<const void*>(o->base + ref.offset);
 }
 

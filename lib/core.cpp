@@ -98,21 +98,17 @@ std::shared_ptr<FutureCore> call_ref(int pid, CodeRef invoker, Writer& args) {
 }
 
 namespace {
-/// Send a kCallFetch and return its request (`on_done`, if any, runs when the answer is in;
-/// `id`, if given, gets the request's id). `may_block`: wait for ring space (false: a full
-/// ring queues the call, for callers whose wait has a deadline).
+/// Send a kCallFetch and return its request (`on_done`, if any, runs when the answer is in).
 std::shared_ptr<Request> start_call(Runtime& rt, int pid, CodeRef invoker, Writer& args,
-                                    std::function<void(Request&)> on_done = {}, std::uint64_t* id = nullptr,
-                                    bool may_block = true) {
+                                    std::function<void(Request&)> on_done) {
   std::uint64_t req;
   auto r = rt.requests().add(pid, req, std::move(on_done));
   try {
-    rt.send_msg(pid, CallFetchMsg{req, invoker}, args.bytes().data(), args.bytes().size(), may_block);
+    rt.send_msg(pid, CallFetchMsg{req, invoker}, args.bytes().data(), args.bytes().size());
   } catch (...) {
     rt.requests().drop(req);
     throw;
   }
-  if (id) *id = req;
   return r;
 }
 
@@ -171,23 +167,34 @@ void take_answer(FutureCore& core, Request& q, int k) {
 
 bool call_fetch(int pid, CodeRef invoker, Writer& args, ResultSink sink, Deadline deadline) {
   Runtime& rt = Runtime::get("remotecall_fetch");
+  // The question lives here, not on the heap: the table borrows it, and it is withdrawn on
+  // every way out that has not seen the answer (the poller may be filling it in just then).
+  Request r;
   std::uint64_t req = 0;
-  auto r = start_call(rt, pid, invoker, args, {}, &req, deadline == kNoDeadline);
-  try {
-    rt.wait_until([&] { return r->done.load(std::memory_order_acquire) != 0 || past(deadline); }, true);
-  } catch (...) {
-    rt.requests().drop(req);  // interrupted: the answer, if it comes, is dropped
-    throw;
+  rt.requests().add_borrowed(r, pid, req);
+  struct Withdraw {
+    RequestTable& table;
+    std::uint64_t id;
+    Request& r;
+    ~Withdraw() {
+      if (id) table.withdraw(id, r);
+    }
+  } withdraw{rt.requests(), req, r};
+  rt.send_msg(pid, CallFetchMsg{req, invoker}, args.bytes().data(), args.bytes().size(), deadline == kNoDeadline);
+  // Interrupted: the exception leaves, and an answer that comes later is dropped.
+  rt.wait_until([&] { return r.done.load(std::memory_order_acquire) != 0 || past(deadline); }, true);
+  if (!r.done.load(std::memory_order_acquire)) {
+    if (rt.requests().drop(req)) {
+      withdraw.id = 0;  // out of the table: nothing left to withdraw
+      return false;
+    }
+    rt.requests().withdraw(req, r);  // the answer came just now
   }
-  if (!r->done.load(std::memory_order_acquire)) {
-    rt.requests().drop(req);
-    if (!r->done.load(std::memory_order_acquire)) return false;
-  }
-  if (!r->ok) r->error.raise();
+  if (!r.ok) r.error.raise();
   // The result is read where it lies (the reply may still be in the sender's bulk area,
   // released when `r` goes): no copy of its bytes here.
   if (sink.read) {
-    Reader rd(r->payload, r->payload_len);
+    Reader rd(r.payload, r.payload_len);
     sink.read(sink.ctx, rd);
   }
   return true;

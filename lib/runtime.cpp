@@ -206,44 +206,77 @@ void Request::fail(ErrorInfo e) {
   done.store(1, std::memory_order_release);
 }
 
+void RequestTable::insert(std::uint64_t id, std::shared_ptr<Request> r) {
+  std::lock_guard lk(m_);
+  Slot& s = direct_[id % kDirect];
+  if (s.id == 0) {
+    s.id = id;
+    s.r = std::move(r);
+  } else {
+    overflow_.emplace(id, std::move(r));  // an older question still waits there
+  }
+}
+
 std::shared_ptr<Request> RequestTable::add(int dest, std::uint64_t& id, std::function<void(Request&)> on_done) {
   auto r = std::make_shared<Request>();
   r->dest = dest;
   r->on_done = std::move(on_done);  // before the request is visible to the poller
   id = next_.fetch_add(1, std::memory_order_relaxed) + 1;
-  std::lock_guard lk(m_);
-  reqs_.emplace(id, r);
+  insert(id, r);
   return r;
 }
 
-void RequestTable::drop(std::uint64_t id) {
-  std::lock_guard lk(m_);
-  reqs_.erase(id);
+void RequestTable::add_borrowed(Request& r, int dest, std::uint64_t& id) {
+  r.dest = dest;
+  id = next_.fetch_add(1, std::memory_order_relaxed) + 1;
+  // Aliasing an empty owner: a pointer that counts nothing and frees nothing.
+  insert(id, std::shared_ptr<Request>(std::shared_ptr<Request>(), &r));
+}
+
+bool RequestTable::drop(std::uint64_t id) { return take(id) != nullptr; }
+
+void RequestTable::withdraw(std::uint64_t id, Request& r) {
+  if (r.done.load(std::memory_order_acquire) || drop(id)) return;
+  // Taken by the poller (an answer, or its process's death), which is settling it now.
+  while (!r.done.load(std::memory_order_acquire)) std::this_thread::yield();
 }
 
 std::shared_ptr<Request> RequestTable::take(std::uint64_t id) {
   std::lock_guard lk(m_);
-  auto it = reqs_.find(id);
-  if (it == reqs_.end()) return nullptr;
+  Slot& s = direct_[id % kDirect];
+  if (s.id == id) {
+    s.id = 0;
+    return std::move(s.r);
+  }
+  auto it = overflow_.find(id);
+  if (it == overflow_.end()) return nullptr;
   auto r = std::move(it->second);
-  reqs_.erase(it);
+  overflow_.erase(it);
   return r;
 }
 
 std::size_t RequestTable::pending_to(int dest) {
   std::lock_guard lk(m_);
   std::size_t n = 0;
-  for (const auto& [k, r] : reqs_) n += r->dest == dest;
+  for (const auto& s : direct_) n += s.id != 0 && s.r->dest == dest;
+  for (const auto& [k, r] : overflow_) n += r->dest == dest;
   return n;
 }
 
 std::vector<std::shared_ptr<Request>> RequestTable::take_to(const std::vector<int>& dead) {
   std::vector<std::shared_ptr<Request>> out;
+  auto is_dead = [&](const Request& r) { return std::find(dead.begin(), dead.end(), r.dest) != dead.end(); };
   std::lock_guard lk(m_);
-  for (auto it = reqs_.begin(); it != reqs_.end();) {
-    if (std::find(dead.begin(), dead.end(), it->second->dest) != dead.end()) {
+  for (auto& s : direct_) {
+    if (s.id != 0 && is_dead(*s.r)) {
+      s.id = 0;
+      out.push_back(std::move(s.r));
+    }
+  }
+  for (auto it = overflow_.begin(); it != overflow_.end();) {
+    if (is_dead(*it->second)) {
       out.push_back(std::move(it->second));
-      it = reqs_.erase(it);
+      it = overflow_.erase(it);
     } else {
       ++it;
     }
@@ -291,16 +324,16 @@ void Runtime::kick_self_if_pending() {
 bool Runtime::poll_once() {
   std::unique_lock lk(poll_m_, std::try_to_lock);
   if (!lk) return false;
-  return poll_locked();
+  return poll_locked(kPollBatch);
 }
 
 void Runtime::poll_now() {
   if (tl_polls) return;  // inside a poll already (a dispatch): what it reads is being applied
   std::unique_lock lk(poll_m_);
-  poll_locked();
+  poll_locked(SIZE_MAX);
 }
 
-bool Runtime::poll_locked() {
+bool Runtime::poll_locked(std::size_t per_peer) {
   tl_polls = true;
   struct Clear {
     ~Clear() { tl_polls = false; }
@@ -310,7 +343,7 @@ bool Runtime::poll_locked() {
     handle_membership();
     did = true;
   }
-  did |= shm_.poll(peers_, &Runtime::deliver, this);
+  did |= shm_.poll(peers_, &Runtime::deliver, this, per_peer);
   if (!calls_.empty()) exec_.push_all(calls_);
   return did;
 }
@@ -423,16 +456,17 @@ void Runtime::progress_loop() {
 void Runtime::dispatch(Inbound&& m) {
   tsan_message_received();
   switch (m.kind) {
-    case kCallRef: {
+    case kCallRef:
       refs_.add(decode_head<CallRefMsg>(m).ref, kInitialWeight);
-      calls_.push_back(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
+      [[fallthrough]];
+    case kCallFetch:
+    case kCallDo: {
+      // Queued together at the end of the poll (one lock and one wake-up for a burst).
+      Task& t = calls_.emplace_back();  // (in place: a Task is moved twice more before it runs)
+      t.msg = std::move(m);
+      t.interrupts = seg_.slot(self_).interrupts.load(std::memory_order_acquire);
       return;
     }
-    case kCallFetch:
-    case kCallDo:
-      // Queued together at the end of the poll (one lock and one wake-up for a burst).
-      calls_.push_back(Task{std::move(m), {}, seg_.slot(self_).interrupts.load(std::memory_order_acquire)});
-      return;
     case kResult: {
       const auto rh = decode_head<ResultMsg>(m);
       std::shared_ptr<Request> r = reqs_.take(rh.req);
@@ -443,7 +477,14 @@ void Runtime::dispatch(Inbound&& m) {
       r->payload_len = payload_size<ResultMsg>(r->reply);
       if (!r->ok) {
         Reader rd(r->payload, r->payload_len);
-        r->error = ErrorInfo::read(rd);
+        try {
+          r->error = ErrorInfo::read(rd);
+        } catch (const std::exception& e) {
+          // Settled all the same: its asker must not wait for ever (nor a borrowed Request
+          // be left half filled).
+          r->error = ErrorInfo{ErrorInfo::Remote, m.src, "vscale::Error",
+                               std::string("a failed call's error could not be read: ") + e.what()};
+        }
       }
       if (r->on_done) r->on_done(*r);
       r->done.store(1, std::memory_order_release);
@@ -661,6 +702,7 @@ void Runtime::idle(bool in_arena) {
     drop_kept_poll();
     if (got) return;
   }
+  exec_.trim();
   doze([&] { return exec_.queued() || exec_.stopping(); }, kBellExec, 100'000'000L);
 }
 

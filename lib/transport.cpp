@@ -320,11 +320,11 @@ void ShmTransport::wait_for_room(int dest, long timeout_ns) {
   ring.writer_waiting.fetch_sub(1);
 }
 
-bool ShmTransport::poll(const std::vector<int>& peers, MessageSink sink, void* ctx) {
+bool ShmTransport::poll(const std::vector<int>& peers, MessageSink sink, void* ctx, std::size_t per_peer) {
   bool did = false;
   for (int peer : peers) {
     if (!seg_.ring_ready(seg_.ring(self_, peer))) continue;
-    drain_from(peer, sink, ctx);
+    drain_from(peer, sink, ctx, per_peer);
     did = true;
   }
   if (overflow_pending_.load() > 0) {
@@ -456,7 +456,7 @@ struct InboundSink {
 };
 }  // namespace
 
-void ShmTransport::drain_from(int peer, MessageSink sink, void* ctx) {
+void ShmTransport::drain_from(int peer, MessageSink sink, void* ctx, std::size_t max_records) {
   InboundSink is{peer, sink, ctx};
   drain_ring(seg_, self_, peer, [](void* c, const MsgHeader& h, const char* body, std::size_t len,
                                    std::atomic<std::uint32_t>* consumed) {
@@ -472,10 +472,10 @@ void ShmTransport::drain_from(int peer, MessageSink sink, void* ctx) {
       m.assign(body, len);
     }
     s.sink(s.ctx, std::move(m));  // the sink lets no exception out
-  }, &is);
+  }, &is, max_records);
 }
 
-void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx) {
+void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx, std::size_t max_records) {
   RingHeader& r = seg.ring(to, from);
   const std::uint64_t cap = seg.header().ring_bytes;
   const std::uint64_t start = r.tail.load(std::memory_order_relaxed);
@@ -483,7 +483,9 @@ void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx
   char* data = seg.ring_data(r);
   // Until the first record not yet complete; at most one ring's worth, since the producer
   // gets no room back before the tail below.
-  while (RecordHeader* rh = complete_record(data, cap, pos)) {
+  for (std::size_t n = 0; n < max_records;) {
+    RecordHeader* rh = complete_record(data, cap, pos);
+    if (!rh) break;
     if (rh->kind == kWrap) {
       pos += cap - pos % cap;
       continue;
@@ -503,6 +505,7 @@ void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx
       sink(ctx, h, body, h.len, nullptr);
     }
     pos += round16(sizeof(RecordHeader) + h.len);
+    ++n;
   }
   if (pos == start) return;
   r.tail.store(pos, std::memory_order_release);

@@ -160,9 +160,22 @@ class SpanBuf : public std::streambuf {
 /// Appends serialized values to a byte vector.
 class Writer {
  public:
-  // One allocation for the usual small call instead of the vector's growth steps (measured
-  // with callgrind: see bench/RESULTS.md, the round trip's instruction count).
-  Writer() { buf_.reserve(128); }
+  // The usual small call allocates nothing: a Writer starts with its thread's spare buffer
+  // and gives it back when done (one allocation per call, and the vector's growth steps,
+  // showed in callgrind's instruction counts: see bench/RESULTS.md). A Writer made while
+  // another holds the spare, or whose bytes were moved out, starts with 128 bytes of its own.
+  Writer() {
+    buf_.swap(spare());
+    if (buf_.capacity() == 0) buf_.reserve(128);
+  }
+  ~Writer() {
+    cereal_.reset();  // (its stream writes into buf_)
+    auto& s = spare();
+    if (buf_.capacity() <= kKeepSpare && s.capacity() == 0) {
+      buf_.clear();
+      s.swap(buf_);
+    }
+  }
   Writer(const Writer&) = delete;
   Writer& operator=(const Writer&) = delete;
 
@@ -191,6 +204,11 @@ class Writer {
     std::ostream stream;
     cereal::BinaryOutputArchive archive;
   };
+  static constexpr std::size_t kKeepSpare = 4096;  // a bigger buffer is freed, not kept
+  static std::vector<char>& spare() noexcept {
+    static thread_local std::vector<char> s;
+    return s;
+  }
   std::vector<char> buf_;
   std::unique_ptr<Cereal> cereal_;
 };

@@ -272,7 +272,8 @@ bool emit_record(const Segment& seg, BulkArea& bulk, const std::vector<std::atom
 using RecordSink = void (*)(void* ctx, const MsgHeader& h, const char* body, std::size_t len,
                             std::atomic<std::uint32_t>* consumed);
 /// Consume everything in ring (to, from); wakes a writer waiting for room.
-void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx);
+void drain_ring(const Segment& seg, int to, int from, RecordSink sink, void* ctx,
+                std::size_t max_records = SIZE_MAX);
 
 /// Wake `dest`'s threads sleeping for `bits` unless one of its threads polls; for a remote
 /// dest, wake this node's gateway instead. Call after a seq_cst fence.
@@ -338,9 +339,9 @@ class Transport {
                     bool queue_if_full, std::uint32_t wake_bits) = 0;
   /// Sleep until `dest` may have room again, at most `timeout_ns`.
   virtual void wait_for_room(int dest, long timeout_ns) = 0;
-  /// Deliver what arrived from `peers`, then move queued messages on; true if anything was
-  /// delivered. One thread at a time.
-  virtual bool poll(const std::vector<int>& peers, MessageSink sink, void* ctx) = 0;
+  /// Deliver what arrived from `peers` (at most `per_peer` messages from each), then move
+  /// queued messages on; true if anything was delivered. One thread at a time.
+  virtual bool poll(const std::vector<int>& peers, MessageSink sink, void* ctx, std::size_t per_peer) = 0;
   /// Whether anything from `peers` waits to be polled, or anything waits to be sent.
   virtual bool pending(const std::vector<int>& peers) = 0;
   /// `id` is dead: deliver what it wrote completely, drop what is queued for it.
@@ -365,7 +366,7 @@ class ShmTransport final : public Transport {
   bool send(int dest, const MsgHeader& h, const void* a, std::size_t na, const void* b, std::size_t nb,
             bool queue_if_full, std::uint32_t wake_bits) override;
   void wait_for_room(int dest, long timeout_ns) override;
-  bool poll(const std::vector<int>& peers, MessageSink sink, void* ctx) override;
+  bool poll(const std::vector<int>& peers, MessageSink sink, void* ctx, std::size_t per_peer) override;
   bool pending(const std::vector<int>& peers) override;
   void forget(int id, MessageSink sink, void* ctx) override;
   void wake(int dest, std::uint32_t bits) override;
@@ -382,7 +383,7 @@ class ShmTransport final : public Transport {
     std::list<std::vector<char>> overflow;
   };
   bool flush_overflow(int dest, Out& o);  // with o.m held; true when empty afterwards
-  void drain_from(int peer, MessageSink sink, void* ctx);
+  void drain_from(int peer, MessageSink sink, void* ctx, std::size_t max_records = SIZE_MAX);
 
   Segment seg_;
   int self_ = 0;
