@@ -65,13 +65,15 @@ void Executor::push(Task&& t) {
   offer();
 }
 
-void Executor::push_all(std::vector<Task>& ts) {
-  {
+void Executor::push_all(std::vector<Task>& ts, std::size_t from) {
+  if (from < ts.size()) {
     std::lock_guard lk(q_m_);
-    for (auto& t : ts) q_.push_back(std::move(t));
-    q_size_.fetch_add(ts.size(), std::memory_order_seq_cst);
+    for (std::size_t i = from; i < ts.size(); ++i) q_.push_back(std::move(ts[i]));
+    q_size_.fetch_add(ts.size() - from, std::memory_order_seq_cst);
   }
+  const bool none = from >= ts.size();
   ts.clear();
+  if (none) return;
   offer();  // a woken executor that finds more queued offers again (run_one)
 }
 
@@ -152,9 +154,13 @@ void Executor::loop(bool in_arena) {
   tl_executor = true;
   tl_arena_executor = in_arena;
   auto serve = [&] {
+    Task direct;  // a call the idle host handed over (only ever with one arena slot)
     while (!stopping_.load()) {
       if (run_one()) continue;
-      host_.idle(in_arena);
+      if (host_.idle(in_arena, direct)) {
+        run(direct);
+        direct.clear();
+      }
     }
   };
   if (in_arena && threads_ == 1) {

@@ -151,7 +151,7 @@ void Runtime::check_dest(int id) const {
 
 void Runtime::handle_membership() {
   // Called with poll_m_ held.
-  seen_epoch_ = seg_.header().epoch.load(std::memory_order_acquire);
+  const std::uint32_t epoch = seg_.header().epoch.load(std::memory_order_acquire);
   peers_.clear();
   const int n = static_cast<int>(seg_.max_procs());
   std::vector<int> newly_dead;
@@ -167,6 +167,14 @@ void Runtime::handle_membership() {
     }
     if (id != self_) peers_.push_back(id);
   }
+  if (!ring_view_) ring_view_.reset(new std::atomic<RingHeader*>[seg_.max_procs()]);
+  // Shrinking first, growing last: a concurrent look sees only rings of live or late peers.
+  const int nv = static_cast<int>(peers_.size());
+  if (nv < nring_view_.load(std::memory_order_relaxed)) nring_view_.store(nv, std::memory_order_release);
+  for (int i = 0; i < nv; ++i) ring_view_[i].store(&seg_.ring(self_, peers_[i]), std::memory_order_relaxed);
+  nring_view_.store(nv, std::memory_order_release);
+  // Last: until now a look without the lock sees the epoch changed and goes for the lock.
+  seen_epoch_.store(epoch, std::memory_order_release);
   if (newly_dead.empty()) return;
   // What it wrote completely is still delivered; what we queued for it is dropped.
   for (int d : newly_dead) {
@@ -316,12 +324,25 @@ void Runtime::kick_self_if_pending() {
   {
     std::unique_lock lk(poll_m_, std::try_to_lock);
     // Someone polling right now: let the progress thread re-check.
-    pending = !lk || shm_.pending(peers_) || seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_;
+    pending = !lk || shm_.pending(peers_) || seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_.load(std::memory_order_relaxed);
   }
   if (pending) ring_doorbell(seg_.slot(self_).doorbell);
 }
 
+bool Runtime::nothing_to_poll() const noexcept {
+  if (seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_.load(std::memory_order_acquire) ||
+      shm_.has_queued())
+    return false;
+  const int n = nring_view_.load(std::memory_order_acquire);
+  for (int i = 0; i < n; ++i)
+    if (seg_.ring_ready(*ring_view_[i].load(std::memory_order_relaxed))) return false;
+  return true;
+}
+
 bool Runtime::poll_once() {
+  // A look without the lock first: an empty poll is most polls, and the lock's two atomic
+  // writes are most of one.
+  if (nothing_to_poll()) return false;
   std::unique_lock lk(poll_m_, std::try_to_lock);
   if (!lk) return false;
   return poll_locked(kPollBatch);
@@ -339,12 +360,20 @@ bool Runtime::poll_locked(std::size_t per_peer) {
     ~Clear() { tl_polls = false; }
   } clear;
   bool did = false;
-  if (seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_) {
+  if (seg_.header().epoch.load(std::memory_order_acquire) != seen_epoch_.load(std::memory_order_relaxed)) {
     handle_membership();
     did = true;
   }
   did |= shm_.poll(peers_, &Runtime::deliver, this, per_peer);
-  if (!calls_.empty()) exec_.push_all(calls_);
+  if (!calls_.empty()) {
+    std::size_t from = 0;
+    if (direct_ && !exec_.queued()) {
+      *direct_ = std::move(calls_.front());
+      direct_taken_ = true;
+      from = 1;
+    }
+    exec_.push_all(calls_, from);
+  }
   return did;
 }
 
@@ -671,14 +700,31 @@ void Runtime::run_task(Task& t) {
   }
 }
 
-void Runtime::idle(bool in_arena) {
+bool Runtime::poll_handing(Task& t, bool& took) {
+  if (nothing_to_poll()) return false;
+  std::unique_lock lk(poll_m_, std::try_to_lock);
+  if (!lk) return false;
+  struct Hand {
+    Runtime& rt;
+    ~Hand() { rt.direct_ = nullptr; }
+  } hand{*this};
+  direct_ = &t;
+  direct_taken_ = false;
+  const bool did = poll_locked(kPollBatch);
+  took = direct_taken_;
+  return did;
+}
+
+bool Runtime::idle(bool in_arena, Task& t) {
   // Arena executors spin when idle (within the job's spin budget), so that a stream of calls
   // does not pay a futex wake-up each; grown executors only sleep.
   // (see tl_kept_poll; only an arena executor keeps a mark, so `kept` implies in_arena)
   const bool kept = std::exchange(tl_kept_poll, false);
   if (in_arena && (kept || try_spin())) {
     if (!kept) waiting_.mark_polling();
-    bool got = false;
+    bool got = false, took = false;
+    // The one arena executor (-t 1) takes the call it finds itself (see direct_).
+    const bool hand = exec_.threads() == 1;
     {
       Executor::Spinning spinning(exec_);  // counted out before the queue's last look
       const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
@@ -688,7 +734,13 @@ void Runtime::idle(bool in_arena) {
           got = true;
           break;
         }
-        if (poll_once()) continue;
+        if (hand ? poll_handing(t, took) : poll_once()) {
+          if (took) {
+            got = true;
+            break;
+          }
+          continue;
+        }
         cpu_relax();
         if ((++n & 63) == 0) {
           if (std::chrono::steady_clock::now() > until) break;
@@ -697,13 +749,14 @@ void Runtime::idle(bool in_arena) {
       }
     }
     tl_kept_poll = true;  // the mark and the seat this spin held
-    // Kept for the call just queued: its busy mark adds to them (enter_busy).
-    if (got && exec_.threads() == 1 && !exec_.stopping()) return;
+    // Kept for the call just found: its busy mark adds to them (enter_busy).
+    if (got && hand && !exec_.stopping()) return took;
     drop_kept_poll();
-    if (got) return;
+    if (got) return took;  // (a call handed over is run even when stopping: nothing is lost)
   }
   exec_.trim();
   doze([&] { return exec_.queued() || exec_.stopping(); }, kBellExec, 100'000'000L);
+  return false;
 }
 
 // ---------------------------------------------------------------- references and stats

@@ -23,6 +23,13 @@ struct Task {
   Inbound msg;
   std::function<void()> fn;
   std::uint32_t interrupts = 0;  // the process's interrupt count when the call arrived
+  /// Release what a moved-from or finished Task may still hold (a move leaves it empty in
+  /// practice: cheaper to check than to assign a fresh Task).
+  void clear() noexcept {
+    msg.release();
+    fn = nullptr;
+    if (msg.heap.capacity() != 0) std::vector<char>().swap(msg.heap);
+  }
 };
 
 /// A FIFO of Tasks in one growing ring buffer (a deque of Tasks allocates a block every
@@ -39,10 +46,7 @@ class TaskQueue {
   void pop_front(Task& t) {
     Task& slot = buf_[head_];
     t = std::move(slot);
-    // Release what the moved-from slot may still hold (a move leaves it empty in practice:
-    // cheaper to check than to assign a fresh Task).
-    slot.fn = nullptr;
-    if (slot.msg.heap.capacity() != 0) std::vector<char>().swap(slot.msg.heap);
+    slot.clear();
     head_ = (head_ + 1) & (buf_.size() - 1);
     --n_;
   }
@@ -74,8 +78,9 @@ class ExecutorHost {
   /// Run one task; lets no exception out.
   virtual void run_task(Task& t) = 0;
   /// An idle executor waits here (spinning while it polls, or asleep) until work is queued
-  /// or the executor stops; it may return early.
-  virtual void idle(bool in_arena) = 0;
+  /// or the executor stops; it may return early. True when it found a call that is the
+  /// oldest work of all and hands it over in `t` to run at once, without the queue.
+  virtual bool idle(bool in_arena, Task& t) = 0;
   /// Wake one idle executor (or a waiter that runs queued work).
   virtual void wake_executor() = 0;
   /// An executor thread leaves its loop (the executor stops): what it held across idle()
@@ -118,8 +123,8 @@ class Executor {
 
   /// Queue a task and see that some thread takes it.
   void push(Task&& t);
-  /// Queue all of `ts` (emptied) at once: one lock and one wake-up.
-  void push_all(std::vector<Task>& ts);
+  /// Queue all of `ts` from index `from` at once (one lock and one wake-up); `ts` is emptied.
+  void push_all(std::vector<Task>& ts, std::size_t from = 0);
   /// Free the queue's memory beyond its usual size if it is empty (an idle executor, before
   /// it sleeps).
   void trim() {
@@ -154,7 +159,7 @@ class Executor {
   void add(bool in_arena);  // with exec_m_ held
   void loop(bool in_arena);
   bool take(Task& t);  // the first queued task, if any
-  void run(Task& t);
+  void run(Task& t);  // with the accounting (started_, busy_) that growth relies on
 
   ExecutorHost& host_;
   std::mutex q_m_;
