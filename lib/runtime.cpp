@@ -170,6 +170,7 @@ void Runtime::handle_membership() {
   if (!ring_view_) ring_view_.reset(new std::atomic<RingHeader*>[seg_.max_procs()]);
   // Shrinking first, growing last: a concurrent look sees only rings of live or late peers.
   const int nv = static_cast<int>(peers_.size());
+  waiting_.set_processes(nv + 1);
   if (nv < nring_view_.load(std::memory_order_relaxed)) nring_view_.store(nv, std::memory_order_release);
   for (int i = 0; i < nv; ++i) ring_view_[i].store(&seg_.ring(self_, peers_[i]), std::memory_order_relaxed);
   nring_view_.store(nv, std::memory_order_release);
@@ -727,8 +728,7 @@ bool Runtime::idle(bool in_arena, Task& t) {
     const bool hand = exec_.threads() == 1;
     {
       Executor::Spinning spinning(exec_);  // counted out before the queue's last look
-      const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
-      unsigned n = 0;
+      SpinPace pace(waiting_.spin_time(), waiting_);
       while (!exec_.stopping()) {
         if (exec_.queued()) {
           got = true;
@@ -741,11 +741,7 @@ bool Runtime::idle(bool in_arena, Task& t) {
           }
           continue;
         }
-        cpu_relax();
-        if ((++n & 63) == 0) {
-          if (std::chrono::steady_clock::now() > until) break;
-          sched_yield();  // a thread woken on this CPU (a caller waiting for us) runs now
-        }
+        if (!pace.turn()) break;
       }
     }
     tl_kept_poll = true;  // the mark and the seat this spin held

@@ -261,16 +261,11 @@ bool Runtime::spin_loop(Stop stop) {
     ~Leave() { rt.leave_spin(); }
   } leave{*this};  // (stop may throw)
   PollingMark polling(*this);
-  const auto until = std::chrono::steady_clock::now() + waiting_.spin_time();
-  unsigned n = 0;
+  SpinPace pace(waiting_.spin_time(), waiting_);
   bool got;
   while (!(got = stop())) {
     if (poll_once()) continue;
-    cpu_relax();
-    if ((++n & 63) == 0) {
-      if (std::chrono::steady_clock::now() > until) break;
-      sched_yield();  // a thread woken on this CPU (the one we may be waiting for) runs now
-    }
+    if (!pace.turn()) break;
   }
   return got;
 }
