@@ -66,14 +66,16 @@ void Executor::push(Task&& t) {
 }
 
 void Executor::push_all(std::vector<Task>& ts, std::size_t from) {
-  if (from < ts.size()) {
+  if (from >= ts.size()) {
+    ts.clear();
+    return;
+  }
+  {
     std::lock_guard lk(q_m_);
     for (std::size_t i = from; i < ts.size(); ++i) q_.push_back(std::move(ts[i]));
     q_size_.fetch_add(ts.size() - from, std::memory_order_seq_cst);
   }
-  const bool none = from >= ts.size();
   ts.clear();
-  if (none) return;
   offer();  // a woken executor that finds more queued offers again (run_one)
 }
 

@@ -105,6 +105,7 @@ void Runtime::start(int threads) {
   shm_.start(self_);
   known_dead_.assign(seg_.max_procs(), 0);
   drained_ = std::make_unique<std::atomic<std::uint8_t>[]>(seg_.max_procs());
+  ring_view_ = std::make_unique<std::atomic<RingHeader*>[]>(seg_.max_procs());
   current_.store(this, std::memory_order_release);
   waiting_.init(seg_, self_, spin_us_);  // the job's spin budget: the master's CPU count
   exec_.start(threads);
@@ -167,10 +168,10 @@ void Runtime::handle_membership() {
     }
     if (id != self_) peers_.push_back(id);
   }
-  if (!ring_view_) ring_view_.reset(new std::atomic<RingHeader*>[seg_.max_procs()]);
   // Shrinking first, growing last: a concurrent look sees only rings of live or late peers.
   const int nv = static_cast<int>(peers_.size());
-  waiting_.set_processes(nv + 1);
+  waiting_.set_processes(1 + static_cast<int>(std::count_if(peers_.begin(), peers_.end(),
+                                                            [&](int id) { return !seg_.remote(id); })));
   if (nv < nring_view_.load(std::memory_order_relaxed)) nring_view_.store(nv, std::memory_order_release);
   for (int i = 0; i < nv; ++i) ring_view_[i].store(&seg_.ring(self_, peers_[i]), std::memory_order_relaxed);
   nring_view_.store(nv, std::memory_order_release);
@@ -341,12 +342,8 @@ bool Runtime::nothing_to_poll() const noexcept {
 }
 
 bool Runtime::poll_once() {
-  // A look without the lock first: an empty poll is most polls, and the lock's two atomic
-  // writes are most of one.
-  if (nothing_to_poll()) return false;
-  std::unique_lock lk(poll_m_, std::try_to_lock);
-  if (!lk) return false;
-  return poll_locked(kPollBatch);
+  bool took;
+  return poll_handing(nullptr, took);
 }
 
 void Runtime::poll_now() {
@@ -701,7 +698,10 @@ void Runtime::run_task(Task& t) {
   }
 }
 
-bool Runtime::poll_handing(Task& t, bool& took) {
+bool Runtime::poll_handing(Task* t, bool& took) {
+  took = false;
+  // A look without the lock first: an empty poll is most polls, and the lock's two atomic
+  // writes are most of one.
   if (nothing_to_poll()) return false;
   std::unique_lock lk(poll_m_, std::try_to_lock);
   if (!lk) return false;
@@ -709,7 +709,7 @@ bool Runtime::poll_handing(Task& t, bool& took) {
     Runtime& rt;
     ~Hand() { rt.direct_ = nullptr; }
   } hand{*this};
-  direct_ = &t;
+  direct_ = t;
   direct_taken_ = false;
   const bool did = poll_locked(kPollBatch);
   took = direct_taken_;
@@ -734,7 +734,7 @@ bool Runtime::idle(bool in_arena, Task& t) {
           got = true;
           break;
         }
-        if (hand ? poll_handing(t, took) : poll_once()) {
+        if (poll_handing(hand ? &t : nullptr, took)) {
           if (took) {
             got = true;
             break;

@@ -208,7 +208,8 @@ class Runtime final : private ExecutorHost {
   std::unique_ptr<std::atomic<RingHeader*>[]> ring_view_;
   std::atomic<int> nring_view_{0};
   bool nothing_to_poll() const noexcept;
-  bool poll_handing(Task& t, bool& took);  // poll_once, handing the first call to `t` (direct_)
+  // poll_once, handing the first call to `*t` if not null (direct_); `took` says it did.
+  bool poll_handing(Task* t, bool& took);
   RequestTable reqs_;
   std::atomic<std::uint64_t> seq_{0};
   Waiting waiting_;  // spinning, dozing on the doorbell, waking (waiting.hpp)

@@ -11,7 +11,6 @@
 #include <sched.h>
 
 #include <atomic>
-#include <cstdlib>
 #include <chrono>
 #include <climits>
 #include <cstdint>
@@ -28,7 +27,7 @@ extern thread_local std::uint32_t tl_dozing;  // the bits this thread is counted
 /// system call, ~0.5 us on a VM) took a third of the spin and hid what arrived meanwhile.
 /// 2-core VM, bench_pmap pmap_batch1 (us a task), yield every 1 / 4 / 20 us: one worker
 /// 0.93 / 0.66 / 0.68; two workers (3 processes on 2 CPUs) 1.3 / 1.9 / 2.8. So: often when
-/// more threads spin than there are CPUs, rarely otherwise.
+/// the job has more processes on this host than CPUs (Waiting::crowded), rarely otherwise.
 class SpinPace {
  public:
   SpinPace(std::chrono::nanoseconds budget, const class Waiting& w);
